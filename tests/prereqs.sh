@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs everything sightline's build and tests need on a fresh Debian 12 machine, as root.
+# Idempotent: each step checks first, so a second run costs seconds.
+set -euo pipefail
+
+log() { printf '[prereqs] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "prereqs: run as root (sightline loads eBPF programs and installs packages)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# Go 1.21+ lives in bookworm-backports; Go 1.19 in bookworm itself.
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  log "adding bookworm-backports to apt sources"
+  cat >/etc/apt/sources.list.d/sightline-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  APT_UPDATED=
+fi
+
+pkgs=(
+  # build chain for the eBPF crate (bpf-linker links against LLVM 22, the nightly's LLVM)
+  llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev pkg-config build-essential
+  # protobuf compiler is not needed (prost ships generated code), but libssl for tests is
+  openssl libssl-dev ca-certificates
+  # test targets and benchmark tools
+  nginx-light curl python3 wrk bpftrace procps iproute2
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# nginx must not hold port 80 from the package's own unit; tests run their own instances.
+if systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
+if pgrep -x nginx >/dev/null && [ -f /run/nginx.pid ]; then nginx -s quit 2>/dev/null || true; fi
+
+if ! command -v node >/dev/null; then
+  log "apt-get install nodejs"
+  apt-get install -y -q nodejs >/dev/null
+fi
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup: nightly rust-src"
+  rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || true
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
+  log "cargo install bpf-linker (LLVM 22); this takes several minutes once"
+  LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 LLVM_PREFIX=/usr/lib/llvm-22 \
+    cargo install bpf-linker --locked --no-default-features --features llvm-22
+fi
+
+# tracefs: uprobes registered through perf_event_open do not need it, but bpftrace does.
+if [ ! -d /sys/kernel/tracing/events ]; then
+  mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+fi
+log "ok"

@@ -1,0 +1,170 @@
+//! The single definition of everything that crosses sightline's kernel/user boundary.
+//!
+//! The eBPF programs (`sightline-ebpf`) and the user side (`sightline`) both compile against
+//! this crate, so a record layout can never drift between the two. Every struct is `#[repr(C)]`
+//! with explicit padding fields: the verifier rejects reads of uninitialised stack bytes, and
+//! the user side must not see compiler-chosen padding.
+#![no_std]
+
+/// Largest payload slice one record can carry. A power of two so the programs can bound a
+/// length with a mask that the verifier understands.
+pub const MAX_CAPTURE: usize = 8192;
+
+/// Default payload bytes per record: enough for request and response heads with cookies.
+pub const DEFAULT_CAPTURE: u32 = 4096;
+
+/// Ring buffer size; a power of two multiple of the page size, as the kernel requires.
+pub const RING_BYTES: u32 = 8 << 20;
+
+/// Names of maps and globals, shared so a rename breaks the build rather than the loader.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const CONN_INFO: &str = "CONN_INFO";
+    pub const CAPTURE_LEN: &str = "CAPTURE_LEN";
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+}
+
+/// Record kinds, the first `u32` of every ring buffer record.
+pub mod kind {
+    /// A payload slice from a TLS library call ([`super::DataHeader`] + bytes).
+    pub const DATA: u32 = 1;
+    /// A process replaced its image ([`super::ProcessRecord`]).
+    pub const EXEC: u32 = 2;
+    /// A thread group leader exited ([`super::ProcessRecord`]).
+    pub const EXIT: u32 = 3;
+}
+
+/// Direction of a payload, from the observed process's point of view.
+pub mod direction {
+    /// Bytes the process received (`SSL_read`).
+    pub const INGRESS: u32 = 0;
+    /// Bytes the process sent (`SSL_write`).
+    pub const EGRESS: u32 = 1;
+}
+
+/// Which capture point produced a record.
+pub mod source {
+    pub const OPENSSL: u32 = 1;
+}
+
+/// Indexes into the per-CPU `COUNTERS` array. The user side sums them over CPUs and exports
+/// them as metrics; losses are never logged per event.
+pub mod counter {
+    /// A record could not be reserved in the ring buffer: user space fell behind.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A library call's arguments could not be stored (too many calls in flight).
+    pub const ACTIVE_FULL: u32 = 1;
+    /// The target's buffer could not be read (paged out or bad pointer).
+    pub const READ_FAILED: u32 = 2;
+    /// A return probe fired with no matching entry (attached mid-call).
+    pub const ORPHAN_RETURN: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Header of a [`kind::DATA`] record. `captured` payload bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataHeader {
+    pub kind: u32,
+    pub direction: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Call entry, `CLOCK_MONOTONIC` nanoseconds.
+    pub start_ns: u64,
+    /// Call return, `CLOCK_MONOTONIC` nanoseconds.
+    pub end_ns: u64,
+    /// The library's connection handle (`SSL*`), unique per live connection in a process.
+    pub conn: u64,
+    /// Socket fd the library touched during this call, or -1 if it touched none (data served
+    /// from the library's own buffer, or a memory BIO as in node).
+    pub fd: i32,
+    pub source: u32,
+    /// True length the call transferred.
+    pub len: u32,
+    /// Payload bytes that follow the header (`<= len`, `<= MAX_CAPTURE`).
+    pub captured: u32,
+}
+
+pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataHeader>();
+
+/// The per-CPU scratch area a record is assembled in before it is copied to the ring buffer:
+/// the BPF stack is only 512 bytes.
+#[repr(C)]
+pub struct DataRecord {
+    pub header: DataHeader,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+/// An exec or exit notification for discovery.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+}
+
+/// Key of [`SockInfo`]: a socket fd in a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// How a socket came to be, which tells the role of the process on it.
+pub mod sock_role {
+    pub const UNKNOWN: u32 = 0;
+    /// The process called `connect()`: it is the client.
+    pub const CONNECTED: u32 = 1;
+    /// The process got the fd from `accept()`: it is the server.
+    pub const ACCEPTED: u32 = 2;
+}
+
+/// The peer of a socket as seen at `connect()` or `accept()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    pub role: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Peer port, host byte order.
+    pub port: u16,
+    /// Peer address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub addr: [u8; 16],
+    pub ts_ns: u64,
+}
+
+/// Arguments of a library call in flight, stored at entry and consumed at return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ActiveCall {
+    pub conn: u64,
+    pub buf: u64,
+    /// `size_t *` out-parameter of the `_ex` forms; 0 for `SSL_read`/`SSL_write`.
+    pub ex_len_ptr: u64,
+    pub start_ns: u64,
+    pub direction: u32,
+    pub fd: i32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `repr(C)`, `Copy`, and valid for any bit pattern.
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::ActiveCall {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_has_no_hidden_padding() {
+        assert_eq!(DATA_HEADER_LEN, 56);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 32);
+        assert_eq!(core::mem::size_of::<ConnKey>(), 8);
+    }
+}
