@@ -51,10 +51,12 @@ if ! command -v node >/dev/null; then
   apt-get install -y -q nodejs >/dev/null
 fi
 
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  log "rustup: nightly rust-src"
-  rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || true
-  rustup component add rust-src --toolchain nightly
+# The eBPF toolchain is pinned: its LLVM must match bpf-linker's LLVM 22.
+here=$(cd "$(dirname "$0")/.." && pwd)
+ebpf_toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/uprobe-ebpf/ebpf/rust-toolchain.toml")
+if ! rustup component list --toolchain "$ebpf_toolchain" --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup: $ebpf_toolchain with rust-src"
+  rustup toolchain install "$ebpf_toolchain" --profile minimal -c rust-src >/dev/null
 fi
 
 if ! command -v bpf-linker >/dev/null && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then

@@ -93,8 +93,10 @@ pub fn signal(
     let protocol = match env
         .get(&var("PROTOCOL"))
         .map(|v| (var("PROTOCOL"), v))
-        .or_else(|| env.get(&general("PROTOCOL")).map(|v| (general("PROTOCOL"), v)))
-    {
+        .or_else(|| {
+            env.get(&general("PROTOCOL"))
+                .map(|v| (general("PROTOCOL"), v))
+        }) {
         Some((name, v)) => Protocol::parse(v).map_err(|m| env.err(&name, m))?,
         // The OpenTelemetry spec's default.
         None => own
@@ -117,7 +119,10 @@ pub fn signal(
     } else if let Some(v) = env.get(&general("ENDPOINT")) {
         (with_path(v.trim()), general("ENDPOINT"))
     } else if let Some(v) = &own.endpoint {
-        (v.clone(), format!("otlp.{} endpoint", signal.to_lowercase()))
+        (
+            v.clone(),
+            format!("otlp.{} endpoint", signal.to_lowercase()),
+        )
     } else if let Some(v) = &common.endpoint {
         (with_path(v), "otlp.endpoint".to_string())
     } else {
@@ -146,7 +151,10 @@ pub fn signal(
     let timeout = env
         .millis(&var("TIMEOUT"))?
         .or(env.millis(&general("TIMEOUT"))?)
-        .or(own.timeout_ms.or(common.timeout_ms).map(Duration::from_millis))
+        .or(own
+            .timeout_ms
+            .or(common.timeout_ms)
+            .map(Duration::from_millis))
         .unwrap_or(Duration::from_secs(10));
 
     let compression = match env

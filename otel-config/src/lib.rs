@@ -57,7 +57,9 @@ impl Protocol {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
             "http/json" => Err("http/json is not supported; use grpc or http/protobuf".into()),
-            other => Err(format!("unknown protocol {other:?}; use grpc or http/protobuf")),
+            other => Err(format!(
+                "unknown protocol {other:?}; use grpc or http/protobuf"
+            )),
         }
     }
 }
@@ -76,7 +78,9 @@ impl Compression {
             "none" | "" => Ok(Compression::None),
             "gzip" => Ok(Compression::Gzip),
             "zstd" => Ok(Compression::Zstd),
-            other => Err(format!("unknown compression {other:?}; use none, gzip or zstd")),
+            other => Err(format!(
+                "unknown compression {other:?}; use none, gzip or zstd"
+            )),
         }
     }
 }
@@ -203,10 +207,7 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-fn resolve(
-    file: file::FileConfig,
-    vars: &BTreeMap<String, String>,
-) -> Result<Config, ConfigError> {
+fn resolve(file: file::FileConfig, vars: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     let env = env::Env::new(vars);
     let capture_bytes = file
         .capture
@@ -215,7 +216,10 @@ fn resolve(
         .unwrap_or(DEFAULT_CAPTURE_BYTES);
 
     let mut headers: Vec<String> = if file.redaction.keep_default_headers.unwrap_or(true) {
-        DEFAULT_REDACTED_HEADERS.iter().map(|s| s.to_string()).collect()
+        DEFAULT_REDACTED_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         Vec::new()
     };

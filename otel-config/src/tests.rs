@@ -187,5 +187,9 @@ fn client_key_without_certificate_is_refused() {
 #[test]
 fn unknown_otlp_key_is_an_error() {
     let err = load(Some("otlp:\n  endpont: http://x:4318\n"), &[]).unwrap_err();
-    assert!(err.to_string().starts_with("sightline.yaml:2:3: otlp: unknown field `endpont`"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("sightline.yaml:2:3: otlp: unknown field `endpont`"),
+        "{err}"
+    );
 }

@@ -1,0 +1,31 @@
+//! Maps a binary to the places sightline attaches probes, with the source of each answer.
+//!
+//! Files are read through `object::ReadCache`, which reads only the parts a lookup touches: a
+//! 100 MB executable such as node costs a few pages, not 100 MB of heap, and no `mmap` (and so
+//! no `unsafe`) is needed.
+#![forbid(unsafe_code)]
+
+mod elf;
+mod openssl;
+
+pub use elf::{function_offsets, AttachPoint, SymbolSource};
+pub use openssl::{openssl_targets, OpensslTarget, SSL_FUNCTIONS};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolizeError {
+    #[error("{path}: cannot open: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable ELF file ({reason}); is it a script or a corrupt binary?")]
+    NotElf { path: PathBuf, reason: String },
+    #[error("{path}: symbol {symbol} at {address:#x} lies in no loadable segment; the file is corrupt or unusual, so it is not probed")]
+    NoSegment {
+        path: PathBuf,
+        symbol: String,
+        address: u64,
+    },
+}

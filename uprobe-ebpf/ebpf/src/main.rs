@@ -1,1 +1,382 @@
-#![no_std] #![no_main]
+//! sightline's eBPF programs.
+//!
+//! - `ssl_*` uprobes store a TLS call's arguments at entry; `ssl_ret` copies the plaintext at
+//!   return, when the true length is known, into the ring buffer.
+//! - `fd_link` runs on socket syscalls and records which fd the in-flight TLS call touched,
+//!   which ties an `SSL*` to its socket without reading OpenSSL's private structs (their layout
+//!   changes between versions; see eCapture #759).
+//! - `sock_connect` / `sock_accept*` remember each socket's peer and whether this process is
+//!   its client or server, in an LRU map the user side reads on demand.
+//! - `proc_exec` / `proc_exit` feed discovery.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_probe_read_user, bpf_ringbuf_output},
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use sightline_common::{
+    counter, direction, kind, sock_role, source, ActiveCall, ConnKey, DataHeader, DataRecord,
+    ProcessRecord, SockInfo, DATA_HEADER_LEN, DEFAULT_CAPTURE, MAX_CAPTURE, RING_BYTES,
+};
+
+/// Payload bytes to copy per call; set by the loader from the configuration.
+#[no_mangle]
+static CAPTURE_LEN: u32 = DEFAULT_CAPTURE;
+
+/// sightline's own process, whose sockets (the OTLP exporter's) are not of interest.
+#[no_mangle]
+static AGENT_TGID: u32 = 0;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// TLS calls in flight, by thread (`pid_tgid`): a thread runs one `SSL_*` call at a time.
+#[map]
+static ACTIVE: HashMap<u64, ActiveCall> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static CONN_INFO: LruHashMap<ConnKey, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// `accept()`'s sockaddr pointer, from syscall entry to exit.
+#[map]
+static ACCEPT_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot; no other program touches it concurrently on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn global(v: &'static u32) -> u32 {
+    // SAFETY: a volatile read stops the compiler from folding in the compile-time default; the
+    // loader rewrites the value before load.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
+    let call = ActiveCall {
+        conn: ctx.arg::<u64>(0).unwrap_or(0),
+        buf: ctx.arg::<u64>(1).unwrap_or(0),
+        ex_len_ptr: if ex {
+            ctx.arg::<u64>(3).unwrap_or(0)
+        } else {
+            0
+        },
+        start_ns: now(),
+        direction: dir,
+        fd: -1,
+    };
+    if ACTIVE
+        .insert(&bpf_get_current_pid_tgid(), &call, 0)
+        .is_err()
+    {
+        bump(counter::ACTIVE_FULL);
+    }
+    0
+}
+
+#[uprobe]
+pub fn ssl_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, direction::INGRESS, false)
+}
+
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, direction::EGRESS, false)
+}
+
+#[uprobe]
+pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, direction::INGRESS, true)
+}
+
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, direction::EGRESS, true)
+}
+
+#[uretprobe]
+pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = match unsafe { ACTIVE.get(&id) } {
+        Some(c) => *c,
+        None => {
+            bump(counter::ORPHAN_RETURN);
+            return 0;
+        }
+    };
+    let _ = ACTIVE.remove(&id);
+    // These functions return C `int`; the upper half of rax is undefined.
+    let ret = ctx.ret::<u64>() as i32;
+    let len: u64 = if call.ex_len_ptr != 0 {
+        if ret != 1 {
+            return 0;
+        }
+        // SAFETY: reads the caller's size_t out-parameter through the checked helper.
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(call.ex_len_ptr as *const u64) } {
+            Ok(v) => v,
+            Err(_) => {
+                bump(counter::READ_FAILED);
+                return 0;
+            }
+        }
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return 0;
+    };
+    emit(&call, id, len);
+    0
+}
+
+#[inline(always)]
+fn emit(call: &ActiveCall, id: u64, len: u64) {
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot belongs to this program run.
+    let rec: &mut DataRecord = unsafe { &mut *rec };
+    let cap = global(&CAPTURE_LEN) as u64;
+    let mut n = if len < cap { len } else { cap };
+    if n > MAX_CAPTURE as u64 {
+        n = MAX_CAPTURE as u64;
+    }
+    let mut captured = n as u32;
+    if n > 0 {
+        // SAFETY: `n <= MAX_CAPTURE`, the size of `data`; the helper checks the source.
+        let r = unsafe {
+            bpf_probe_read_user(
+                rec.data.as_mut_ptr().cast(),
+                n as u32,
+                call.buf as *const core::ffi::c_void,
+            )
+        };
+        if r != 0 {
+            bump(counter::READ_FAILED);
+            captured = 0;
+        }
+    }
+    rec.header = DataHeader {
+        kind: kind::DATA,
+        direction: call.direction,
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        start_ns: call.start_ns,
+        end_ns: now(),
+        conn: call.conn,
+        fd: call.fd,
+        source: source::OPENSSL,
+        len: if len > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            len as u32
+        },
+        captured,
+    };
+    let size = DATA_HEADER_LEN as u64 + (captured as u64 & (MAX_CAPTURE as u64 * 2 - 1));
+    let size = if size > core::mem::size_of::<DataRecord>() as u64 {
+        core::mem::size_of::<DataRecord>() as u64
+    } else {
+        size
+    };
+    // SAFETY: `size` is bounded by the scratch record's size, which the verifier checks.
+    let r = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::addr_of!(EVENTS) as *mut core::ffi::c_void,
+            (rec as *mut DataRecord).cast(),
+            size,
+            0,
+        )
+    };
+    if r != 0 {
+        bump(counter::RINGBUF_FULL);
+    }
+}
+
+/// Syscall tracepoints share one layout: 8 bytes of common fields, the syscall number, then
+/// each argument as 8 bytes from offset 16.
+const SYSCALL_ARG0: usize = 16;
+const SYSCALL_ARG1: usize = 24;
+const SYSCALL_RET: usize = 16;
+
+#[tracepoint]
+pub fn fd_link(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // Cheap exit for the common case: this thread is not inside a TLS call.
+    let Some(call) = ACTIVE.get_ptr_mut(&id) else {
+        return 0;
+    };
+    // SAFETY: offset 16 is the first syscall argument.
+    let fd = match unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) } {
+        Ok(fd) => fd as i32,
+        Err(_) => return 0,
+    };
+    // SAFETY: map value owned by this thread's in-flight call.
+    unsafe {
+        if (*call).fd < 0 {
+            (*call).fd = fd;
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn read_sockaddr(ptr: u64, info: &mut SockInfo) -> bool {
+    if ptr == 0 {
+        return false;
+    }
+    // sockaddr_in6 is the largest family we read: 28 bytes.
+    // SAFETY: helper-checked read of user memory.
+    let raw = match unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const [u8; 28]) } {
+        Ok(r) => r,
+        Err(_) => return false,
+    };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    info.family = family;
+    info.port = u16::from_be_bytes([raw[2], raw[3]]);
+    match family {
+        2 => {
+            info.addr[..4].copy_from_slice(&raw[4..8]);
+            true
+        }
+        10 => {
+            info.addr.copy_from_slice(&raw[8..24]);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[tracepoint]
+pub fn sock_connect(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if tgid == global(&AGENT_TGID) {
+        return 0;
+    }
+    // SAFETY: connect(fd, uservaddr, addrlen) arguments at fixed offsets.
+    let (fd, addr) = unsafe {
+        (
+            ctx.read_at::<u64>(SYSCALL_ARG0).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(SYSCALL_ARG1).unwrap_or(0),
+        )
+    };
+    let mut info = SockInfo {
+        role: sock_role::CONNECTED,
+        ts_ns: now(),
+        ..SockInfo::default()
+    };
+    if !read_sockaddr(addr, &mut info) {
+        return 0;
+    }
+    let key = ConnKey {
+        tgid,
+        fd: fd as i32,
+    };
+    let _ = CONN_INFO.insert(&key, &info, 0);
+    0
+}
+
+#[tracepoint]
+pub fn accept_enter(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if (id >> 32) as u32 == global(&AGENT_TGID) {
+        return 0;
+    }
+    // SAFETY: accept(fd, upeer_sockaddr, ...) second argument.
+    let addr = unsafe { ctx.read_at::<u64>(SYSCALL_ARG1) }.unwrap_or(0);
+    let _ = ACCEPT_ARGS.insert(&id, &addr, 0);
+    0
+}
+
+#[tracepoint]
+pub fn accept_exit(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value copied before removal.
+    let Some(addr) = (unsafe { ACCEPT_ARGS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = ACCEPT_ARGS.remove(&id);
+    // SAFETY: sys_exit layout: return value at offset 16.
+    let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.unwrap_or(-1);
+    if ret < 0 {
+        return 0;
+    }
+    let mut info = SockInfo {
+        role: sock_role::ACCEPTED,
+        ts_ns: now(),
+        ..SockInfo::default()
+    };
+    // A server that passes no sockaddr still tells us its role; the address is looked up
+    // later from /proc.
+    let _ = read_sockaddr(addr, &mut info);
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: ret as i32,
+    };
+    let _ = CONN_INFO.insert(&key, &info, 0);
+    0
+}
+
+#[inline(always)]
+fn process_event(k: u32, tgid: u32) {
+    let rec = ProcessRecord {
+        kind: k,
+        tgid,
+        ts_ns: now(),
+    };
+    if EVENTS.output::<ProcessRecord>(&rec, 0).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+}
+
+#[tracepoint]
+pub fn proc_exec(_ctx: TracePointContext) -> u32 {
+    process_event(kind::EXEC, (bpf_get_current_pid_tgid() >> 32) as u32);
+    0
+}
+
+#[tracepoint]
+pub fn proc_exit(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // Only the thread-group leader's exit ends the process.
+    if id as u32 == (id >> 32) as u32 {
+        process_event(kind::EXIT, (id >> 32) as u32);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path, so this is never
+    // reached in a loaded program.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";
