@@ -1,3 +1,102 @@
-fn main() {
-    let _ = include_bytes!(concat!(env!("OUT_DIR"), "/sightline-probes")).len();
+//! The `sightline` command.
+#![deny(unsafe_code)]
+
+use clap::{Parser, Subcommand, ValueEnum};
+use otel_config::{Config, OutputFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "sightline",
+    version,
+    about = "HTTP calls of every process on this host, from eBPF, as OpenTelemetry spans and metrics",
+    long_about = "Runs as root. With no OTLP endpoint it shows a live view of HTTP calls and a RED summary on exit; with OTEL_EXPORTER_OTLP_ENDPOINT set it also exports spans and metrics."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// YAML configuration; OTEL_* variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Live view format; `none` exports only.
+    #[arg(long, value_enum)]
+    output: Option<Output>,
+    /// Observe only these pids (repeatable); adds to the config file's selection.
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Observe only executables with this name (repeatable).
+    #[arg(long)]
+    exe: Vec<String>,
+    /// More logging on stderr (-v info is the default; -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+    None,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture and report (the default).
+    Run,
+    /// Show where sightline would attach in a binary or a running process.
+    Symbols {
+        /// A file path or a pid.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("sightline={level},warn"))
+            }),
+        )
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sightline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Symbols { target, json }) => sightline::symbols_cmd::run(&target, json),
+        None | Some(Command::Run) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            if let Some(o) = cli.output {
+                cfg.output = Some(match o {
+                    Output::Text => OutputFormat::Text,
+                    Output::Json => OutputFormat::Json,
+                    Output::None => OutputFormat::None,
+                });
+            }
+            cfg.selection.pids.extend(cli.pid);
+            cfg.selection.executables.extend(cli.exe);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .thread_name("sightline")
+                .build()?;
+            rt.block_on(sightline::app::run(cfg))
+        }
+    }
 }

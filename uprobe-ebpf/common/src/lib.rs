@@ -84,6 +84,10 @@ pub struct DataHeader {
     pub len: u32,
     /// Payload bytes that follow the header (`<= len`, `<= MAX_CAPTURE`).
     pub captured: u32,
+    /// When the socket behind `fd` was connected or accepted ([`SockInfo::ts_ns`]), 0 if
+    /// unknown. Libraries reuse freed `SSL*` addresses and the kernel reuses fd numbers, so
+    /// this is what tells a new connection from an old one under the same handle.
+    pub sock_ts: u64,
 }
 
 pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataHeader>();
@@ -145,6 +149,7 @@ pub struct ActiveCall {
     /// `size_t *` out-parameter of the `_ex` forms; 0 for `SSL_read`/`SSL_write`.
     pub ex_len_ptr: u64,
     pub start_ns: u64,
+    pub sock_ts: u64,
     pub direction: u32,
     pub fd: i32,
 }
@@ -163,7 +168,7 @@ mod tests {
 
     #[test]
     fn header_has_no_hidden_padding() {
-        assert_eq!(DATA_HEADER_LEN, 56);
+        assert_eq!(DATA_HEADER_LEN, 64);
         assert_eq!(core::mem::size_of::<SockInfo>(), 32);
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
     }

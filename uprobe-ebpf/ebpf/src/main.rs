@@ -85,6 +85,7 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
             0
         },
         start_ns: now(),
+        sock_ts: 0,
         direction: dir,
         fd: -1,
     };
@@ -195,6 +196,7 @@ fn emit(call: &ActiveCall, id: u64, len: u64) {
             len as u32
         },
         captured,
+        sock_ts: call.sock_ts,
     };
     let size = DATA_HEADER_LEN as u64 + (captured as u64 & (MAX_CAPTURE as u64 * 2 - 1));
     let size = if size > core::mem::size_of::<DataRecord>() as u64 {
@@ -238,6 +240,13 @@ pub fn fd_link(ctx: TracePointContext) -> u32 {
     unsafe {
         if (*call).fd < 0 {
             (*call).fd = fd;
+            let key = ConnKey {
+                tgid: (id >> 32) as u32,
+                fd,
+            };
+            if let Some(info) = CONN_INFO.get(&key) {
+                (*call).sock_ts = info.ts_ns;
+            }
         }
     }
     0

@@ -95,11 +95,8 @@ impl Stream {
         matches!(self.state, State::Body(Body::UntilClose))
     }
 
-    pub fn last_ns(&self) -> u64 {
-        self.last_ns
-    }
-
     /// Bytes held for an incomplete head or line.
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.buf.len() + self.line.len()
     }

@@ -1,0 +1,178 @@
+//! `sightline run`: wires the stages together and owns the main loop.
+
+use crate::discovery::{Discovery, RESCAN_AFTER};
+use crate::loader::{self, Loader};
+use crate::pipeline::{Notice, Pipeline};
+use crate::sinks::live::{Format, LiveView};
+use crate::sinks::otlp;
+use crate::sinks::summary::Summary;
+use crate::sinks::Sink;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::stats::Stats;
+use anyhow::Context;
+use otel_config::{Config, OutputFormat};
+use sightline_common::counter;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+/// Everything must be detached and flushed within this after SIGINT/SIGTERM.
+const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    loader::preflight()?;
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let output = cfg.output.unwrap_or(OutputFormat::Text);
+
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let summary = Summary::default();
+    match output {
+        OutputFormat::Text => sinks.push(Box::new(LiveView::new(std::io::stdout(), Format::Text))),
+        OutputFormat::Json => sinks.push(Box::new(LiveView::new(std::io::stdout(), Format::Json))),
+        OutputFormat::None => {}
+    }
+    if output != OutputFormat::None {
+        sinks.push(Box::new(summary.clone()));
+    }
+
+    let mut tasks = Vec::new();
+    let exporting = !cfg.sdk_disabled;
+    if cfg.sdk_disabled && (cfg.traces.is_some() || cfg.metrics.is_some()) {
+        tracing::info!("OTEL_SDK_DISABLED=true: nothing is exported");
+    }
+    if let (true, Some(t)) = (exporting, &cfg.traces) {
+        let exporter = otlp::span_exporter(t)?;
+        let (sink, task) = otlp::start_spans(
+            exporter,
+            cfg.batch.clone(),
+            stats.clone(),
+            cfg.resource_attributes.clone(),
+            shutdown_rx.clone(),
+        );
+        sinks.push(Box::new(sink));
+        tasks.push(task);
+        tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "exporting spans");
+    }
+    if let (true, Some(m)) = (exporting, &cfg.metrics) {
+        let exporter = otlp::metric_exporter(m)?;
+        let metrics = Arc::new(Metrics::new(stats.clone(), cfg.resource_attributes.clone()));
+        sinks.push(Box::new(otlp::MetricsSink {
+            metrics: metrics.clone(),
+        }));
+        tasks.push(otlp::start_metrics(
+            exporter,
+            metrics,
+            cfg.metric_export_interval,
+            cfg.metric_export_timeout,
+            stats.clone(),
+            shutdown_rx.clone(),
+        ));
+        tracing::info!(endpoint = %m.endpoint, protocol = ?m.protocol, "exporting metrics");
+    }
+
+    let (mut loader, channels) = Loader::load(cfg.capture_bytes)?;
+    let mut discovery = Discovery::new(stats.clone());
+    discovery.scan_all(&mut loader);
+    let mono_to_unix = loader::realtime_ns() as i128 - loader::monotonic_ns() as i128;
+    let mut pipeline = Pipeline::new(
+        Box::new(channels.conn_info),
+        sinks,
+        stats.clone(),
+        cfg.selection.clone(),
+        cfg.redaction.query_values,
+        mono_to_unix,
+    );
+    tracing::info!("sightline is running; Ctrl-C to stop");
+    if output == OutputFormat::Text {
+        println!(
+            "{:<12} {:<22} {:<6} {:<7} {:<40} {:>3} {:>10} PEER",
+            "TIME", "PROCESS", "ROLE", "METHOD", "PATH", "ST", "DURATION"
+        );
+    }
+
+    let mut ring = loader::watch_ring(channels.events).context("watching the ring buffer")?;
+    let (rescan_tx, mut rescan_rx) = mpsc::unbounded_channel::<u32>();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut notices = Vec::new();
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    if let Some(n) = pipeline.handle(&item) {
+                        notices.push(n);
+                    }
+                }
+                guard.clear_ready();
+                for n in notices.drain(..) {
+                    if let Notice::Exec(pid) = n {
+                        discovery.scan_pid(pid, &mut loader);
+                        for delay in RESCAN_AFTER {
+                            let tx = rescan_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = tx.send(pid);
+                            });
+                        }
+                    }
+                }
+            }
+            Some(pid) = rescan_rx.recv() => discovery.scan_pid(pid, &mut loader),
+            _ = tick.tick() => {
+                pipeline.tick(loader::monotonic_ns());
+                let k = loader.counters();
+                stats.events_lost.store(k[counter::RINGBUF_FULL as usize], Relaxed);
+                stats.kernel_active_full.store(k[counter::ACTIVE_FULL as usize], Relaxed);
+                stats.kernel_read_failed.store(k[counter::READ_FAILED as usize], Relaxed);
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    // Stop capture first, so nothing is attached while we flush.
+    let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    let k = loader.counters();
+    stats
+        .events_lost
+        .store(k[counter::RINGBUF_FULL as usize], Relaxed);
+    drop(ring);
+    drop(loader);
+    pipeline.close_all();
+    drop(pipeline);
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, t).await.is_err() {
+            tracing::warn!("export did not finish within the shutdown budget; the rest is dropped");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    match output {
+        OutputFormat::Text => print!("{}", summary.render_text(elapsed)),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({ "summary": summary.rows(elapsed) })
+        ),
+        OutputFormat::None => {}
+    }
+    let lost = stats.events_lost.load(Relaxed);
+    let dropped = stats.parse_dropped_total();
+    if lost > 0 || dropped > 0 || stats.spans_dropped.load(Relaxed) > 0 {
+        tracing::warn!(
+            events_lost = lost,
+            parse_dropped = dropped,
+            spans_dropped = stats.spans_dropped.load(Relaxed),
+            "some data was not captured"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Ring buffer records decoded into typed events. Decoding is by hand from bytes, field by
+//! field, so a short or garbled record is an error to count, never undefined behaviour.
+
+use sightline_common::{kind, DataHeader, DATA_HEADER_LEN};
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    Data {
+        header: DataHeader,
+        payload: &'a [u8],
+    },
+    Exec {
+        tgid: u32,
+    },
+    Exit {
+        tgid: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record shorter than its header")]
+    Short,
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("record claims more payload than it carries")]
+    BadLength,
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let k = u32_at(b, 0).ok_or(DecodeError::Short)?;
+    match k {
+        kind::DATA => {
+            if b.len() < DATA_HEADER_LEN {
+                return Err(DecodeError::Short);
+            }
+            let f = |at| u32_at(b, at).unwrap_or(0);
+            let g = |at| u64_at(b, at).unwrap_or(0);
+            let header = DataHeader {
+                kind: k,
+                direction: f(4),
+                tgid: f(8),
+                tid: f(12),
+                start_ns: g(16),
+                end_ns: g(24),
+                conn: g(32),
+                fd: f(40) as i32,
+                source: f(44),
+                len: f(48),
+                captured: f(52),
+                sock_ts: g(56),
+            };
+            let payload = b
+                .get(DATA_HEADER_LEN..DATA_HEADER_LEN + header.captured as usize)
+                .ok_or(DecodeError::BadLength)?;
+            if header.captured > header.len {
+                return Err(DecodeError::BadLength);
+            }
+            Ok(Event::Data { header, payload })
+        }
+        kind::EXEC | kind::EXIT => {
+            let tgid = u32_at(b, 4).ok_or(DecodeError::Short)?;
+            Ok(if k == kind::EXEC {
+                Event::Exec { tgid }
+            } else {
+                Event::Exit { tgid }
+            })
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(h: &DataHeader, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for x in [h.kind, h.direction, h.tgid, h.tid] {
+            v.extend_from_slice(&x.to_ne_bytes());
+        }
+        for x in [h.start_ns, h.end_ns, h.conn] {
+            v.extend_from_slice(&x.to_ne_bytes());
+        }
+        for x in [h.fd as u32, h.source, h.len, h.captured] {
+            v.extend_from_slice(&x.to_ne_bytes());
+        }
+        v.extend_from_slice(&h.sock_ts.to_ne_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn round_trip_matches_the_abi_layout() {
+        let h = DataHeader {
+            kind: kind::DATA,
+            direction: 1,
+            tgid: 42,
+            tid: 43,
+            start_ns: 7,
+            end_ns: 9,
+            conn: 0xdead_beef,
+            fd: -1,
+            source: 1,
+            len: 100,
+            captured: 3,
+            sock_ts: 77,
+        };
+        let raw = encode(&h, b"abc");
+        assert_eq!(raw.len(), DATA_HEADER_LEN + 3);
+        match decode(&raw).unwrap() {
+            Event::Data { header, payload } => {
+                assert_eq!(header, h);
+                assert_eq!(payload, b"abc");
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn short_and_lying_records_are_errors() {
+        assert_eq!(decode(&[1, 0]).unwrap_err(), DecodeError::Short);
+        let h = DataHeader {
+            kind: kind::DATA,
+            captured: 50,
+            len: 50,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&encode(&h, b"short")).unwrap_err(),
+            DecodeError::BadLength
+        );
+        assert_eq!(
+            decode(&9u32.to_ne_bytes()).unwrap_err(),
+            DecodeError::UnknownKind(9)
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Loads the embedded eBPF programs, attaches them, and gives the rest of the agent safe
+//! handles. This is the one module of the agent that talks to the kernel directly, so it is
+//! the one place `unsafe` is allowed.
+#![allow(unsafe_code)]
+
+use anyhow::Context;
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::{TracePoint, UProbe};
+use aya::{Ebpf, EbpfLoader};
+use sightline_common::{counter, names, ConnKey, SockInfo};
+use sightline_symbolizer::OpensslTarget;
+use std::path::Path;
+
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sightline-probes"));
+
+/// Things the kernel must offer; each failure says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("sightline must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE: it loads eBPF programs and reads other processes' memory maps. Try `sudo sightline`.")]
+    NotPrivileged,
+    #[error("this kernel has no uprobe support (no /sys/bus/event_source/devices/uprobe): sightline needs CONFIG_UPROBE_EVENTS=y, which every mainstream distribution kernel has")]
+    NoUprobes,
+    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): sightline needs CONFIG_DEBUG_INFO_BTF=y (kernels from Debian 11, Ubuntu 20.10 and RHEL 8.2 on have it)")]
+    NoBtf,
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}); mount it with `mount -t tracefs nodev /sys/kernel/tracing`")]
+    NoTracefs(std::io::Error),
+}
+
+pub fn preflight() -> Result<(), PreflightError> {
+    if !privileged() {
+        return Err(PreflightError::NotPrivileged);
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        return Err(PreflightError::NoUprobes);
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(PreflightError::NoBtf);
+    }
+    ensure_tracefs().map_err(PreflightError::NoTracefs)?;
+    Ok(())
+}
+
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    // CAP_BPF = 39, CAP_PERFMON = 38, CAP_SYS_PTRACE = 19.
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let need = (1u64 << 39) | (1u64 << 38) | (1u64 << 19);
+    eff & need == need
+}
+
+/// Tracepoints are found through tracefs; hosts often leave it unmounted.
+fn ensure_tracefs() -> std::io::Result<()> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(());
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: static NUL-terminated strings; a null data pointer is allowed.
+    let r = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Wall clock now, in ns since the epoch.
+pub fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Socket syscalls during which a TLS library moves its ciphertext.
+const FD_SYSCALLS: [&str; 8] = [
+    "sys_enter_read",
+    "sys_enter_write",
+    "sys_enter_recvfrom",
+    "sys_enter_sendto",
+    "sys_enter_readv",
+    "sys_enter_writev",
+    "sys_enter_recvmsg",
+    "sys_enter_sendmsg",
+];
+
+/// The loaded programs. Dropping it detaches and unloads everything: nothing is pinned, so
+/// nothing outlives the process, even on a crash.
+pub struct Loader {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Maps that other stages read, handed out once.
+pub struct Channels {
+    pub events: RingBuf<MapData>,
+    pub conn_info: ConnInfo,
+}
+
+impl Loader {
+    pub fn load(capture_len: u32) -> anyhow::Result<(Loader, Channels)> {
+        bump_memlock();
+        let me = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CAPTURE_LEN, &capture_len, true)
+            .override_global(names::AGENT_TGID, &me, true)
+            .load(PROBES)
+            .context("loading sightline's eBPF programs into the kernel")?;
+
+        for name in [
+            "ssl_read",
+            "ssl_write",
+            "ssl_read_ex",
+            "ssl_write_ex",
+            "ssl_ret",
+        ] {
+            let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+        }
+        let tracepoints: [(&str, &str, &[&str]); 6] = [
+            ("proc_exec", "sched", &["sched_process_exec"]),
+            ("proc_exit", "sched", &["sched_process_exit"]),
+            ("sock_connect", "syscalls", &["sys_enter_connect"]),
+            (
+                "accept_enter",
+                "syscalls",
+                &["sys_enter_accept", "sys_enter_accept4"],
+            ),
+            (
+                "accept_exit",
+                "syscalls",
+                &["sys_exit_accept", "sys_exit_accept4"],
+            ),
+            ("fd_link", "syscalls", &FD_SYSCALLS),
+        ];
+        for (name, category, events) in tracepoints {
+            let p: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+            for ev in events {
+                p.attach(category, ev)
+                    .with_context(|| format!("attaching {name} to {category}:{ev}"))?;
+            }
+        }
+
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)?;
+        let conn_info = ConnInfo {
+            map: BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_INFO)?)?,
+        };
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)?;
+        Ok((Loader { ebpf, counters }, Channels { events, conn_info }))
+    }
+
+    /// Attaches entry and return probes to each OpenSSL function the target defines. A uprobe
+    /// is keyed by inode and offset, so this covers every process that maps the file.
+    pub fn attach_openssl(&mut self, target: &OpensslTarget) -> anyhow::Result<usize> {
+        let mut attached = 0;
+        for point in &target.points {
+            let entry = match point.symbol.as_str() {
+                "SSL_read" => "ssl_read",
+                "SSL_write" => "ssl_write",
+                "SSL_read_ex" => "ssl_read_ex",
+                "SSL_write_ex" => "ssl_write_ex",
+                _ => continue,
+            };
+            // The return probe goes first: an entry without its return would leave calls in
+            // flight that never complete.
+            for prog in ["ssl_ret", entry] {
+                let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
+                p.attach(
+                    UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                    &target.path,
+                    UProbeScope::AllProcesses,
+                )
+                .with_context(|| {
+                    format!(
+                        "attaching {prog} to {} in {} at offset {:#x}",
+                        point.symbol,
+                        target.path.display(),
+                        point.file_offset
+                    )
+                })?;
+            }
+            attached += 1;
+        }
+        Ok(attached)
+    }
+
+    /// Kernel-side counters summed over CPUs, indexed by `sightline_common::counter`.
+    pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| {
+        format!("program {name} missing from the embedded object; rebuild sightline")
+    })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the embedded object; rebuild sightline"))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn bump_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an rlimit; failure only matters on old kernels and is reported
+    // by the load that follows.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// Socket peers recorded at connect/accept time, looked up once per connection.
+pub struct ConnInfo {
+    map: BpfHashMap<MapData, ConnKey, SockInfo>,
+}
+
+impl ConnInfo {
+    pub fn get(&self, tgid: u32, fd: i32) -> Option<SockInfo> {
+        self.map.get(&ConnKey { tgid, fd }, 0).ok()
+    }
+}
+
+/// Registers the ring buffer with tokio so the main loop wakes when records arrive.
+pub fn watch_ring(
+    events: RingBuf<MapData>,
+) -> std::io::Result<tokio::io::unix::AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the AsyncFd takes ownership of the ring buffer, which owns the fd; the fd is
+    // therefore open for as long as it is registered.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into())
+}

@@ -1,0 +1,344 @@
+//! The one-way path from a ring buffer record to finished calls handed to sinks:
+//! events → connections → HTTP/1.x → calls.
+
+use crate::events::{decode, Event};
+use crate::processes::{ProcessInfo, Processes};
+use crate::protocols::http1::{Http1Conn, Output};
+use crate::protocols::{DropReason, Role};
+use crate::sinks::Sink;
+use crate::sockets::tcp_addrs;
+use crate::telemetry::call::{Call, ConnFacts};
+use crate::telemetry::stats::Stats;
+use otel_config::Selection;
+use sightline_common::{direction, sock_role, SockInfo};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Connections tracked at once; past this the least recently used one is evicted.
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// A connection silent this long is closed: its open exchanges end or are counted.
+pub const IDLE_NS: u64 = 30_000_000_000;
+
+/// Where socket facts recorded by the kernel are looked up.
+pub trait SockLookup: Send {
+    fn lookup(&self, tgid: u32, fd: i32) -> Option<SockInfo>;
+}
+
+impl SockLookup for crate::loader::ConnInfo {
+    fn lookup(&self, tgid: u32, fd: i32) -> Option<SockInfo> {
+        self.get(tgid, fd)
+    }
+}
+
+/// No kernel map: for benchmarks and unit tests.
+pub struct NoLookup;
+
+impl SockLookup for NoLookup {
+    fn lookup(&self, _: u32, _: i32) -> Option<SockInfo> {
+        None
+    }
+}
+
+/// What the pipeline tells discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Exec(u32),
+    Exit(u32),
+}
+
+struct Conn {
+    process: Option<Arc<ProcessInfo>>,
+    fd: i32,
+    sock_ts: u64,
+    peer: Option<SocketAddr>,
+    http: Http1Conn,
+    last_ns: u64,
+}
+
+pub struct Pipeline {
+    processes: Processes,
+    conns: HashMap<(u32, u64), Conn>,
+    lookup: Box<dyn SockLookup>,
+    sinks: Vec<Box<dyn Sink>>,
+    stats: Arc<Stats>,
+    selection: Selection,
+    redact_query: bool,
+    mono_to_unix_ns: i128,
+    out: Output,
+    /// Whether records read from /proc; off in benchmarks where pids are synthetic.
+    use_proc: bool,
+}
+
+impl Pipeline {
+    pub fn new(
+        lookup: Box<dyn SockLookup>,
+        sinks: Vec<Box<dyn Sink>>,
+        stats: Arc<Stats>,
+        selection: Selection,
+        redact_query: bool,
+        mono_to_unix_ns: i128,
+    ) -> Pipeline {
+        Pipeline {
+            processes: Processes::default(),
+            conns: HashMap::new(),
+            lookup,
+            sinks,
+            stats,
+            selection,
+            redact_query,
+            mono_to_unix_ns,
+            out: Output::default(),
+            use_proc: true,
+        }
+    }
+
+    /// For benchmarks: identify every pid as `process` without touching /proc.
+    pub fn with_fixed_process(mut self, process: ProcessInfo) -> Self {
+        self.use_proc = false;
+        self.processes.insert(Arc::new(process));
+        self
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn handle(&mut self, bytes: &[u8]) -> Option<Notice> {
+        match decode(bytes) {
+            Err(_) => {
+                self.stats.records_undecodable.fetch_add(1, Relaxed);
+                None
+            }
+            Ok(Event::Exec { tgid }) => {
+                if self.use_proc {
+                    // Read now: a short-lived client may be gone by its first call's end.
+                    self.processes.refresh(tgid);
+                }
+                Some(Notice::Exec(tgid))
+            }
+            Ok(Event::Exit { tgid }) => {
+                self.process_exit(tgid);
+                Some(Notice::Exit(tgid))
+            }
+            Ok(Event::Data { header, payload }) => {
+                self.stats.records.fetch_add(1, Relaxed);
+                tracing::trace!(
+                    tgid = header.tgid,
+                    conn = format_args!("{:#x}", header.conn),
+                    fd = header.fd,
+                    dir = header.direction,
+                    start = header.start_ns,
+                    end = header.end_ns,
+                    len = header.len,
+                    head = %String::from_utf8_lossy(&payload[..payload.len().min(40)]).escape_debug(),
+                    "record"
+                );
+                if header.captured < header.len {
+                    self.stats.records_truncated.fetch_add(1, Relaxed);
+                }
+                self.data(&header, payload);
+                None
+            }
+        }
+    }
+
+    fn data(&mut self, h: &sightline_common::DataHeader, payload: &[u8]) {
+        let key = (h.tgid, h.conn);
+        // A different fd, or the same fd number from a newer connect/accept, under the same
+        // SSL*: the library reused a freed object for a new connection, so the old one is over.
+        if let Some(c) = self.conns.get(&key) {
+            let new_fd = h.fd >= 0 && c.fd >= 0 && c.fd != h.fd;
+            let new_sock = h.sock_ts != 0 && c.sock_ts != 0 && c.sock_ts != h.sock_ts;
+            if new_fd || new_sock {
+                self.close_conn(key);
+            }
+        }
+        if !self.conns.contains_key(&key) {
+            if self.conns.len() >= MAX_CONNECTIONS {
+                self.evict_oldest();
+            }
+            let process = self.processes.get(h.tgid);
+            let selected = process
+                .as_ref()
+                .is_some_and(|p| self.selection.matches(p.pid, &p.exe_name));
+            self.conns.insert(
+                key,
+                Conn {
+                    process: selected.then_some(process).flatten(),
+                    fd: -1,
+                    sock_ts: 0,
+                    peer: None,
+                    http: Http1Conn::default(),
+                    last_ns: h.end_ns,
+                },
+            );
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.last_ns = h.end_ns;
+        let Some(process) = conn.process.clone() else {
+            return;
+        };
+        if conn.sock_ts == 0 {
+            conn.sock_ts = h.sock_ts;
+        }
+        if conn.fd < 0 && h.fd >= 0 {
+            conn.fd = h.fd;
+            let (role, peer) = resolve(&*self.lookup, h.tgid, h.fd, self.use_proc);
+            conn.peer = peer;
+            if let Some(r) = role {
+                conn.http.set_role(r);
+            }
+        }
+        let egress = h.direction == direction::EGRESS;
+        // Bytes become visible to us when written (entry) or when a read returns.
+        let first_ns = if egress { h.start_ns } else { h.end_ns };
+        conn.http.feed(
+            egress,
+            payload,
+            h.len as usize,
+            first_ns,
+            h.end_ns,
+            &mut self.out,
+        );
+        let facts = ConnFacts {
+            peer: conn.peer,
+            tls: true,
+        };
+        self.emit(&process, facts);
+    }
+
+    fn emit(&mut self, process: &Arc<ProcessInfo>, facts: ConnFacts) {
+        for r in self.out.drops.drain(..) {
+            self.stats.count_drop(r);
+        }
+        for ex in self.out.exchanges.drain(..) {
+            let call = Call::new(
+                process.clone(),
+                &ex,
+                facts,
+                self.redact_query,
+                self.mono_to_unix_ns,
+            );
+            self.stats.calls.fetch_add(1, Relaxed);
+            for s in &mut self.sinks {
+                s.on_call(&call);
+            }
+        }
+    }
+
+    fn close_conn(&mut self, key: (u32, u64)) {
+        if let Some(mut c) = self.conns.remove(&key) {
+            c.http.close(&mut self.out);
+            match c.process {
+                Some(p) => self.emit(
+                    &p,
+                    ConnFacts {
+                        peer: c.peer,
+                        tls: true,
+                    },
+                ),
+                None => {
+                    self.out.drops.clear();
+                    self.out.exchanges.clear();
+                }
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(key) = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_ns)
+            .map(|(k, _)| *k)
+        {
+            self.stats.count_drop(DropReason::Evicted);
+            self.close_conn(key);
+        }
+    }
+
+    /// Closes connections silent for [`IDLE_NS`].
+    pub fn tick(&mut self, now_mono_ns: u64) {
+        let idle: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_mono_ns.saturating_sub(c.last_ns) > IDLE_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in idle {
+            self.close_conn(k);
+        }
+    }
+
+    fn process_exit(&mut self, tgid: u32) {
+        let keys: Vec<_> = self
+            .conns
+            .keys()
+            .filter(|(t, _)| *t == tgid)
+            .copied()
+            .collect();
+        for k in keys {
+            self.close_conn(k);
+        }
+        self.processes.remove(tgid);
+        for s in &mut self.sinks {
+            s.on_process_exit(tgid);
+        }
+    }
+
+    /// Ends every connection, for shutdown.
+    pub fn close_all(&mut self) {
+        let keys: Vec<_> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.close_conn(k);
+        }
+    }
+}
+
+/// The role and peer of a socket: from the kernel's connect/accept record, or from /proc for
+/// connections older than sightline.
+fn resolve(
+    lookup: &dyn SockLookup,
+    tgid: u32,
+    fd: i32,
+    use_proc: bool,
+) -> (Option<Role>, Option<SocketAddr>) {
+    if let Some(info) = lookup.lookup(tgid, fd) {
+        let role = match info.role {
+            sock_role::CONNECTED => Some(Role::Client),
+            sock_role::ACCEPTED => Some(Role::Server),
+            _ => None,
+        };
+        let ip = match info.family as i32 {
+            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                info.addr[0],
+                info.addr[1],
+                info.addr[2],
+                info.addr[3],
+            ))),
+            libc::AF_INET6 => {
+                let v6 = Ipv6Addr::from(info.addr);
+                Some(match v6.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(v6),
+                })
+            }
+            _ => None,
+        };
+        if let Some(ip) = ip {
+            return (role, Some(SocketAddr::new(ip, info.port)));
+        }
+        if use_proc {
+            return (role, tcp_addrs(tgid, fd).map(|(_, peer)| peer));
+        }
+        return (role, None);
+    }
+    if use_proc {
+        return (None, tcp_addrs(tgid, fd).map(|(_, peer)| peer));
+    }
+    (None, None)
+}

@@ -1,0 +1,137 @@
+//! What we know about an observed process: its identity for the OpenTelemetry resource.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub exe_path: String,
+    pub exe_name: String,
+    /// From the process's own `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`, else the
+    /// executable's name: the service is named as it would name itself.
+    pub service_name: String,
+    /// The rest of the process's own `OTEL_RESOURCE_ATTRIBUTES`.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ProcessInfo {
+    pub fn read(pid: u32) -> Option<ProcessInfo> {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let exe_path = match exe {
+            Some(p) => p
+                .to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string(),
+            // Kernel threads and zombies have no exe; the comm still names them.
+            None => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()?
+                .trim()
+                .to_string(),
+        };
+        let exe_name = exe_path.rsplit('/').next().unwrap_or(&exe_path).to_string();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        Some(Self::from_parts(pid, exe_path, exe_name, &environ))
+    }
+
+    pub fn from_parts(pid: u32, exe_path: String, exe_name: String, environ: &[u8]) -> Self {
+        let mut service_name = None;
+        let mut attributes = Vec::new();
+        for var in environ.split(|&b| b == 0) {
+            let Ok(var) = std::str::from_utf8(var) else {
+                continue;
+            };
+            if let Some(v) = var.strip_prefix("OTEL_SERVICE_NAME=") {
+                if !v.trim().is_empty() {
+                    service_name = Some(v.trim().to_string());
+                }
+            } else if let Some(v) = var.strip_prefix("OTEL_RESOURCE_ATTRIBUTES=") {
+                // A malformed list in the target's environment is the target's problem; keep
+                // what parses.
+                for part in v.split(',') {
+                    if let Ok(kv) = otel_config::parse_key_values(part) {
+                        attributes.extend(kv);
+                    }
+                }
+            }
+        }
+        let from_attrs = attributes
+            .iter()
+            .find(|(k, _)| k == "service.name")
+            .map(|(_, v)| v.clone());
+        attributes.retain(|(k, _)| k != "service.name");
+        let service_name = service_name
+            .or(from_attrs)
+            .unwrap_or_else(|| exe_name.clone());
+        ProcessInfo {
+            pid,
+            exe_path,
+            exe_name,
+            service_name,
+            attributes,
+        }
+    }
+}
+
+/// Process identities by pid, read once when a process is first seen.
+#[derive(Default)]
+pub struct Processes {
+    map: HashMap<u32, Arc<ProcessInfo>>,
+}
+
+impl Processes {
+    /// Reads /proc now; done at exec so short-lived clients are identified before they exit.
+    pub fn refresh(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        let info = Arc::new(ProcessInfo::read(pid)?);
+        self.map.insert(pid, info.clone());
+        Some(info)
+    }
+
+    pub fn get(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        match self.map.get(&pid) {
+            Some(p) => Some(p.clone()),
+            None => self.refresh(pid),
+        }
+    }
+
+    pub fn insert(&mut self, info: Arc<ProcessInfo>) {
+        self.map.insert(info.pid, info);
+    }
+
+    pub fn remove(&mut self, pid: u32) {
+        self.map.remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_name_precedence() {
+        let p = ProcessInfo::from_parts(
+            1,
+            "/usr/bin/python3.11".into(),
+            "python3.11".into(),
+            b"PATH=/bin\0OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs,team=pay%20ments\0",
+        );
+        assert_eq!(p.service_name, "from-attrs");
+        assert_eq!(p.attributes, vec![("team".into(), "pay ments".into())]);
+        let p = ProcessInfo::from_parts(
+            1,
+            "/x/y".into(),
+            "y".into(),
+            b"OTEL_SERVICE_NAME=checkout\0OTEL_RESOURCE_ATTRIBUTES=service.name=nope\0",
+        );
+        assert_eq!(p.service_name, "checkout");
+        let p = ProcessInfo::from_parts(1, "/usr/sbin/nginx".into(), "nginx".into(), b"");
+        assert_eq!(p.service_name, "nginx");
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let p = ProcessInfo::read(std::process::id()).unwrap();
+        assert!(p.exe_path.starts_with('/'));
+        assert_eq!(p.pid, std::process::id());
+    }
+}

@@ -1,0 +1,339 @@
+//! OTLP export through opentelemetry-otlp, over gRPC (tonic) or HTTP/protobuf.
+//!
+//! Spans go through our own bounded queue rather than the SDK's batch processor: each observed
+//! process has its own resource, and one exporter serves them all by switching resources
+//! between batches. When the queue is full, spans are dropped and counted; a slow or absent
+//! collector never grows memory or stalls capture.
+
+use super::Sink;
+use crate::processes::ProcessInfo;
+use crate::telemetry::call::Call;
+use crate::telemetry::metrics::{process_resource, Metrics};
+use crate::telemetry::spans::{scope, to_span};
+use crate::telemetry::stats::Stats;
+use anyhow::Context;
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use opentelemetry_sdk::Resource;
+use otel_config::{BatchSettings, Compression, Protocol, SignalExport};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+type Queued = (Arc<Resource>, SpanData);
+
+fn compression(c: Compression) -> Option<opentelemetry_otlp::Compression> {
+    match c {
+        Compression::None => None,
+        Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
+        Compression::Zstd => Some(opentelemetry_otlp::Compression::Zstd),
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading the OTLP {what} {}", path.display()))
+}
+
+fn tonic_tls(
+    s: &SignalExport,
+) -> anyhow::Result<Option<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig>> {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+    if !s.endpoint.starts_with("https://") {
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &s.certificate {
+        tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "certificate")?));
+    }
+    if let (Some(cert), Some(key)) = (&s.client_certificate, &s.client_key) {
+        tls = tls.identity(Identity::from_pem(
+            read_pem(cert, "client certificate")?,
+            read_pem(key, "client key")?,
+        ));
+    }
+    Ok(Some(tls))
+}
+
+fn http_headers(s: &SignalExport) -> HashMap<String, String> {
+    s.headers.iter().cloned().collect()
+}
+
+fn tonic_metadata(s: &SignalExport) -> anyhow::Result<tonic::metadata::MetadataMap> {
+    use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+    let mut md = MetadataMap::new();
+    for (k, v) in &s.headers {
+        let key = MetadataKey::from_bytes(k.as_bytes())
+            .with_context(|| format!("OTLP header name {k:?} is not valid for gRPC"))?;
+        let value: MetadataValue<_> = v
+            .parse()
+            .with_context(|| format!("OTLP header {k:?} has a value gRPC cannot carry"))?;
+        md.insert(key, value);
+    }
+    Ok(md)
+}
+
+fn refuse_https_over_http(s: &SignalExport) -> anyhow::Result<()> {
+    if s.endpoint.starts_with("https://") {
+        anyhow::bail!(
+            "OTLP over https with http/protobuf is not supported yet ({}); use OTEL_EXPORTER_OTLP_PROTOCOL=grpc for TLS",
+            s.endpoint
+        );
+    }
+    Ok(())
+}
+
+pub fn span_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    let b = opentelemetry_otlp::SpanExporter::builder();
+    let e = match s.protocol {
+        Protocol::Grpc => {
+            let mut t = b
+                .with_tonic()
+                .with_endpoint(&s.endpoint)
+                .with_timeout(s.timeout)
+                .with_metadata(tonic_metadata(s)?);
+            if let Some(c) = compression(s.compression) {
+                t = t.with_compression(c);
+            }
+            if let Some(tls) = tonic_tls(s)? {
+                t = t.with_tls_config(tls);
+            }
+            t.build()
+        }
+        Protocol::HttpProtobuf => {
+            refuse_https_over_http(s)?;
+            let mut h = b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(&s.endpoint)
+                .with_timeout(s.timeout)
+                .with_headers(http_headers(s));
+            if let Some(c) = compression(s.compression) {
+                h = h.with_compression(c);
+            }
+            h.build()
+        }
+    };
+    e.with_context(|| format!("building the OTLP trace exporter for {}", s.endpoint))
+}
+
+pub fn metric_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::MetricExporter> {
+    let b = opentelemetry_otlp::MetricExporter::builder();
+    let e = match s.protocol {
+        Protocol::Grpc => {
+            let mut t = b
+                .with_tonic()
+                .with_endpoint(&s.endpoint)
+                .with_timeout(s.timeout)
+                .with_metadata(tonic_metadata(s)?);
+            if let Some(c) = compression(s.compression) {
+                t = t.with_compression(c);
+            }
+            if let Some(tls) = tonic_tls(s)? {
+                t = t.with_tls_config(tls);
+            }
+            t.build()
+        }
+        Protocol::HttpProtobuf => {
+            refuse_https_over_http(s)?;
+            let mut h = b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(&s.endpoint)
+                .with_timeout(s.timeout)
+                .with_headers(http_headers(s));
+            if let Some(c) = compression(s.compression) {
+                h = h.with_compression(c);
+            }
+            h.build()
+        }
+    };
+    e.with_context(|| format!("building the OTLP metric exporter for {}", s.endpoint))
+}
+
+/// The pipeline-side end of span export: converts calls and queues them without blocking.
+pub struct SpanSink {
+    tx: mpsc::Sender<Queued>,
+    stats: Arc<Stats>,
+    scope: InstrumentationScope,
+    extra: Vec<(String, String)>,
+    resources: HashMap<u32, (Arc<ProcessInfo>, Arc<Resource>)>,
+}
+
+impl SpanSink {
+    fn resource(&mut self, p: &Arc<ProcessInfo>) -> Arc<Resource> {
+        match self.resources.get(&p.pid) {
+            Some((info, r)) if Arc::ptr_eq(info, p) => r.clone(),
+            _ => {
+                let r = Arc::new(process_resource(p, &self.extra));
+                self.resources.insert(p.pid, (p.clone(), r.clone()));
+                r
+            }
+        }
+    }
+}
+
+impl Sink for SpanSink {
+    fn on_call(&mut self, call: &Call) {
+        let span = to_span(call, &self.scope);
+        let res = self.resource(&call.process);
+        if self.tx.try_send((res, span)).is_err() {
+            self.stats.spans_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn on_process_exit(&mut self, pid: u32) {
+        // Queued spans hold their own reference to the resource.
+        self.resources.remove(&pid);
+    }
+}
+
+pub struct MetricsSink {
+    pub metrics: Arc<Metrics>,
+}
+
+impl Sink for MetricsSink {
+    fn on_call(&mut self, call: &Call) {
+        self.metrics.record(call);
+    }
+    fn on_process_exit(&mut self, pid: u32) {
+        self.metrics.process_exited(pid);
+    }
+}
+
+/// Starts the span export task; returns the sink to give the pipeline.
+pub fn start_spans(
+    exporter: opentelemetry_otlp::SpanExporter,
+    batch: BatchSettings,
+    stats: Arc<Stats>,
+    extra: Vec<(String, String)>,
+    shutdown: watch::Receiver<bool>,
+) -> (SpanSink, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(batch.max_queue_size);
+    let task = tokio::spawn(export_spans(exporter, rx, batch, stats.clone(), shutdown));
+    (
+        SpanSink {
+            tx,
+            stats,
+            scope: scope(),
+            extra,
+            resources: HashMap::new(),
+        },
+        task,
+    )
+}
+
+async fn export_spans(
+    mut exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<Queued>,
+    batch: BatchSettings,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut buf: Vec<Queued> = Vec::with_capacity(batch.max_export_batch_size);
+    let mut deadline = Instant::now() + batch.schedule_delay;
+    loop {
+        let stop = *shutdown.borrow();
+        if stop {
+            // Drain what is queued, within the time left for shutdown.
+            while let Ok(item) = rx.try_recv() {
+                buf.push(item);
+                if buf.len() >= batch.max_export_batch_size {
+                    flush(&mut exporter, &mut buf, &batch, &stats).await;
+                }
+            }
+            flush(&mut exporter, &mut buf, &batch, &stats).await;
+            return;
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => {
+                    buf.push(item);
+                    if buf.len() >= batch.max_export_batch_size {
+                        flush(&mut exporter, &mut buf, &batch, &stats).await;
+                        deadline = Instant::now() + batch.schedule_delay;
+                    }
+                }
+                None => {
+                    flush(&mut exporter, &mut buf, &batch, &stats).await;
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(wait) => {
+                flush(&mut exporter, &mut buf, &batch, &stats).await;
+                deadline = Instant::now() + batch.schedule_delay;
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn flush(
+    exporter: &mut opentelemetry_otlp::SpanExporter,
+    buf: &mut Vec<Queued>,
+    batch: &BatchSettings,
+    stats: &Stats,
+) {
+    if buf.is_empty() {
+        return;
+    }
+    // Group by resource, keeping arrival order within each group.
+    let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
+    for (res, span) in buf.drain(..) {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &res)) {
+            Some((_, spans)) => spans.push(span),
+            None => groups.push((res, vec![span])),
+        }
+    }
+    for (res, spans) in groups {
+        let n = spans.len() as u64;
+        exporter.set_resource(&res);
+        let ok = matches!(
+            tokio::time::timeout(batch.export_timeout, exporter.export(spans)).await,
+            Ok(Ok(()))
+        );
+        if ok {
+            stats.spans_exported.fetch_add(n, Relaxed);
+        } else {
+            stats.export_failures.fetch_add(1, Relaxed);
+            stats.spans_dropped.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// Starts the metric export task: every interval, and once more at shutdown.
+pub fn start_metrics(
+    exporter: opentelemetry_otlp::MetricExporter,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    timeout: Duration,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            for rm in metrics.collect() {
+                let ok = matches!(
+                    tokio::time::timeout(timeout, exporter.export(&rm)).await,
+                    Ok(Ok(()))
+                );
+                if !ok {
+                    stats.export_failures.fetch_add(1, Relaxed);
+                }
+            }
+            if last || *shutdown.borrow() {
+                return;
+            }
+        }
+    })
+}

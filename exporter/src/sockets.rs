@@ -1,0 +1,84 @@
+//! A socket's addresses from /proc, for connections that were open before sightline started
+//! (their connect/accept happened before the probes existed).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Local and peer address of a process's socket fd, if it is a TCP socket.
+pub fn tcp_addrs(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode: u64 = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        if let Some(found) = find_inode(&table, inode, v6) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn find_inode(table: &str, inode: u64, v6: bool) -> Option<(SocketAddr, SocketAddr)> {
+    for line in table.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 10 || cols[9].parse::<u64>().ok()? != inode {
+            continue;
+        }
+        return Some((parse_addr(cols[1], v6)?, parse_addr(cols[2], v6)?));
+    }
+    None
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6), each 32-bit word in host order.
+fn parse_addr(s: &str, v6: bool) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = if v6 {
+        if addr.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for w in 0..4 {
+            let word = u32::from_str_radix(&addr[w * 8..w * 8 + 8], 16).ok()?;
+            bytes[w * 4..w * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        let v6 = Ipv6Addr::from(bytes);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    } else {
+        let word = u32::from_str_radix(addr, 16).ok()?;
+        IpAddr::V4(Ipv4Addr::from(word.to_ne_bytes()))
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_tcp() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1\n";
+        let (l, p) = find_inode(table, 12345, false).unwrap();
+        assert_eq!(l.to_string(), "127.0.0.1:8080");
+        assert_eq!(p.to_string(), "127.0.0.1:54321");
+        assert_eq!(find_inode(table, 1, false), None);
+    }
+
+    #[test]
+    fn own_socket_is_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        use std::os::fd::AsRawFd;
+        let (local, peer) = tcp_addrs(std::process::id(), c.as_raw_fd()).unwrap();
+        assert_eq!(peer, l.local_addr().unwrap());
+        assert_eq!(local, c.local_addr().unwrap());
+    }
+}

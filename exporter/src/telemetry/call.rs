@@ -1,0 +1,267 @@
+//! A finished HTTP call, with everything every sink needs, decided once: names, redacted
+//! query, trace ids and wall-clock times.
+
+use super::redact::redact_query;
+use super::trace_context::{new_span_id, new_trace_id, parse_traceparent};
+use crate::processes::ProcessInfo;
+use crate::protocols::http1::Exchange;
+use crate::protocols::Role;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub process: Arc<ProcessInfo>,
+    pub role: Role,
+    /// A known method, or `_OTHER` as semconv asks, to bound cardinality.
+    pub method: String,
+    /// The method as sent, when it is not a known one.
+    pub method_original: Option<String>,
+    pub path: String,
+    /// Redacted unless redaction is turned off.
+    pub query: Option<String>,
+    /// Absolute-form targets (proxies) carry their own scheme and authority.
+    pub absolute_authority: Option<String>,
+    pub status: u16,
+    pub protocol_version: &'static str,
+    pub scheme: &'static str,
+    /// From the `Host` header, without the port.
+    pub host: Option<String>,
+    pub host_port: Option<u16>,
+    pub peer: Option<SocketAddr>,
+    pub user_agent: Option<String>,
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
+    pub trace_flags: u8,
+    pub tracestate: Option<String>,
+}
+
+/// Connection facts that the HTTP bytes don't carry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnFacts {
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+}
+
+impl Call {
+    pub fn new(
+        process: Arc<ProcessInfo>,
+        ex: &Exchange,
+        conn: ConnFacts,
+        redact_query_values: bool,
+        mono_to_unix_ns: i128,
+    ) -> Call {
+        let req = &ex.request;
+        let (method, method_original) = if KNOWN_METHODS.contains(&req.method.as_str()) {
+            (req.method.clone(), None)
+        } else {
+            ("_OTHER".to_string(), Some(req.method.clone()))
+        };
+        let scheme = if conn.tls { "https" } else { "http" };
+        // Absolute-form (`GET http://host/path`) is what proxies receive.
+        let (absolute_authority, target) = match req.target.split_once("://") {
+            Some((_, rest)) if !req.target.starts_with('/') => {
+                let (auth, path) = match rest.find('/') {
+                    Some(i) => (&rest[..i], &rest[i..]),
+                    None => (rest, "/"),
+                };
+                (Some(auth.to_string()), path)
+            }
+            _ => (None, req.target.as_str()),
+        };
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let query = query.map(|q| {
+            if redact_query_values {
+                redact_query(q)
+            } else {
+                q.to_string()
+            }
+        });
+        let (host, host_port) = split_host(req.host.as_deref().or(absolute_authority.as_deref()));
+
+        let incoming = match ex.role {
+            Role::Server => req.traceparent.as_deref().and_then(parse_traceparent),
+            Role::Client => None,
+        };
+        let (trace_id, parent_span_id, trace_flags) = match incoming {
+            Some(tp) => (tp.trace_id, Some(tp.span_id), tp.flags),
+            None => (new_trace_id(), None, 1),
+        };
+        let tracestate = incoming.and(req.tracestate.clone());
+
+        Call {
+            process,
+            role: ex.role,
+            method,
+            method_original,
+            path: path.to_string(),
+            query,
+            absolute_authority,
+            status: ex.response.status.unwrap_or(0),
+            protocol_version: if req.minor == 0 { "1.0" } else { "1.1" },
+            scheme,
+            host,
+            host_port,
+            peer: conn.peer,
+            user_agent: req.user_agent.clone(),
+            start_unix_ns: (ex.start_ns as i128 + mono_to_unix_ns).max(0) as u64,
+            duration_ns: ex.end_ns.saturating_sub(ex.start_ns),
+            trace_id,
+            span_id: new_span_id(),
+            parent_span_id,
+            trace_flags,
+            tracestate,
+        }
+    }
+
+    /// `url.full` for CLIENT spans, with the query already redacted.
+    pub fn url_full(&self) -> String {
+        let authority = match (&self.host, self.host_port) {
+            (Some(h), Some(p)) => format!("{}:{p}", bracket(h)),
+            (Some(h), None) => bracket(h),
+            (None, _) => match self.peer {
+                Some(p) => p.to_string(),
+                None => "unknown".to_string(),
+            },
+        };
+        let mut url = format!("{}://{authority}{}", self.scheme, self.path);
+        if let Some(q) = &self.query {
+            url.push('?');
+            url.push_str(q);
+        }
+        url
+    }
+
+    /// `server.port`: the Host header's, else the peer's for clients, else the scheme default.
+    pub fn server_port(&self) -> Option<u16> {
+        self.host_port.or(match self.role {
+            Role::Client => self.peer.map(|p| p.port()),
+            Role::Server => Some(if self.scheme == "https" { 443 } else { 80 }),
+        })
+    }
+
+    /// Error status per semconv: 5xx for servers, 4xx and 5xx for clients.
+    pub fn is_error(&self) -> bool {
+        match self.role {
+            Role::Server => self.status >= 500 || self.status == 0,
+            Role::Client => self.status >= 400 || self.status == 0,
+        }
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// `example.com:8443` → (`example.com`, 8443); `[::1]:80` → (`::1`, 80).
+fn split_host(h: Option<&str>) -> (Option<String>, Option<u16>) {
+    let Some(h) = h.map(str::trim).filter(|h| !h.is_empty()) else {
+        return (None, None);
+    };
+    if let Some(rest) = h.strip_prefix('[') {
+        if let Some((addr, tail)) = rest.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (Some(addr.to_string()), port);
+        }
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (Some(host.to_string()), Some(p)),
+            Err(_) => (Some(h.to_string()), None),
+        },
+        _ => (Some(h.to_string()), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::http1::parse_head;
+
+    fn exchange(role: Role, req: &[u8], resp: &[u8]) -> Exchange {
+        Exchange {
+            role,
+            request: parse_head(req).unwrap().unwrap().0,
+            response: parse_head(resp).unwrap().unwrap().0,
+            start_ns: 1_000,
+            end_ns: 3_500,
+        }
+    }
+
+    fn proc() -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo::from_parts(
+            7,
+            "/usr/bin/curl".into(),
+            "curl".into(),
+            b"",
+        ))
+    }
+
+    #[test]
+    fn server_call_continues_the_incoming_trace() {
+        let ex = exchange(
+            Role::Server,
+            b"GET /api/items?token=s3cret&page=2 HTTP/1.1\r\nHost: shop.example:8443\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracestate: k=v\r\n\r\n",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+        );
+        let c = Call::new(
+            proc(),
+            &ex,
+            ConnFacts {
+                peer: None,
+                tls: true,
+            },
+            true,
+            10,
+        );
+        assert_eq!(c.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(c.parent_span_id, Some(0xb7ad6b7169203331));
+        assert_eq!(c.tracestate.as_deref(), Some("k=v"));
+        assert_eq!(c.path, "/api/items");
+        assert_eq!(c.query.as_deref(), Some("token=REDACTED&page=REDACTED"));
+        assert_eq!(c.host.as_deref(), Some("shop.example"));
+        assert_eq!(c.server_port(), Some(8443));
+        assert_eq!(c.start_unix_ns, 1_010);
+        assert_eq!(c.duration_ns, 2_500);
+        assert!(c.is_error());
+    }
+
+    #[test]
+    fn client_call_builds_a_redacted_url() {
+        let ex = exchange(
+            Role::Client,
+            b"BREW /pot?sugar=2 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\n\r\n",
+        );
+        let peer: SocketAddr = "[::1]:8443".parse().unwrap();
+        let c = Call::new(
+            proc(),
+            &ex,
+            ConnFacts {
+                peer: Some(peer),
+                tls: true,
+            },
+            true,
+            0,
+        );
+        assert_eq!(c.method, "_OTHER");
+        assert_eq!(c.method_original.as_deref(), Some("BREW"));
+        assert_eq!(c.url_full(), "https://[::1]:8443/pot?sugar=REDACTED");
+        assert_eq!(c.parent_span_id, None);
+        assert!(c.is_error());
+    }
+}

@@ -1,0 +1,8 @@
+//! Finished exchanges as OpenTelemetry: calls, spans, metrics and sightline's own health.
+
+pub mod call;
+pub mod metrics;
+pub mod redact;
+pub mod spans;
+pub mod stats;
+pub mod trace_context;
