@@ -31,7 +31,6 @@ pub enum FileState {
     NotTls,
     Attached {
         points: usize,
-        version: Option<String>,
     },
     Failed(String),
 }
@@ -91,8 +90,14 @@ impl Discovery {
     /// The executable and the mapped files of one process that may carry OpenSSL.
     pub fn scan_pid(&mut self, pid: u32, loader: &mut Loader) {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        // Through /proc/PID/exe the file is reachable whatever mount namespace it lives in.
-        self.consider(&PathBuf::from(format!("/proc/{pid}/exe")), loader);
+        // Through the process's root the file is reachable whatever mount namespace it lives
+        // in, and, unlike /proc/PID/exe, the path stays valid if the process exits mid-attach.
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            let exe = exe.to_string_lossy();
+            if exe.starts_with('/') && !exe.ends_with(" (deleted)") {
+                self.consider(&stable_path(&root, &exe), loader);
+            }
+        }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return;
         };
@@ -108,12 +113,13 @@ impl Discovery {
             let name = path.rsplit('/').next().unwrap_or(path);
             // BoringSSL and OpenSSL builds keep "ssl" in the library's name.
             if name.contains("ssl") && name.contains(".so") {
-                self.consider(&root.join(path.trim_start_matches('/')), loader);
+                self.consider(&stable_path(&root, path), loader);
             }
         }
     }
 
     fn consider(&mut self, path: &Path, loader: &mut Loader) {
+        tracing::debug!(file = %path.display(), "considering");
         let Ok(meta) = std::fs::metadata(path) else {
             return;
         };
@@ -124,22 +130,18 @@ impl Discovery {
         if self.files.contains_key(&key) {
             return;
         }
-        let state = match openssl_targets(path) {
+        let t0 = std::time::Instant::now();
+        let found = openssl_targets(path);
+        tracing::debug!(file = %path.display(), elapsed = ?t0.elapsed(), "symbols read");
+        let state = match found {
             Ok(None) => FileState::NotTls,
             // Scripts, corrupt files: nothing to probe, nothing to report per file.
             Err(_) => FileState::NotTls,
             Ok(Some(target)) => match loader.attach_openssl(&target) {
                 Ok(points) => {
-                    tracing::info!(
-                        file = %path.display(),
-                        version = target.version.as_deref().unwrap_or("unknown"),
-                        points,
-                        "probing OpenSSL"
-                    );
-                    FileState::Attached {
-                        points,
-                        version: target.version,
-                    }
+                    let shown = std::fs::canonicalize(path).unwrap_or(path.to_owned());
+                    tracing::info!(file = %shown.display(), points, "probing OpenSSL");
+                    FileState::Attached { points }
                 }
                 Err(e) => {
                     self.stats.attach_failures.fetch_add(1, Relaxed);
@@ -149,5 +151,16 @@ impl Discovery {
             },
         };
         self.files.insert(key, state);
+    }
+}
+
+/// A path to a process's file that outlives the process: our own view of it when we share the
+/// mount namespace (same inode), else the view through its root.
+fn stable_path(root: &Path, path: &str) -> PathBuf {
+    let through_root = root.join(path.trim_start_matches('/'));
+    let ours = PathBuf::from(path);
+    match (std::fs::metadata(&ours), std::fs::metadata(&through_root)) {
+        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => ours,
+        _ => through_root,
     }
 }

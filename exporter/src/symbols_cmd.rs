@@ -1,7 +1,7 @@
 //! `sightline symbols <path|pid>`: every attach point with its source, for people and scripts.
 
 use serde::Serialize;
-use sightline_symbolizer::{openssl_targets, SSL_FUNCTIONS};
+use sightline_symbolizer::{openssl_targets, openssl_version, SSL_FUNCTIONS};
 use std::path::PathBuf;
 
 #[derive(Serialize)]
@@ -44,7 +44,7 @@ pub fn run(target: &str, json: bool) -> anyhow::Result<()> {
         let shown = std::fs::canonicalize(&f).unwrap_or(f.clone());
         let t = openssl_targets(&f)?;
         let (version, points) = match t {
-            Some(t) => (t.version, t.points),
+            Some(t) => (openssl_version(&f), t.points),
             None => (None, Vec::new()),
         };
         reports.push(Report {

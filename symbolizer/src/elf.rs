@@ -1,7 +1,9 @@
 //! ELF symbol tables: function name → address → file offset, which is what a uprobe needs.
 
 use crate::SymbolizeError;
-use object::{Object, ObjectSegment, ObjectSymbol, ReadCache, SymbolKind};
+use object::elf::Sym64;
+use object::read::elf::{ElfFile64, SectionHeader, Sym};
+use object::{Endianness, Object, ObjectSegment, ReadCache};
 use std::fs::File;
 use std::path::Path;
 
@@ -38,40 +40,56 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<Vec<AttachPoint>,
         path: path.to_owned(),
         source,
     })?;
-    let cache = ReadCache::new(file);
-    let obj = object::File::parse(&cache).map_err(|e| SymbolizeError::NotElf {
+    let not_elf = |reason: String| SymbolizeError::NotElf {
         path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let cache = ReadCache::new(file);
+    let elf = ElfFile64::<Endianness, _>::parse(&cache).map_err(|e| not_elf(e.to_string()))?;
+    let endian = elf.endian();
 
     let mut found: Vec<AttachPoint> = Vec::new();
     // The dynamic table survives `strip`, so it is the first choice; the full table adds
     // statically linked copies that are not exported.
-    let tables = [
-        (SymbolSource::Dynsym, obj.dynamic_symbols()),
-        (SymbolSource::Symtab, obj.symbols()),
-    ];
-    for (source, symbols) in tables {
-        for sym in symbols {
-            if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
+    for (source, kind) in [
+        (SymbolSource::Dynsym, object::elf::SHT_DYNSYM),
+        (SymbolSource::Symtab, object::elf::SHT_SYMTAB),
+    ] {
+        if found.len() == names.len() {
+            break;
+        }
+        let Some((syms, strings)) = table(&elf, &cache, kind) else {
+            continue;
+        };
+        for sym in syms {
+            if sym.st_type() != object::elf::STT_FUNC && sym.st_type() != object::elf::STT_GNU_IFUNC
+            {
                 continue;
             }
-            let Ok(name) = sym.name() else { continue };
+            let addr = sym.st_value(endian);
+            if sym.st_shndx(endian) == object::elf::SHN_UNDEF || addr == 0 {
+                continue;
+            }
+            let Some(name) = c_str_at(strings, sym.st_name(endian) as usize) else {
+                continue;
+            };
             // Versioned names such as `SSL_read@@OPENSSL_3.0.0` match their base name.
-            let base = name.split('@').next().unwrap_or(name);
-            if !names.contains(&base) || found.iter().any(|f| f.symbol == base) {
+            let base = name.split(|&b| b == b'@').next().unwrap_or(name);
+            let Some(want) = names.iter().find(|n| n.as_bytes() == base) else {
+                continue;
+            };
+            if found.iter().any(|f| f.symbol == *want) {
                 continue;
             }
-            let file_offset = address_to_offset(&obj, sym.address()).ok_or_else(|| {
-                SymbolizeError::NoSegment {
+            let file_offset =
+                address_to_offset(&elf, addr).ok_or_else(|| SymbolizeError::NoSegment {
                     path: path.to_owned(),
-                    symbol: base.to_string(),
-                    address: sym.address(),
-                }
-            })?;
+                    symbol: want.to_string(),
+                    address: addr,
+                })?;
             found.push(AttachPoint {
-                symbol: base.to_string(),
-                address: sym.address(),
+                symbol: want.to_string(),
+                address: addr,
                 file_offset,
                 source,
             });
@@ -81,11 +99,36 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<Vec<AttachPoint>,
     Ok(found)
 }
 
+type Elf<'a> = ElfFile64<'a, Endianness, &'a ReadCache<File>>;
+
+/// A symbol table and its strings, each read in one piece: reading names one by one through
+/// the cache costs a syscall per symbol, which for node's 100k symbols is most of a second.
+fn table<'a>(
+    elf: &Elf<'a>,
+    cache: &'a ReadCache<File>,
+    kind: u32,
+) -> Option<(&'a [Sym64<Endianness>], &'a [u8])> {
+    let endian = elf.endian();
+    let sections = elf.elf_section_table();
+    let hdr = sections.iter().find(|s| s.sh_type(endian) == kind)?;
+    let data = hdr.data(endian, cache).ok()?;
+    let syms = object::pod::slice_from_all_bytes::<Sym64<Endianness>>(
+        &data[..data.len() - data.len() % std::mem::size_of::<Sym64<Endianness>>()],
+    )
+    .ok()?;
+    let strtab = sections.section(hdr.link(endian)).ok()?;
+    let strings = strtab.data(endian, cache).ok()?;
+    Some((syms, strings))
+}
+
+fn c_str_at(strings: &[u8], at: usize) -> Option<&[u8]> {
+    let tail = strings.get(at..)?;
+    let end = memchr::memchr(0, tail)?;
+    Some(&tail[..end])
+}
+
 /// Program headers map addresses to file offsets; section headers may be stripped.
-fn address_to_offset<'a, R: object::ReadRef<'a>>(
-    obj: &object::File<'a, R>,
-    addr: u64,
-) -> Option<u64> {
+fn address_to_offset(obj: &Elf<'_>, addr: u64) -> Option<u64> {
     obj.segments().find_map(|seg| {
         let (off, size) = seg.file_range();
         let start = seg.address();

@@ -9,7 +9,7 @@ mod elf;
 mod openssl;
 
 pub use elf::{function_offsets, AttachPoint, SymbolSource};
-pub use openssl::{openssl_targets, OpensslTarget, SSL_FUNCTIONS};
+pub use openssl::{openssl_targets, openssl_version, OpensslTarget, SSL_FUNCTIONS};
 
 use std::path::PathBuf;
 

@@ -13,9 +13,6 @@ pub const SSL_FUNCTIONS: [&str; 4] = ["SSL_read", "SSL_write", "SSL_read_ex", "S
 pub struct OpensslTarget {
     pub path: PathBuf,
     pub points: Vec<AttachPoint>,
-    /// For example `OpenSSL 3.0.15 3 Sep 2024`, when the binary (or, for `libssl`, its
-    /// `libcrypto` sibling) carries the string.
-    pub version: Option<String>,
 }
 
 /// The OpenSSL functions a file defines, or `None` when it has neither `SSL_read` nor
@@ -28,13 +25,17 @@ pub fn openssl_targets(path: &Path) -> Result<Option<OpensslTarget>, SymbolizeEr
     {
         return Ok(None);
     }
-    let version =
-        version_string(path).or_else(|| sibling_libcrypto(path).and_then(|c| version_string(&c)));
     Ok(Some(OpensslTarget {
         path: path.to_owned(),
         points,
-        version,
     }))
+}
+
+/// The OpenSSL version the file (or, for `libssl`, its `libcrypto` sibling) carries, for
+/// example `OpenSSL 3.0.15 3 Sep 2024`. This reads the whole file, so callers on a hot path
+/// attach first and ask later.
+pub fn openssl_version(path: &Path) -> Option<String> {
+    version_string(path).or_else(|| sibling_libcrypto(path).and_then(|c| version_string(&c)))
 }
 
 /// `libssl.so.3` keeps no version text; its `libcrypto.so.3` does.
@@ -82,9 +83,10 @@ fn parse_version(tail: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(&text[..end]).ok()?;
     let mut parts = text.split_whitespace();
     let ver = parts.next()?;
-    let mut nums = ver.split('.');
-    let major = nums.next()?;
-    if !major.chars().all(|c| c.is_ascii_digit()) || nums.next().is_none() {
+    // Release versions have three parts (3.0.15, 1.1.1w); "OpenSSL 3.0 legacy provider" is
+    // a provider's name, not a version.
+    let nums: Vec<&str> = ver.split('.').collect();
+    if nums.len() < 3 || !nums[0].chars().all(|c| c.is_ascii_digit()) || nums[0].is_empty() {
         return None;
     }
     Some(format!("OpenSSL {}", text.trim()))
@@ -102,6 +104,11 @@ mod tests {
         );
         assert_eq!(parse_version(b"OpenSSL support\0"), None);
         assert_eq!(parse_version(b"OpenSSL 3"), None);
+        assert_eq!(parse_version(b"OpenSSL 3.0 legacy provider\0"), None);
+        assert_eq!(
+            parse_version(b"OpenSSL 1.1.1w  11 Sep 2023\0"),
+            Some("OpenSSL 1.1.1w  11 Sep 2023".into())
+        );
     }
 
     #[test]
@@ -135,9 +142,7 @@ mod system_tests {
             names,
             ["SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"]
         );
-        assert!(
-            t.version.as_deref().unwrap_or("").starts_with("OpenSSL 3."),
-            "{t:?}"
-        );
+        let v = openssl_version(p).unwrap_or_default();
+        assert!(v.starts_with("OpenSSL 3."), "{v}");
     }
 }
