@@ -1,1 +1,6 @@
+//! Support for sightline's end-to-end tests: a real OTLP receiver, real servers and clients.
+#![forbid(unsafe_code)]
 
+pub mod flat;
+pub mod procs;
+pub mod receiver;
