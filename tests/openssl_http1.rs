@@ -322,16 +322,24 @@ async fn scenario(grpc: bool) {
     assert!(nginx_row["calls"].as_u64().unwrap() >= 6);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_calls_over_otlp_grpc() {
+fn serially(grpc: bool) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    scenario(true).await;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(scenario(grpc));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_calls_over_otlp_http_protobuf() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    scenario(false).await;
+#[test]
+fn https_calls_over_otlp_grpc() {
+    serially(true);
+}
+
+#[test]
+fn https_calls_over_otlp_http_protobuf() {
+    serially(false);
 }
 
 #[test]
