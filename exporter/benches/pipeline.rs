@@ -77,7 +77,9 @@ fn bench(c: &mut Criterion) {
     let resource = process_resource(&process, &[]);
     let bytes = Arc::new(Mutex::new(0usize));
     let sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(MetricsSink { metrics: metrics.clone() }),
+        Box::new(MetricsSink {
+            metrics: metrics.clone(),
+        }),
         Box::new(EncodeSink {
             batch: Vec::with_capacity(512),
             scope: scope(),

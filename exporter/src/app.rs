@@ -10,8 +10,9 @@ use crate::sinks::Sink;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::stats::Stats;
 use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
 use otel_config::{Config, OutputFormat};
-use sightline_common::counter;
+use sightline_common::{counter, DRAIN_INTERVAL_MS};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +98,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut ring = loader::watch_ring(channels.events).context("watching the ring buffer")?;
     let (rescan_tx, mut rescan_rx) = mpsc::unbounded_channel::<u32>();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut notices = Vec::new();
@@ -105,26 +108,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if let Some(n) = pipeline.handle(&item) {
-                        notices.push(n);
-                    }
-                }
+                drain_ring(guard.get_inner_mut(), &mut pipeline, &mut notices);
                 guard.clear_ready();
-                for n in notices.drain(..) {
-                    if let Notice::Exec(pid) = n {
-                        discovery.scan_pid(pid, &mut loader);
-                        for delay in RESCAN_AFTER {
-                            let tx = rescan_tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(delay).await;
-                                let _ = tx.send(pid);
-                            });
-                        }
-                    }
-                }
             }
+            // Records are mostly written without a wakeup; collect them here.
+            _ = drain.tick() => drain_ring(ring.get_mut(), &mut pipeline, &mut notices),
             Some(pid) = rescan_rx.recv() => discovery.scan_pid(pid, &mut loader),
             _ = tick.tick() => {
                 pipeline.tick(loader::monotonic_ns());
@@ -135,6 +123,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+        }
+        for n in notices.drain(..) {
+            if let Notice::Exec(pid) = n {
+                discovery.scan_pid(pid, &mut loader);
+                for delay in RESCAN_AFTER {
+                    let tx = rescan_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = tx.send(pid);
+                    });
+                }
+            }
         }
     }
 
@@ -175,4 +175,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn drain_ring(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, notices: &mut Vec<Notice>) {
+    while let Some(item) = rb.next() {
+        if let Some(n) = pipeline.handle(&item) {
+            notices.push(n);
+        }
+    }
 }

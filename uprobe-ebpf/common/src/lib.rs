@@ -16,6 +16,14 @@ pub const DEFAULT_CAPTURE: u32 = 4096;
 /// Ring buffer size; a power of two multiple of the page size, as the kernel requires.
 pub const RING_BYTES: u32 = 8 << 20;
 
+/// Unread bytes in the ring buffer past which a record wakes the reader. Below it, records
+/// are written without a wakeup and the reader drains them on its timer: one wakeup per
+/// record would cost a context switch per TLS call on a busy server.
+pub const WAKEUP_BYTES: u64 = 256 << 10;
+
+/// How often the reader drains the ring buffer without being woken, in milliseconds.
+pub const DRAIN_INTERVAL_MS: u64 = 20;
+
 /// Names of maps and globals, shared so a rename breaks the build rather than the loader.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";

@@ -23,6 +23,7 @@ use aya_ebpf::{
 use sightline_common::{
     counter, direction, kind, sock_role, source, ActiveCall, ConnKey, DataHeader, DataRecord,
     ProcessRecord, SockInfo, DATA_HEADER_LEN, DEFAULT_CAPTURE, MAX_CAPTURE, RING_BYTES,
+    WAKEUP_BYTES,
 };
 
 /// Payload bytes to copy per call; set by the loader from the configuration.
@@ -52,6 +53,19 @@ static CONN_INFO: LruHashMap<ConnKey, SockInfo> = LruHashMap::with_max_entries(6
 /// `accept()`'s sockaddr pointer, from syscall entry to exit.
 #[map]
 static ACCEPT_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Wake the reader only once enough has piled up; its timer collects the rest.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -210,7 +224,7 @@ fn emit(call: &ActiveCall, id: u64, len: u64) {
             core::ptr::addr_of!(EVENTS) as *mut core::ffi::c_void,
             (rec as *mut DataRecord).cast(),
             size,
-            0,
+            wakeup_flags(),
         )
     };
     if r != 0 {
@@ -357,7 +371,10 @@ fn process_event(k: u32, tgid: u32) {
         tgid,
         ts_ns: now(),
     };
-    if EVENTS.output::<ProcessRecord>(&rec, 0).is_err() {
+    if EVENTS
+        .output::<ProcessRecord>(&rec, wakeup_flags())
+        .is_err()
+    {
         bump(counter::RINGBUF_FULL);
     }
 }

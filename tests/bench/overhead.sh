@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Throughput overhead of sightline on nginx over HTTPS (keep-alive, tiny responses), measured
+# three ways on the same machine in one run: no probes, empty probes on the same OpenSSL points
+# (bpftrace), and sightline. Also sightline's peak and steady RSS under that load.
+#
+#   sudo tests/bench/overhead.sh [seconds-per-run] [runs]
+#
+# Prints a table; the README quotes its figures.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-10}
+runs=${2:-3}
+conns=${CONNS:-16}
+bin=target/release/sightline
+[ -x "$bin" ] || cargo build --release --bin sightline
+for t in nginx wrk bpftrace openssl; do command -v $t >/dev/null || { echo "missing $t: run tests/prereqs.sh" >&2; exit 1; }; done
+[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
+
+libssl=$(ldconfig -p | awk '/libssl.so.3 .*x86-64/ {print $NF; exit}')
+dir=$(mktemp -d)
+port=$((20000 + RANDOM % 20000))
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+  -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir/body;
+  server {
+    listen 127.0.0.1:$port ssl;
+    ssl_certificate $dir/cert.pem;
+    ssl_certificate_key $dir/key.pem;
+    location / { return 200 "ok\n"; }
+  }
+}
+CONF
+nginx -c "$dir/nginx.conf"
+cleanup() { nginx -c "$dir/nginx.conf" -s quit 2>/dev/null || true; kill "${probe_pid:-}" 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+sleep 0.5
+
+# Pin nginx to one core and wrk to the other, so the figure is per served core.
+master=$(cat "$dir/nginx.pid")
+worker=$(pgrep -P "$master" | head -1)
+taskset -pc 0 "$worker" >/dev/null
+
+measure() {
+  taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" "https://127.0.0.1:$port/" 2>/dev/null |
+    awk '/Requests\/sec/ {print $2}'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+empty_probes() {
+  local p=""
+  for f in SSL_read SSL_write SSL_read_ex SSL_write_ex; do
+    p="$p uprobe:$libssl:$f {} uretprobe:$libssl:$f {}"
+  done
+  echo "$p"
+}
+
+none=(); empty=(); with=(); rss_peak=0; rss_steady=0
+for i in $(seq "$runs"); do
+  none+=("$(measure)")
+
+  bpftrace -e "$(empty_probes)" >/dev/null 2>&1 &
+  probe_pid=$!
+  sleep 3
+  empty+=("$(measure)")
+  kill -INT "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
+
+  "$bin" --output none >/dev/null 2>&1 &
+  probe_pid=$!
+  sleep 3
+  cpu0=$(awk '{print $14 + $15}' "/proc/$probe_pid/stat")
+  with+=("$(measure)")
+  cpu1=$(awk '{print $14 + $15}' "/proc/$probe_pid/stat")
+  cpu_pct=$(awk -v a="$cpu0" -v b="$cpu1" -v s="$secs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz / s * 100}')
+  steady=$(awk '/VmRSS/ {print $2}' "/proc/$probe_pid/status")
+  peak=$(awk '/VmHWM/ {print $2}' "/proc/$probe_pid/status")
+  kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
+  [ "$peak" -gt "$rss_peak" ] && rss_peak=$peak
+  [ "$steady" -gt "$rss_steady" ] && rss_steady=$steady
+done
+
+n=$(printf '%s\n' "${none[@]}" | median)
+e=$(printf '%s\n' "${empty[@]}" | median)
+w=$(printf '%s\n' "${with[@]}" | median)
+echo "runs: $runs x ${secs}s, wrk -t1 -c$conns, nginx 1 worker pinned to CPU 0, wrk on CPU 1"
+printf '%-26s %12s\n' "setup" "requests/s"
+printf '%-26s %12s\n' "no probes" "$n" "empty probes (bpftrace)" "$e" "sightline" "$w"
+awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
+  printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
+echo "sightline CPU under load: ${cpu_pct}% of one core (last run)"
+echo "sightline RSS: peak $((rss_peak / 1024)) MiB, steady $((rss_steady / 1024)) MiB (under load)"
