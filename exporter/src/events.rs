@@ -11,6 +11,7 @@ pub enum Event<'a> {
     },
     Exec {
         tgid: u32,
+        comm: String,
     },
     Exit {
         tgid: u32,
@@ -69,7 +70,12 @@ pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind::EXEC | kind::EXIT => {
             let tgid = u32_at(b, 4).ok_or(DecodeError::Short)?;
             Ok(if k == kind::EXEC {
-                Event::Exec { tgid }
+                let raw = b.get(16..32).ok_or(DecodeError::Short)?;
+                let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+                Event::Exec {
+                    tgid,
+                    comm: String::from_utf8_lossy(&raw[..end]).into_owned(),
+                }
             } else {
                 Event::Exit { tgid }
             })

@@ -111,10 +111,16 @@ impl Pipeline {
                 self.stats.records_undecodable.fetch_add(1, Relaxed);
                 None
             }
-            Ok(Event::Exec { tgid }) => {
-                if self.use_proc {
-                    // Read now: a short-lived client may be gone by its first call's end.
-                    self.processes.refresh(tgid);
+            Ok(Event::Exec { tgid, comm }) => {
+                // Read now: a short-lived client may be gone by its first call's end. If it
+                // already is, its task name still identifies it.
+                if self.use_proc && self.processes.refresh(tgid).is_none() {
+                    self.processes.insert(Arc::new(ProcessInfo::from_parts(
+                        tgid,
+                        comm.clone(),
+                        comm,
+                        b"",
+                    )));
                 }
                 Some(Notice::Exec(tgid))
             }

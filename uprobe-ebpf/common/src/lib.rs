@@ -115,6 +115,9 @@ pub struct ProcessRecord {
     pub kind: u32,
     pub tgid: u32,
     pub ts_ns: u64,
+    /// The task's name after exec: the identity of last resort for a process that is gone
+    /// before user space reads /proc.
+    pub comm: [u8; 16],
 }
 
 /// Key of [`SockInfo`]: a socket fd in a process.
@@ -179,5 +182,6 @@ mod tests {
         assert_eq!(DATA_HEADER_LEN, 64);
         assert_eq!(core::mem::size_of::<SockInfo>(), 32);
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
+        assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
     }
 }

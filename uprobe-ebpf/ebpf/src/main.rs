@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_probe_read_user, bpf_ringbuf_output},
     },
     macros::{map, tracepoint, uprobe, uretprobe},
@@ -365,23 +365,28 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn process_event(k: u32, tgid: u32) {
+fn process_event(k: u32, tgid: u32, flags: u64) {
     let rec = ProcessRecord {
         kind: k,
         tgid,
         ts_ns: now(),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS
-        .output::<ProcessRecord>(&rec, wakeup_flags())
-        .is_err()
-    {
+    if EVENTS.output::<ProcessRecord>(&rec, flags).is_err() {
         bump(counter::RINGBUF_FULL);
     }
 }
 
 #[tracepoint]
 pub fn proc_exec(_ctx: TracePointContext) -> u32 {
-    process_event(kind::EXEC, (bpf_get_current_pid_tgid() >> 32) as u32);
+    // Execs are rare and time-critical (user space reads /proc and attaches before a
+    // short-lived client is gone), so they always wake the reader.
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    process_event(
+        kind::EXEC,
+        (bpf_get_current_pid_tgid() >> 32) as u32,
+        BPF_RB_FORCE_WAKEUP,
+    );
     0
 }
 
@@ -390,7 +395,7 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     // Only the thread-group leader's exit ends the process.
     if id as u32 == (id >> 32) as u32 {
-        process_event(kind::EXIT, (id >> 32) as u32);
+        process_event(kind::EXIT, (id >> 32) as u32, wakeup_flags());
     }
     0
 }
