@@ -5,6 +5,9 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os("CARGO_FEATURE_PROBES").is_none() {
+        return Ok(());
+    }
     let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = Path::new(&manifest).join("..").join("uprobe-ebpf");
     println!("cargo:rerun-if-changed={}", root.join("common").display());

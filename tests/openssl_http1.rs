@@ -395,3 +395,51 @@ fn unprivileged_run_says_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must run as root"), "{err}");
 }
+
+/// With the collector down, export retries and drops (counted), while capture and the live
+/// view go on, and shutdown still takes under 5 s.
+#[test]
+fn collector_down_keeps_the_live_view() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("curl");
+    let nginx = Nginx::start().unwrap();
+    let dead = sightline_e2e::procs::free_port();
+    let mut agent = Agent::start(
+        &["--output", "json"],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{dead}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4".into()),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2".into()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".into()),
+        ],
+    )
+    .unwrap();
+    for i in 0..20 {
+        run(Command::new("curl")
+            .args(["-sk", "--http1.1", "-o", "/dev/null"])
+            .arg(nginx.url(&format!("/down/{i}"))))
+        .unwrap();
+    }
+    let want = |agent: &Agent| {
+        agent
+            .stdout_lines()
+            .iter()
+            .filter(|l| l.contains("\"role\":\"server\"") && l.contains("/down/"))
+            .count()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while want(&agent) < 20 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(want(&agent), 20, "{:?}", agent.stdout_lines());
+    let (took, status) = agent.stop().unwrap();
+    assert!(status.success());
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let stderr = agent.stderr.lock().unwrap().join("\n");
+    assert!(stderr.contains("spans_dropped="), "{stderr}");
+}

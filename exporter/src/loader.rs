@@ -12,7 +12,11 @@ use sightline_common::{counter, names, ConnKey, SockInfo};
 use sightline_symbolizer::OpensslTarget;
 use std::path::Path;
 
+#[cfg(feature = "probes")]
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sightline-probes"));
+/// Built without the `probes` feature (fuzzing): loading fails with a clear error.
+#[cfg(not(feature = "probes"))]
+static PROBES: &[u8] = &[];
 
 /// Things the kernel must offer; each failure says what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -156,16 +156,20 @@ pub fn sightline_bin() -> PathBuf {
 /// A running sightline with its output collected line by line.
 pub struct Agent {
     child: Option<Child>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
-fn collect(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+fn collect(
+    r: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines().map_while(Result::ok) {
             into.lock().unwrap().push(line);
         }
-    });
+    })
 }
 
 impl Agent {
@@ -182,10 +186,13 @@ impl Agent {
         let mut child = cmd.spawn().context("starting sightline")?;
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stdout.take().expect("piped"), stdout.clone());
-        collect(child.stderr.take().expect("piped"), stderr.clone());
+        let readers = vec![
+            collect(child.stdout.take().expect("piped"), stdout.clone()),
+            collect(child.stderr.take().expect("piped"), stderr.clone()),
+        ];
         let agent = Agent {
             child: Some(child),
+            readers,
             stdout,
             stderr,
         };
@@ -219,9 +226,12 @@ impl Agent {
             .status()?;
         loop {
             if let Some(st) = child.try_wait()? {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(200));
-                return Ok((t0.elapsed(), st));
+                let took = t0.elapsed();
+                // The pipes end with the process: read them to the end.
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return Ok((took, st));
             }
             if t0.elapsed() > Duration::from_secs(15) {
                 let _ = child.kill();

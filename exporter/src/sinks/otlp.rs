@@ -226,6 +226,10 @@ pub fn start_spans(
     )
 }
 
+/// What the final flush at shutdown may take, so that sightline exits within 5 s even when the
+/// collector hangs.
+pub const FINAL_FLUSH: Duration = Duration::from_millis(2500);
+
 async fn export_spans(
     mut exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<Queued>,
@@ -236,46 +240,58 @@ async fn export_spans(
     let mut buf: Vec<Queued> = Vec::with_capacity(batch.max_export_batch_size);
     let mut deadline = Instant::now() + batch.schedule_delay;
     loop {
-        let stop = *shutdown.borrow();
-        if stop {
-            // Drain what is queued, within the time left for shutdown.
-            while let Ok(item) = rx.try_recv() {
-                buf.push(item);
-                if buf.len() >= batch.max_export_batch_size {
-                    flush(&mut exporter, &mut buf, &batch, &stats).await;
-                }
-            }
-            flush(&mut exporter, &mut buf, &batch, &stats).await;
-            return;
+        if *shutdown.borrow() {
+            break;
         }
         let wait = deadline.saturating_duration_since(Instant::now());
-        tokio::select! {
+        let due = tokio::select! {
             item = rx.recv() => match item {
                 Some(item) => {
                     buf.push(item);
-                    if buf.len() >= batch.max_export_batch_size {
-                        flush(&mut exporter, &mut buf, &batch, &stats).await;
-                        deadline = Instant::now() + batch.schedule_delay;
-                    }
+                    buf.len() >= batch.max_export_batch_size
                 }
-                None => {
-                    flush(&mut exporter, &mut buf, &batch, &stats).await;
-                    return;
-                }
+                None => break,
             },
-            _ = tokio::time::sleep(wait) => {
-                flush(&mut exporter, &mut buf, &batch, &stats).await;
-                deadline = Instant::now() + batch.schedule_delay;
-            }
-            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.changed() => break,
+        };
+        if !due {
+            continue;
         }
+        let n = buf.len() as u64;
+        // An export stuck on a slow collector must not hold up shutdown.
+        let interrupted = tokio::select! {
+            _ = flush(&mut exporter, &mut buf, batch.export_timeout, &stats) => false,
+            _ = shutdown.changed() => true,
+        };
+        if interrupted {
+            stats.spans_dropped.fetch_add(n, Relaxed);
+            buf.clear();
+            break;
+        }
+        deadline = Instant::now() + batch.schedule_delay;
+    }
+    // Shutdown: what is queued goes out in one last bounded attempt.
+    let end = Instant::now() + FINAL_FLUSH;
+    while let Ok(item) = rx.try_recv() {
+        buf.push(item);
+    }
+    while !buf.is_empty() {
+        let left = end.saturating_duration_since(Instant::now());
+        let take = buf.len().min(batch.max_export_batch_size);
+        let mut chunk: Vec<Queued> = buf.drain(..take).collect();
+        if left.is_zero() {
+            stats.spans_dropped.fetch_add(chunk.len() as u64, Relaxed);
+            continue;
+        }
+        flush(&mut exporter, &mut chunk, left, &stats).await;
     }
 }
 
 async fn flush(
     exporter: &mut opentelemetry_otlp::SpanExporter,
     buf: &mut Vec<Queued>,
-    batch: &BatchSettings,
+    timeout: Duration,
     stats: &Stats,
 ) {
     if buf.is_empty() {
@@ -293,7 +309,7 @@ async fn flush(
         let n = spans.len() as u64;
         exporter.set_resource(&res);
         let ok = matches!(
-            tokio::time::timeout(batch.export_timeout, exporter.export(spans)).await,
+            tokio::time::timeout(timeout, exporter.export(spans)).await,
             Ok(Ok(()))
         );
         if ok {
@@ -322,11 +338,20 @@ pub fn start_metrics(
                 _ = tick.tick() => false,
                 _ = shutdown.changed() => true,
             };
+            // Each round, and above all the last one, has one deadline for all processes.
+            let end = Instant::now()
+                + if last {
+                    FINAL_FLUSH
+                } else {
+                    interval.min(timeout)
+                };
             for rm in metrics.collect() {
-                let ok = matches!(
-                    tokio::time::timeout(timeout, exporter.export(&rm)).await,
-                    Ok(Ok(()))
-                );
+                let left = end.saturating_duration_since(Instant::now());
+                let ok = !left.is_zero()
+                    && matches!(
+                        tokio::time::timeout(left, exporter.export(&rm)).await,
+                        Ok(Ok(()))
+                    );
                 if !ok {
                     stats.export_failures.fetch_add(1, Relaxed);
                 }
