@@ -225,6 +225,15 @@ async fn scenario(grpc: bool) {
     assert_eq!(s(capi.attr("server.port")), port.to_string());
     assert_eq!(s(capi.attr("network.peer.port")), port.to_string());
     assert_eq!(s(capi.attr("http.response.status_code")), "200");
+    // The same connection seen from both ends: the server's local end is nginx's listening
+    // port, the client's local end is the server's peer.
+    assert_eq!(s(api.attr("network.local.port")), port.to_string());
+    assert_eq!(s(api.attr("network.local.address")), "127.0.0.1");
+    assert_eq!(
+        capi.attr("network.local.port"),
+        api.attr("network.peer.port")
+    );
+    assert_eq!(s(capi.attr("network.local.address")), "127.0.0.1");
     // Both ends on one clock: the server saw the request after the client sent it and before
     // the client had its answer. (Its end may trail the client's: the client can read the
     // response while the server's write call is still returning.)

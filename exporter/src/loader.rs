@@ -8,7 +8,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use sightline_common::{counter, names, ConnKey, SockInfo};
+use sightline_common::{counter, names, ConnKey, SockInfo, SockStateOffsets};
 use sightline_symbolizer::OpensslTarget;
 use std::path::Path;
 
@@ -88,6 +88,51 @@ fn ensure_tracefs() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Field offsets of a tracepoint, from its tracefs format description.
+fn tracepoint_fields(category: &str, name: &str, fields: &[&str]) -> Option<Vec<u32>> {
+    let text = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(format!("{d}/events/{category}/{name}/format")).ok()
+        })?;
+    fields
+        .iter()
+        .map(|f| {
+            text.lines().find_map(|l| {
+                let decl = l.trim().strip_prefix("field:")?;
+                let (decl, rest) = decl.split_once(';')?;
+                let field = decl.split_whitespace().last()?;
+                let field = field.split('[').next()?;
+                if field != *f {
+                    return None;
+                }
+                rest.trim()
+                    .strip_prefix("offset:")?
+                    .split(';')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+        .collect()
+}
+
+fn sock_state_offsets() -> Option<SockStateOffsets> {
+    let o = tracepoint_fields(
+        "sock",
+        "inet_sock_set_state",
+        &["newstate", "sport", "family", "saddr", "saddr_v6", "skaddr"],
+    )?;
+    Some(SockStateOffsets {
+        newstate: o[0],
+        sport: o[1],
+        family: o[2],
+        saddr: o[3],
+        saddr_v6: o[4],
+        skaddr: o[5],
+    })
+}
+
 /// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
@@ -137,9 +182,11 @@ impl Loader {
     pub fn load(capture_len: u32) -> anyhow::Result<(Loader, Channels)> {
         bump_memlock();
         let me = std::process::id();
+        let ss = sock_state_offsets().unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CAPTURE_LEN, &capture_len, true)
             .override_global(names::AGENT_TGID, &me, true)
+            .override_global(names::SS_OFFSETS, &ss, true)
             .load(PROBES)
             .context("loading sightline's eBPF programs into the kernel")?;
 
@@ -178,6 +225,17 @@ impl Loader {
                 p.attach(category, ev)
                     .with_context(|| format!("attaching {name} to {category}:{ev}"))?;
             }
+        }
+
+        // Local addresses of client sockets; optional, as the tracepoint's fields may differ.
+        if ss.newstate != 0 {
+            let p: &mut TracePoint = program(&mut ebpf, "sock_state")?.try_into()?;
+            p.load()
+                .context("the kernel's verifier rejected sock_state")?;
+            p.attach("sock", "inet_sock_set_state")
+                .context("attaching sock_state to sock:inet_sock_set_state")?;
+        } else {
+            tracing::info!("sock:inet_sock_set_state has unexpected fields; client local addresses come from /proc only");
         }
 
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)?;

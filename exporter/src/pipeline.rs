@@ -53,12 +53,15 @@ struct Conn {
     fd: i32,
     sock_ts: u64,
     peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
     http: Http1Conn,
     last_ns: u64,
 }
 
 pub struct Pipeline {
     processes: Processes,
+    /// Local addresses of listening sockets, by (pid, fd): accepted sockets share them.
+    listeners: HashMap<(u32, i32), Option<SocketAddr>>,
     conns: HashMap<(u32, u64), Conn>,
     lookup: Box<dyn SockLookup>,
     sinks: Vec<Box<dyn Sink>>,
@@ -82,6 +85,7 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             processes: Processes::default(),
+            listeners: HashMap::new(),
             conns: HashMap::new(),
             lookup,
             sinks,
@@ -176,6 +180,7 @@ impl Pipeline {
                     fd: -1,
                     sock_ts: 0,
                     peer: None,
+                    local: None,
                     http: Http1Conn::default(),
                     last_ns: h.end_ns,
                 },
@@ -193,9 +198,16 @@ impl Pipeline {
         }
         if conn.fd < 0 && h.fd >= 0 {
             conn.fd = h.fd;
-            let (role, peer) = resolve(&*self.lookup, h.tgid, h.fd, self.use_proc);
-            conn.peer = peer;
-            if let Some(r) = role {
+            let s = resolve(&*self.lookup, h.tgid, h.fd, self.use_proc);
+            conn.peer = s.peer;
+            conn.local = s.local;
+            if let (None, Some(lfd), true) = (conn.local, s.listen_fd, self.use_proc) {
+                conn.local = *self
+                    .listeners
+                    .entry((h.tgid, lfd))
+                    .or_insert_with(|| tcp_addrs(h.tgid, lfd).map(|(local, _)| local));
+            }
+            if let Some(r) = s.role {
                 conn.http.set_role(r);
             }
         }
@@ -212,6 +224,7 @@ impl Pipeline {
         );
         let facts = ConnFacts {
             peer: conn.peer,
+            local: conn.local,
             tls: true,
         };
         self.emit(&process, facts);
@@ -244,6 +257,7 @@ impl Pipeline {
                     &p,
                     ConnFacts {
                         peer: c.peer,
+                        local: c.local,
                         tls: true,
                     },
                 ),
@@ -291,6 +305,7 @@ impl Pipeline {
             self.close_conn(k);
         }
         self.processes.remove(tgid);
+        self.listeners.retain(|(t, _), _| *t != tgid);
         for s in &mut self.sinks {
             s.on_process_exit(tgid);
         }
@@ -305,46 +320,60 @@ impl Pipeline {
     }
 }
 
-/// The role and peer of a socket: from the kernel's connect/accept record, or from /proc for
-/// connections older than sightline.
-fn resolve(
-    lookup: &dyn SockLookup,
-    tgid: u32,
-    fd: i32,
-    use_proc: bool,
-) -> (Option<Role>, Option<SocketAddr>) {
-    if let Some(info) = lookup.lookup(tgid, fd) {
-        let role = match info.role {
-            sock_role::CONNECTED => Some(Role::Client),
-            sock_role::ACCEPTED => Some(Role::Server),
-            _ => None,
-        };
-        let ip = match info.family as i32 {
-            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
-                info.addr[0],
-                info.addr[1],
-                info.addr[2],
-                info.addr[3],
-            ))),
-            libc::AF_INET6 => {
-                let v6 = Ipv6Addr::from(info.addr);
-                Some(match v6.to_ipv4_mapped() {
-                    Some(v4) => IpAddr::V4(v4),
-                    None => IpAddr::V6(v6),
-                })
+#[derive(Debug, Default)]
+struct Resolved {
+    role: Option<Role>,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    listen_fd: Option<i32>,
+}
+
+fn sock_addr(family: u16, addr: [u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match family as i32 {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        libc::AF_INET6 => {
+            let v6 = Ipv6Addr::from(addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
             }
-            _ => None,
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The role, peer and local address of a socket: from the kernel's connect/accept record, or
+/// from /proc for connections older than sightline.
+fn resolve(lookup: &dyn SockLookup, tgid: u32, fd: i32, use_proc: bool) -> Resolved {
+    let from_proc = || if use_proc { tcp_addrs(tgid, fd) } else { None };
+    let Some(info) = lookup.lookup(tgid, fd) else {
+        let (local, peer) = from_proc().unzip();
+        return Resolved {
+            peer,
+            local,
+            ..Resolved::default()
         };
-        if let Some(ip) = ip {
-            return (role, Some(SocketAddr::new(ip, info.port)));
+    };
+    let role = match info.role {
+        sock_role::CONNECTED => Some(Role::Client),
+        sock_role::ACCEPTED => Some(Role::Server),
+        _ => None,
+    };
+    let mut r = Resolved {
+        role,
+        peer: sock_addr(info.family, info.addr, info.port),
+        local: (info.local_port != 0)
+            .then(|| sock_addr(info.family, info.local_addr, info.local_port))
+            .flatten(),
+        listen_fd: (info.role == sock_role::ACCEPTED && info.listen_fd >= 0)
+            .then_some(info.listen_fd),
+    };
+    if r.peer.is_none() {
+        if let Some((local, peer)) = from_proc() {
+            r.peer = Some(peer);
+            r.local = r.local.or(Some(local));
         }
-        if use_proc {
-            return (role, tcp_addrs(tgid, fd).map(|(_, peer)| peer));
-        }
-        return (role, None);
     }
-    if use_proc {
-        return (None, tcp_addrs(tgid, fd).map(|(_, peer)| peer));
-    }
-    (None, None)
+    r
 }

@@ -57,6 +57,7 @@ pub fn json_line(c: &Call) -> String {
         "status": c.status,
         "duration_ms": c.duration_ns as f64 / 1e6,
         "peer": c.peer.map(|p| p.to_string()),
+        "local": c.local.map(|p| p.to_string()),
         "host": c.host,
         "trace_id": format!("{:032x}", c.trace_id),
         "span_id": format!("{:016x}", c.span_id),

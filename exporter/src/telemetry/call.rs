@@ -33,6 +33,7 @@ pub struct Call {
     pub host: Option<String>,
     pub host_port: Option<u16>,
     pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
     pub user_agent: Option<String>,
     pub start_unix_ns: u64,
     pub duration_ns: u64,
@@ -47,6 +48,7 @@ pub struct Call {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnFacts {
     pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
     pub tls: bool,
 }
 
@@ -113,6 +115,7 @@ impl Call {
             host,
             host_port,
             peer: conn.peer,
+            local: conn.local,
             user_agent: req.user_agent.clone(),
             start_unix_ns: (ex.start_ns as i128 + mono_to_unix_ns).max(0) as u64,
             duration_ns: ex.end_ns.saturating_sub(ex.start_ns),
@@ -142,12 +145,16 @@ impl Call {
         url
     }
 
-    /// `server.port`: the Host header's, else the peer's for clients, else the scheme default.
+    /// `server.port`: the Host header's, else the socket's (the peer for clients, the local
+    /// end for servers), else the scheme's default.
     pub fn server_port(&self) -> Option<u16> {
-        self.host_port.or(match self.role {
-            Role::Client => self.peer.map(|p| p.port()),
-            Role::Server => Some(if self.scheme == "https" { 443 } else { 80 }),
-        })
+        let socket = match self.role {
+            Role::Client => self.peer,
+            Role::Server => self.local,
+        };
+        self.host_port
+            .or(socket.map(|a| a.port()))
+            .or(Some(if self.scheme == "https" { 443 } else { 80 }))
     }
 
     /// Error status per semconv: 5xx for servers, 4xx and 5xx for clients.

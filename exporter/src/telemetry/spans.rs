@@ -94,6 +94,10 @@ fn attributes(c: &Call) -> Vec<KeyValue> {
         a.push(KeyValue::new("network.peer.address", p.ip().to_string()));
         a.push(KeyValue::new("network.peer.port", p.port() as i64));
     }
+    if let Some(l) = c.local {
+        a.push(KeyValue::new("network.local.address", l.ip().to_string()));
+        a.push(KeyValue::new("network.local.port", l.port() as i64));
+    }
     match c.role {
         Role::Server => {
             a.push(KeyValue::new("url.path", c.path.clone()));

@@ -31,6 +31,21 @@ pub mod names {
     pub const CONN_INFO: &str = "CONN_INFO";
     pub const CAPTURE_LEN: &str = "CAPTURE_LEN";
     pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// Offsets of `sock:inet_sock_set_state` fields, read from its tracefs format at load.
+    pub const SS_OFFSETS: &str = "SS_OFFSETS";
+}
+
+/// Field offsets of the `sock:inet_sock_set_state` tracepoint, from its tracefs `format`, so
+/// no layout is guessed. A zero `newstate` offset means the tracepoint is not used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockStateOffsets {
+    pub newstate: u32,
+    pub sport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub saddr_v6: u32,
+    pub skaddr: u32,
 }
 
 /// Record kinds, the first `u32` of every ring buffer record.
@@ -137,7 +152,7 @@ pub mod sock_role {
     pub const ACCEPTED: u32 = 2;
 }
 
-/// The peer of a socket as seen at `connect()` or `accept()`.
+/// A socket as seen at `connect()` or `accept()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockInfo {
@@ -149,6 +164,13 @@ pub struct SockInfo {
     /// Peer address: 4 bytes for IPv4, 16 for IPv6, network order.
     pub addr: [u8; 16],
     pub ts_ns: u64,
+    /// Local port, host byte order, 0 if unknown (clients: from the SYN_SENT transition).
+    pub local_port: u16,
+    pub _pad: u16,
+    /// For accepted sockets, the listening fd: its address is the local one.
+    pub listen_fd: i32,
+    /// Local address, same encoding as `addr`.
+    pub local_addr: [u8; 16],
 }
 
 /// Arguments of a library call in flight, stored at entry and consumed at return.
@@ -171,6 +193,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::ActiveCall {}
+    unsafe impl aya::Pod for super::SockStateOffsets {}
 }
 
 #[cfg(test)]
@@ -180,7 +203,8 @@ mod tests {
     #[test]
     fn header_has_no_hidden_padding() {
         assert_eq!(DATA_HEADER_LEN, 64);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 32);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 56);
+        assert_eq!(core::mem::size_of::<SockStateOffsets>(), 24);
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
     }

@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use sightline_common::{
     counter, direction, kind, sock_role, source, ActiveCall, ConnKey, DataHeader, DataRecord,
-    ProcessRecord, SockInfo, DATA_HEADER_LEN, DEFAULT_CAPTURE, MAX_CAPTURE, RING_BYTES,
-    WAKEUP_BYTES,
+    ProcessRecord, SockInfo, SockStateOffsets, DATA_HEADER_LEN, DEFAULT_CAPTURE, MAX_CAPTURE,
+    RING_BYTES, WAKEUP_BYTES,
 };
 
 /// Payload bytes to copy per call; set by the loader from the configuration.
@@ -33,6 +33,27 @@ static CAPTURE_LEN: u32 = DEFAULT_CAPTURE;
 /// sightline's own process, whose sockets (the OTLP exporter's) are not of interest.
 #[no_mangle]
 static AGENT_TGID: u32 = 0;
+
+/// Where `sock:inet_sock_set_state` keeps its fields; set by the loader from tracefs.
+#[no_mangle]
+static SS_OFFSETS: SockStateOffsets = SockStateOffsets {
+    newstate: 0,
+    sport: 0,
+    family: 0,
+    saddr: 0,
+    saddr_v6: 0,
+    skaddr: 0,
+};
+
+/// Sockets between SYN_SENT and ESTABLISHED, by kernel address: the local port is chosen after
+/// SYN_SENT, and ESTABLISHED may be reached in softirq context, where no pid tells whose it is.
+#[map]
+static SYN_SENT: LruHashMap<u64, ConnKey> = LruHashMap::with_max_entries(8192, 0);
+
+/// `connect()` in progress per thread: the fd whose local address the SYN_SENT transition
+/// inside the same syscall will tell.
+#[map]
+static PENDING_CONNECT: HashMap<u64, i32> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -50,9 +71,9 @@ static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONN_INFO: LruHashMap<ConnKey, SockInfo> = LruHashMap::with_max_entries(65536, 0);
 
-/// `accept()`'s sockaddr pointer, from syscall entry to exit.
+/// `accept()`'s sockaddr pointer and listening fd, from syscall entry to exit.
 #[map]
-static ACCEPT_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+static ACCEPT_ARGS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
 
 /// Wake the reader only once enough has piled up; its timer collects the rest.
 #[inline(always)]
@@ -310,6 +331,7 @@ pub fn sock_connect(ctx: TracePointContext) -> u32 {
     let mut info = SockInfo {
         role: sock_role::CONNECTED,
         ts_ns: now(),
+        listen_fd: -1,
         ..SockInfo::default()
     };
     if !read_sockaddr(addr, &mut info) {
@@ -320,6 +342,68 @@ pub fn sock_connect(ctx: TracePointContext) -> u32 {
         fd: fd as i32,
     };
     let _ = CONN_INFO.insert(&key, &info, 0);
+    let _ = PENDING_CONNECT.insert(&id, &(fd as i32), 0);
+    0
+}
+
+/// A client socket's local address: at TCP_SYN_SENT (inside `connect()`, so the pid is
+/// known) the socket is tied to its fd; at TCP_ESTABLISHED the chosen port is read. No
+/// `struct sock` field is read, only the tracepoint's own fields.
+#[tracepoint]
+pub fn sock_state(ctx: TracePointContext) -> u32 {
+    const TCP_ESTABLISHED: i32 = 1;
+    const TCP_SYN_SENT: i32 = 2;
+    // SAFETY: plain read of a loader-written global.
+    let off = unsafe { core::ptr::read_volatile(&SS_OFFSETS) };
+    if off.newstate == 0 {
+        return 0;
+    }
+    // SAFETY: offsets come from the tracepoint's own format description.
+    let (newstate, sk) = unsafe {
+        (
+            ctx.read_at::<i32>(off.newstate as usize).unwrap_or(0),
+            ctx.read_at::<u64>(off.skaddr as usize).unwrap_or(0),
+        )
+    };
+    if newstate == TCP_SYN_SENT {
+        let id = bpf_get_current_pid_tgid();
+        // SAFETY: value copied before removal.
+        if let Some(fd) = (unsafe { PENDING_CONNECT.get(&id) }).copied() {
+            let _ = PENDING_CONNECT.remove(&id);
+            let key = ConnKey {
+                tgid: (id >> 32) as u32,
+                fd,
+            };
+            let _ = SYN_SENT.insert(&sk, &key, 0);
+        }
+        return 0;
+    }
+    if newstate != TCP_ESTABLISHED {
+        return 0;
+    }
+    // SAFETY: value copied before removal.
+    let Some(key) = (unsafe { SYN_SENT.get(&sk) }).copied() else {
+        return 0;
+    };
+    let _ = SYN_SENT.remove(&sk);
+    let Some(info) = CONN_INFO.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: the map value is this socket's entry, valid for this program run; offsets come
+    // from the tracepoint's format.
+    unsafe {
+        let info = &mut *info;
+        let family = ctx.read_at::<u16>(off.family as usize).unwrap_or(0);
+        info.local_port = ctx.read_at::<u16>(off.sport as usize).unwrap_or(0);
+        if family == 2 {
+            let a = ctx.read_at::<[u8; 4]>(off.saddr as usize).unwrap_or([0; 4]);
+            info.local_addr[..4].copy_from_slice(&a);
+        } else if family == 10 {
+            info.local_addr = ctx
+                .read_at::<[u8; 16]>(off.saddr_v6 as usize)
+                .unwrap_or([0; 16]);
+        }
+    }
     0
 }
 
@@ -329,9 +413,14 @@ pub fn accept_enter(ctx: TracePointContext) -> u32 {
     if (id >> 32) as u32 == global(&AGENT_TGID) {
         return 0;
     }
-    // SAFETY: accept(fd, upeer_sockaddr, ...) second argument.
-    let addr = unsafe { ctx.read_at::<u64>(SYSCALL_ARG1) }.unwrap_or(0);
-    let _ = ACCEPT_ARGS.insert(&id, &addr, 0);
+    // SAFETY: accept(fd, upeer_sockaddr, ...) first and second arguments.
+    let (listen_fd, addr) = unsafe {
+        (
+            ctx.read_at::<u64>(SYSCALL_ARG0).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(SYSCALL_ARG1).unwrap_or(0),
+        )
+    };
+    let _ = ACCEPT_ARGS.insert(&id, &[addr, listen_fd], 0);
     0
 }
 
@@ -339,7 +428,7 @@ pub fn accept_enter(ctx: TracePointContext) -> u32 {
 pub fn accept_exit(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: value copied before removal.
-    let Some(addr) = (unsafe { ACCEPT_ARGS.get(&id) }).copied() else {
+    let Some([addr, listen_fd]) = (unsafe { ACCEPT_ARGS.get(&id) }).copied() else {
         return 0;
     };
     let _ = ACCEPT_ARGS.remove(&id);
@@ -351,6 +440,7 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
     let mut info = SockInfo {
         role: sock_role::ACCEPTED,
         ts_ns: now(),
+        listen_fd: listen_fd as i32,
         ..SockInfo::default()
     };
     // A server that passes no sockaddr still tells us its role; the address is looked up
