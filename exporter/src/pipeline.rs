@@ -10,8 +10,8 @@ use crate::sockets::tcp_addrs;
 use crate::telemetry::call::{Call, ConnFacts};
 use crate::telemetry::stats::Stats;
 use otel_config::Selection;
+use rustc_hash::FxHashMap as HashMap;
 use sightline_common::{direction, sock_role, SockInfo};
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -85,8 +85,8 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             processes: Processes::default(),
-            listeners: HashMap::new(),
-            conns: HashMap::new(),
+            listeners: HashMap::default(),
+            conns: HashMap::default(),
             lookup,
             sinks,
             stats,

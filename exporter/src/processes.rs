@@ -1,6 +1,6 @@
 //! What we know about an observed process: its identity for the OpenTelemetry resource.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -230,6 +230,7 @@ mod tests {
             &ex,
             ConnFacts {
                 peer: None,
+                local: None,
                 tls: true,
             },
             true,
@@ -260,6 +261,7 @@ mod tests {
             &ex,
             ConnFacts {
                 peer: Some(peer),
+                local: None,
                 tls: true,
             },
             true,

@@ -204,18 +204,38 @@ impl Stream {
             }
             State::Head { start_ns } => {
                 let start_ns = *start_ns;
-                let before = self.buf.len();
-                // Look for the end of the head without copying the body that may follow.
-                let take = head_end(&self.buf, data).unwrap_or(data.len());
-                if before + take > MAX_HEAD {
-                    self.lose(out, DropReason::HeadTooLarge);
-                    return None;
-                }
-                self.buf.extend_from_slice(&data[..take]);
-                match parse_head(&self.buf) {
-                    Ok(Some((head, used))) => {
-                        debug_assert_eq!(used, self.buf.len());
-                        self.buf.clear();
+                // The common case: the whole head arrives in one record. Parse it in place;
+                // copying it into the buffer first was a tenth of the agent's CPU.
+                // `consumed` maps the parser's end of head back into this record: httparse,
+                // not our terminator search, decides where the head ends.
+                let fast = if self.buf.is_empty() {
+                    head_end(&[], data).map(|end| parse_head(&data[..end]))
+                } else {
+                    None
+                };
+                let (parsed, consumed) = match fast {
+                    Some(Ok(Some((head, used)))) => (Ok(Some(head)), used),
+                    Some(Err(e)) => (Err(e), 0),
+                    _ => {
+                        let before = self.buf.len();
+                        let take = head_end(&self.buf, data).unwrap_or(data.len());
+                        if before + take > MAX_HEAD {
+                            self.lose(out, DropReason::HeadTooLarge);
+                            return None;
+                        }
+                        self.buf.extend_from_slice(&data[..take]);
+                        match parse_head(&self.buf) {
+                            Ok(Some((head, used))) => {
+                                self.buf.clear();
+                                (Ok(Some(head)), used.saturating_sub(before).min(take))
+                            }
+                            Ok(None) => (Ok(None), take),
+                            Err(e) => (Err(e), 0),
+                        }
+                    }
+                };
+                match parsed {
+                    Ok(Some(head)) => {
                         let body = self.framing(&head, hint);
                         let kind = head.kind;
                         let status = head.status;
@@ -224,7 +244,7 @@ impl Stream {
                             at_ns: start_ns,
                         });
                         self.begin_body(body, kind, status, last_ns, out);
-                        Some(&data[take..])
+                        Some(&data[consumed..])
                     }
                     Ok(None) => None,
                     Err(e) => {
@@ -390,30 +410,34 @@ fn take_line(line: &mut Vec<u8>, data: &[u8]) -> (Vec<u8>, usize, bool) {
 }
 
 /// How many bytes of `data` complete a head whose earlier part is `prev`: the position just
-/// past the first blank line (`\r\n\r\n` or a bare `\n\n`).
+/// past the first blank line (`\r\n\r\n`, or a bare `\n\n`).
 fn head_end(prev: &[u8], data: &[u8]) -> Option<usize> {
-    // The terminator may straddle the two slices; look at up to 3 bytes of `prev`.
+    // The terminator may straddle the two slices: join up to 3 bytes of `prev` with the
+    // start of `data` for that one case, then search `data` alone.
     let tail = &prev[prev.len().saturating_sub(3)..];
-    let mut joined = [0u8; 3 + 64];
-    for i in 0..data.len() {
-        if data[i] != b'\n' {
-            continue;
-        }
-        // Collect the 3 bytes before this LF from prev ++ data.
-        let lo = i.saturating_sub(3);
-        let need = 3 - (i - lo);
-        let pre = &tail[tail.len().saturating_sub(need)..];
-        let mut n = 0;
-        for &b in pre.iter().chain(&data[lo..i]) {
-            joined[n] = b;
-            n += 1;
-        }
-        let w = &joined[..n];
-        if w.ends_with(b"\r\n\r") || w.ends_with(b"\n") {
-            return Some(i + 1);
+    if !tail.is_empty() {
+        let mut joined = [0u8; 6];
+        let head = &data[..data.len().min(3)];
+        joined[..tail.len()].copy_from_slice(tail);
+        joined[tail.len()..tail.len() + head.len()].copy_from_slice(head);
+        let j = &joined[..tail.len() + head.len()];
+        for (pat, len) in [(&b"\r\n\r\n"[..], 4usize), (&b"\n\n"[..], 2)] {
+            if let Some(i) = memchr::memmem::find(j, pat) {
+                let end = i + len;
+                if end > tail.len() {
+                    return Some(end - tail.len());
+                }
+            }
         }
     }
-    None
+    let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|i| i + 4);
+    // Bare LF line ends are rare; look for them only before any CRLF terminator.
+    let upto = crlf.unwrap_or(data.len());
+    let lf = memchr::memmem::find(&data[..upto], b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(c), Some(l)) => Some(c.min(l)),
+        (c, l) => c.or(l),
+    }
 }
 
 /// Whether a record plausibly begins a message, for resynchronising after a loss.

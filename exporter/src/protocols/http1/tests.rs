@@ -316,3 +316,22 @@ proptest! {
         c.close(&mut out);
     }
 }
+
+/// Found by the fuzzer: httparse accepts mixed line ends (`\n\r\n`), so its end of head, not
+/// a terminator search, must decide where the body starts.
+#[test]
+fn mixed_line_endings_keep_the_body_aligned() {
+    let mut c = Http1Conn::default();
+    let out = run(
+        &mut c,
+        &[
+            (true, b"GET /m HTTP/1.1\nHost: a\n\r\n"),
+            (false, b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nokHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        ],
+    );
+    assert_eq!(
+        summary(&out),
+        vec![("GET".into(), "/m".into(), 200, Role::Client)]
+    );
+    assert_eq!(out.drops, vec![DropReason::ResponseWithoutRequest]);
+}
