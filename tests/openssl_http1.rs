@@ -452,3 +452,89 @@ fn collector_down_keeps_the_live_view() {
     let stderr = agent.stderr.lock().unwrap().join("\n");
     assert!(stderr.contains("spans_dropped="), "{stderr}");
 }
+
+/// OTLP over TLS, both transports: the receiver's certificate is trusted through
+/// OTEL_EXPORTER_OTLP_CERTIFICATE, and one call arrives as a span.
+fn tls_export(grpc: bool) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("curl");
+    require("openssl");
+    let dir = sightline_e2e::procs::tempdir("otlp-tls");
+    // A private CA and a leaf for 127.0.0.1 signed by it: what a real deployment has.
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    let script = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem; \
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr; \
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > leaf.ext; \
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile leaf.ext -out cert.pem",
+        d = dir.display()
+    );
+    let st = Command::new("sh")
+        .args(["-c", &script])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (cert_pem, key_pem) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, rec) = rt
+        .block_on(async {
+            if grpc {
+                receiver::start_grpc_tls(&cert_pem, &key_pem).await
+            } else {
+                receiver::start_http_tls(&cert_pem, &key_pem).await
+            }
+        })
+        .unwrap();
+    let nginx = Nginx::start().unwrap();
+    let mut agent = Agent::start(
+        &["--output", "none"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://{addr}")),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                if grpc { "grpc" } else { "http/protobuf" }.into(),
+            ),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.display().to_string()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+    )
+    .unwrap();
+    run(Command::new("curl")
+        .args(["-sk", "--http1.1", "-o", "/dev/null"])
+        .arg(nginx.url("/over-tls")))
+    .unwrap();
+    let got = |rec: &Received| {
+        spans(&rec.traces.lock().unwrap())
+            .iter()
+            .any(|s| s.kind == 2 && s.attr("url.path") == Some(&Val::S("/over-tls".into())))
+    };
+    rt.block_on(receiver::wait_for(Duration::from_secs(15), || got(&rec)))
+        .unwrap_or_else(|_| {
+            panic!(
+                "no span over TLS; agent: {}",
+                agent.stderr.lock().unwrap().join("\n")
+            )
+        });
+    agent.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn otlp_grpc_over_tls_with_a_private_ca() {
+    tls_export(true);
+}
+
+#[test]
+fn otlp_http_over_tls_with_a_private_ca() {
+    tls_export(false);
+}

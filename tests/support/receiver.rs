@@ -60,10 +60,27 @@ impl MetricsService for Grpc {
 
 /// Starts a gRPC receiver on a free loopback port.
 pub async fn start_grpc() -> anyhow::Result<(SocketAddr, Received)> {
+    start_grpc_with(None).await
+}
+
+/// A gRPC receiver over TLS, with the given PEM certificate and key.
+pub async fn start_grpc_tls(cert: &[u8], key: &[u8]) -> anyhow::Result<(SocketAddr, Received)> {
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    start_grpc_with(Some(tls)).await
+}
+
+async fn start_grpc_with(
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> anyhow::Result<(SocketAddr, Received)> {
     let received = Received::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let svc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let svc = builder
         .add_service(
             TraceServiceServer::new(Grpc(received.clone()))
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
@@ -79,6 +96,27 @@ pub async fn start_grpc() -> anyhow::Result<(SocketAddr, Received)> {
 
 /// Starts an HTTP/protobuf receiver (`POST /v1/traces`, `POST /v1/metrics`) on a free port.
 pub async fn start_http() -> anyhow::Result<(SocketAddr, Received)> {
+    start_http_with(None).await
+}
+
+/// The HTTP/protobuf receiver over TLS, with the given PEM certificate and key.
+pub async fn start_http_tls(cert: &[u8], key: &[u8]) -> anyhow::Result<(SocketAddr, Received)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    start_http_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+}
+
+async fn start_http_with(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<(SocketAddr, Received)> {
     let received = Received::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -89,14 +127,26 @@ pub async fn start_http() -> anyhow::Result<(SocketAddr, Received)> {
                 return;
             };
             let rec = rec.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let rec = rec.clone();
                     async move { handle_http(rec, req).await }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(s) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await
+                    }
+                };
             });
         }
     });

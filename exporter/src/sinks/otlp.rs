@@ -76,14 +76,28 @@ fn tonic_metadata(s: &SignalExport) -> anyhow::Result<tonic::metadata::MetadataM
     Ok(md)
 }
 
-fn refuse_https_over_http(s: &SignalExport) -> anyhow::Result<()> {
-    if s.endpoint.starts_with("https://") {
-        anyhow::bail!(
-            "OTLP over https with http/protobuf is not supported yet ({}); use OTEL_EXPORTER_OTLP_PROTOCOL=grpc for TLS",
-            s.endpoint
+/// The HTTP client for HTTP/protobuf export: rustls (ring), trusting the configured CA alone
+/// when one is given (OTEL_EXPORTER_OTLP_CERTIFICATE), else the system's roots, and presenting
+/// a client certificate when one is configured.
+fn http_client(s: &SignalExport) -> anyhow::Result<reqwest::Client> {
+    // Several exporters may race to install it; the first wins and the rest are no-ops.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder().timeout(s.timeout);
+    if let Some(ca) = &s.certificate {
+        let certs = reqwest::Certificate::from_pem_bundle(&read_pem(ca, "certificate")?)
+            .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+        b = b.tls_certs_only(certs);
+    }
+    if let (Some(cert), Some(key)) = (&s.client_certificate, &s.client_key) {
+        let mut pem = read_pem(cert, "client certificate")?;
+        pem.push(b'\n');
+        pem.extend(read_pem(key, "client key")?);
+        b = b.identity(
+            reqwest::Identity::from_pem(&pem)
+                .context("the OTLP client certificate and key do not form a PEM identity")?,
         );
     }
-    Ok(())
+    b.build().context("building the OTLP HTTP client")
 }
 
 pub fn span_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
@@ -104,9 +118,9 @@ pub fn span_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::Spa
             t.build()
         }
         Protocol::HttpProtobuf => {
-            refuse_https_over_http(s)?;
             let mut h = b
                 .with_http()
+                .with_http_client(http_client(s)?)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(&s.endpoint)
                 .with_timeout(s.timeout)
@@ -138,9 +152,9 @@ pub fn metric_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::M
             t.build()
         }
         Protocol::HttpProtobuf => {
-            refuse_https_over_http(s)?;
             let mut h = b
                 .with_http()
+                .with_http_client(http_client(s)?)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(&s.endpoint)
                 .with_timeout(s.timeout)
@@ -308,15 +322,20 @@ async fn flush(
     for (res, spans) in groups {
         let n = spans.len() as u64;
         exporter.set_resource(&res);
-        let ok = matches!(
-            tokio::time::timeout(timeout, exporter.export(spans)).await,
-            Ok(Ok(()))
-        );
-        if ok {
-            stats.spans_exported.fetch_add(n, Relaxed);
-        } else {
-            stats.export_failures.fetch_add(1, Relaxed);
-            stats.spans_dropped.fetch_add(n, Relaxed);
+        match tokio::time::timeout(timeout, exporter.export(spans)).await {
+            Ok(Ok(())) => {
+                stats.spans_exported.fetch_add(n, Relaxed);
+            }
+            failed => {
+                stats.export_failures.fetch_add(1, Relaxed);
+                stats.spans_dropped.fetch_add(n, Relaxed);
+                report_failure(
+                    "spans",
+                    failed
+                        .map_err(|_| "timed out".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                );
+            }
         }
     }
 }
@@ -347,13 +366,17 @@ pub fn start_metrics(
                 };
             for rm in metrics.collect() {
                 let left = end.saturating_duration_since(Instant::now());
-                let ok = !left.is_zero()
-                    && matches!(
-                        tokio::time::timeout(left, exporter.export(&rm)).await,
-                        Ok(Ok(()))
-                    );
-                if !ok {
+                let result = if left.is_zero() {
+                    Err("no time left".to_string())
+                } else {
+                    match tokio::time::timeout(left, exporter.export(&rm)).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err("timed out".to_string()),
+                    }
+                };
+                if result.is_err() {
                     stats.export_failures.fetch_add(1, Relaxed);
+                    report_failure("metrics", result);
                 }
             }
             if last || *shutdown.borrow() {
@@ -361,4 +384,20 @@ pub fn start_metrics(
             }
         }
     })
+}
+
+/// Export failures are counted always, but logged at most once a minute per signal: a dead
+/// collector must not become a log flood.
+fn report_failure(signal: &'static str, result: Result<(), String>) {
+    use std::sync::Mutex;
+    static LAST: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
+    let Err(e) = result else { return };
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    match last.iter_mut().find(|(s, _)| *s == signal) {
+        Some((_, t)) if now.duration_since(*t) < Duration::from_secs(60) => return,
+        Some((_, t)) => *t = now,
+        None => last.push((signal, now)),
+    }
+    tracing::warn!("exporting {signal} failed (counted in sightline.spans.dropped; next report in a minute at most): {e}");
 }
