@@ -173,10 +173,37 @@ pub struct SockInfo {
     pub local_addr: [u8; 16],
 }
 
+/// Slots for calls in flight, indexed by thread id modulo this. An array slot costs a fraction
+/// of a hash map operation, and the probes run on every TLS call; two threads whose ids
+/// collide and are both inside a TLS call at once lose one call, counted as an orphan.
+pub const ACTIVE_SLOTS: u32 = 1 << 16;
+
+/// Slots of the socket generation table (see [`SockGen`]).
+pub const SOCK_GEN_SLOTS: u32 = 1 << 16;
+
+/// When a process's fd became its current socket, in a direct-mapped table: the TLS probes
+/// read it on every call, and an array slot costs a fraction of the LRU map's lookup. A slot
+/// taken by a colliding (pid, fd) reads as unknown, never as wrong.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockGen {
+    pub tgid: u32,
+    pub fd: i32,
+    pub ts_ns: u64,
+}
+
+/// The [`SockGen`] slot of a socket.
+#[inline(always)]
+pub fn sock_gen_slot(tgid: u32, fd: i32) -> u32 {
+    (tgid.wrapping_mul(0x9e37_79b1) ^ fd as u32) & (SOCK_GEN_SLOTS - 1)
+}
+
 /// Arguments of a library call in flight, stored at entry and consumed at return.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ActiveCall {
+    /// The owning thread's `pid_tgid`; 0 when the slot is free.
+    pub id: u64,
     pub conn: u64,
     pub buf: u64,
     /// `size_t *` out-parameter of the `_ex` forms; 0 for `SSL_read`/`SSL_write`.

@@ -17,13 +17,13 @@ use aya_ebpf::{
         generated::{bpf_probe_read_user, bpf_ringbuf_output},
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use sightline_common::{
-    counter, direction, kind, sock_role, source, ActiveCall, ConnKey, DataHeader, DataRecord,
-    ProcessRecord, SockInfo, SockStateOffsets, DATA_HEADER_LEN, DEFAULT_CAPTURE, MAX_CAPTURE,
-    RING_BYTES, WAKEUP_BYTES,
+    counter, direction, kind, sock_gen_slot, sock_role, source, ActiveCall, ConnKey, DataHeader,
+    DataRecord, ProcessRecord, SockGen, SockInfo, SockStateOffsets, ACTIVE_SLOTS, DATA_HEADER_LEN,
+    DEFAULT_CAPTURE, MAX_CAPTURE, RING_BYTES, SOCK_GEN_SLOTS, WAKEUP_BYTES,
 };
 
 /// Payload bytes to copy per call; set by the loader from the configuration.
@@ -63,7 +63,19 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 /// TLS calls in flight, by thread (`pid_tgid`): a thread runs one `SSL_*` call at a time.
 #[map]
-static ACTIVE: HashMap<u64, ActiveCall> = HashMap::with_max_entries(16384, 0);
+static ACTIVE: Array<ActiveCall> = Array::with_max_entries(ACTIVE_SLOTS, 0);
+
+#[map]
+static SOCK_GEN: Array<SockGen> = Array::with_max_entries(SOCK_GEN_SLOTS, 0);
+
+/// Records that `fd` of `tgid` is, from now on, the socket first seen at `ts_ns`.
+#[inline(always)]
+fn set_sock_gen(tgid: u32, fd: i32, ts_ns: u64) {
+    if let Some(g) = SOCK_GEN.get_ptr_mut(sock_gen_slot(tgid, fd)) {
+        // SAFETY: array slot; a concurrent writer can only make the entry read as unknown.
+        unsafe { *g = SockGen { tgid, fd, ts_ns } };
+    }
+}
 
 #[map]
 static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -109,9 +121,21 @@ fn global(v: &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(v) }
 }
 
+/// The in-flight slot of thread `id`.
+#[inline(always)]
+fn slot(id: u64) -> Option<*mut ActiveCall> {
+    ACTIVE.get_ptr_mut((id as u32) & (ACTIVE_SLOTS - 1))
+}
+
 #[inline(always)]
 fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = slot(id) else {
+        bump(counter::ACTIVE_FULL);
+        return 0;
+    };
     let call = ActiveCall {
+        id,
         conn: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
         ex_len_ptr: if ex {
@@ -124,12 +148,8 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
         direction: dir,
         fd: -1,
     };
-    if ACTIVE
-        .insert(&bpf_get_current_pid_tgid(), &call, 0)
-        .is_err()
-    {
-        bump(counter::ACTIVE_FULL);
-    }
+    // SAFETY: array slot of this thread; see ACTIVE_SLOTS for collisions.
+    unsafe { *slot = call };
     0
 }
 
@@ -156,15 +176,17 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let call = match unsafe { ACTIVE.get(&id) } {
-        Some(c) => *c,
-        None => {
-            bump(counter::ORPHAN_RETURN);
-            return 0;
-        }
+    let Some(slot) = slot(id) else {
+        return 0;
     };
-    let _ = ACTIVE.remove(&id);
+    // SAFETY: copied out, then the slot is released.
+    let call = unsafe { *slot };
+    if call.id != id {
+        bump(counter::ORPHAN_RETURN);
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).id = 0 };
     // These functions return C `int`; the upper half of rax is undefined.
     let ret = ctx.ret::<u64>() as i32;
     let len: u64 = if call.ex_len_ptr != 0 {
@@ -262,27 +284,29 @@ const SYSCALL_RET: usize = 16;
 #[tracepoint]
 pub fn fd_link(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    // Cheap exit for the common case: this thread is not inside a TLS call.
-    let Some(call) = ACTIVE.get_ptr_mut(&id) else {
+    let Some(call) = slot(id) else {
         return 0;
     };
+    // Cheap exit for the common cases: this thread is not inside a TLS call, or the call's
+    // socket is already known.
+    // SAFETY: array slot read.
+    if unsafe { (*call).id != id || (*call).fd >= 0 } {
+        return 0;
+    }
     // SAFETY: offset 16 is the first syscall argument.
     let fd = match unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) } {
         Ok(fd) => fd as i32,
         Err(_) => return 0,
     };
-    // SAFETY: map value owned by this thread's in-flight call.
+    let tgid = (id >> 32) as u32;
+    let sock_ts = match SOCK_GEN.get(sock_gen_slot(tgid, fd)) {
+        Some(g) if g.tgid == tgid && g.fd == fd => g.ts_ns,
+        _ => 0,
+    };
+    // SAFETY: this thread's in-flight slot.
     unsafe {
-        if (*call).fd < 0 {
-            (*call).fd = fd;
-            let key = ConnKey {
-                tgid: (id >> 32) as u32,
-                fd,
-            };
-            if let Some(info) = CONN_INFO.get(&key) {
-                (*call).sock_ts = info.ts_ns;
-            }
-        }
+        (*call).fd = fd;
+        (*call).sock_ts = sock_ts;
     }
     0
 }
@@ -342,6 +366,7 @@ pub fn sock_connect(ctx: TracePointContext) -> u32 {
         fd: fd as i32,
     };
     let _ = CONN_INFO.insert(&key, &info, 0);
+    set_sock_gen(tgid, fd as i32, info.ts_ns);
     let _ = PENDING_CONNECT.insert(&id, &(fd as i32), 0);
     0
 }
@@ -451,6 +476,7 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
         fd: ret as i32,
     };
     let _ = CONN_INFO.insert(&key, &info, 0);
+    set_sock_gen(key.tgid, key.fd, info.ts_ns);
     0
 }
 
