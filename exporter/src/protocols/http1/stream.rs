@@ -410,34 +410,27 @@ fn take_line(line: &mut Vec<u8>, data: &[u8]) -> (Vec<u8>, usize, bool) {
 }
 
 /// How many bytes of `data` complete a head whose earlier part is `prev`: the position just
-/// past the first blank line (`\r\n\r\n`, or a bare `\n\n`).
+/// past the first blank line. httparse accepts `\r\n\r\n`, `\n\n`, `\r\n\n` and `\n\r\n`;
+/// each ends with a LF preceded by a LF, or by CR LF.
 fn head_end(prev: &[u8], data: &[u8]) -> Option<usize> {
-    // The terminator may straddle the two slices: join up to 3 bytes of `prev` with the
-    // start of `data` for that one case, then search `data` alone.
-    let tail = &prev[prev.len().saturating_sub(3)..];
-    if !tail.is_empty() {
-        let mut joined = [0u8; 6];
-        let head = &data[..data.len().min(3)];
-        joined[..tail.len()].copy_from_slice(tail);
-        joined[tail.len()..tail.len() + head.len()].copy_from_slice(head);
-        let j = &joined[..tail.len() + head.len()];
-        for (pat, len) in [(&b"\r\n\r\n"[..], 4usize), (&b"\n\n"[..], 2)] {
-            if let Some(i) = memchr::memmem::find(j, pat) {
-                let end = i + len;
-                if end > tail.len() {
-                    return Some(end - tail.len());
-                }
-            }
+    // Heads have a handful of LFs: visit those (SIMD memchr) rather than building a substring
+    // searcher per call.
+    let byte_before = |i: usize, back: usize| -> Option<u8> {
+        if i >= back {
+            Some(data[i - back])
+        } else {
+            let k = prev.len().checked_sub(back - i)?;
+            Some(prev[k])
+        }
+    };
+    for i in memchr::memchr_iter(b'\n', data) {
+        match byte_before(i, 1) {
+            Some(b'\n') => return Some(i + 1),
+            Some(b'\r') if byte_before(i, 2) == Some(b'\n') => return Some(i + 1),
+            _ => {}
         }
     }
-    let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|i| i + 4);
-    // Bare LF line ends are rare; look for them only before any CRLF terminator.
-    let upto = crlf.unwrap_or(data.len());
-    let lf = memchr::memmem::find(&data[..upto], b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(c), Some(l)) => Some(c.min(l)),
-        (c, l) => c.or(l),
-    }
+    None
 }
 
 /// Whether a record plausibly begins a message, for resynchronising after a loss.
