@@ -321,6 +321,13 @@ async fn scenario(grpc: bool) {
         .max()
         .unwrap_or(0);
     assert!(calls >= 12, "sightline.calls = {calls}");
+    // Every connection here is well-formed HTTP/1.1 that completes: nothing may be dropped.
+    let mut dropped = std::collections::BTreeMap::new();
+    for p in pts.iter().filter(|p| p.metric == "sightline.parse.dropped") {
+        dropped.insert(s(p.attrs.get("reason")), p.value);
+    }
+    assert!(!dropped.is_empty(), "sightline.parse.dropped is exported");
+    assert!(dropped.values().all(|v| *v == 0), "{dropped:?}");
 
     // The live view saw the same calls, as JSON lines, and ended with the RED summary.
     let lines = agent.stdout_lines();

@@ -167,11 +167,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let lost = stats.events_lost.load(Relaxed);
     let dropped = stats.parse_dropped_total();
     if lost > 0 || dropped > 0 || stats.spans_dropped.load(Relaxed) > 0 {
+        let reasons: Vec<String> = crate::protocols::DropReason::ALL
+            .iter()
+            .filter(|r| stats.parse_dropped(**r) > 0)
+            .map(|r| format!("{}={}", r.as_str(), stats.parse_dropped(*r)))
+            .collect();
         tracing::warn!(
             events_lost = lost,
             parse_dropped = dropped,
             spans_dropped = stats.spans_dropped.load(Relaxed),
-            "some data was not captured"
+            "some data was not captured (parse drops: {})",
+            reasons.join(", ")
         );
     }
     Ok(())

@@ -16,6 +16,10 @@ pub enum Event<'a> {
     Exit {
         tgid: u32,
     },
+    Close {
+        tgid: u32,
+        conn: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +84,10 @@ pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
                 Event::Exit { tgid }
             })
         }
+        kind::CLOSE => Ok(Event::Close {
+            tgid: u32_at(b, 4).ok_or(DecodeError::Short)?,
+            conn: u64_at(b, 8).ok_or(DecodeError::Short)?,
+        }),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -195,6 +195,7 @@ impl Loader {
             "ssl_write",
             "ssl_read_ex",
             "ssl_write_ex",
+            "ssl_free",
             "ssl_ret",
         ] {
             let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
@@ -256,11 +257,17 @@ impl Loader {
                 "SSL_write" => "ssl_write",
                 "SSL_read_ex" => "ssl_read_ex",
                 "SSL_write_ex" => "ssl_write_ex",
+                "SSL_free" => "ssl_free",
                 _ => continue,
             };
             // The return probe goes first: an entry without its return would leave calls in
-            // flight that never complete.
-            for prog in ["ssl_ret", entry] {
+            // flight that never complete. SSL_free needs no return.
+            let progs: &[&str] = if entry == "ssl_free" {
+                &["ssl_free"]
+            } else {
+                &["ssl_ret", entry]
+            };
+            for &prog in progs {
                 let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
                 p.attach(
                     UProbeAttachLocation::AbsoluteOffset(point.file_offset),

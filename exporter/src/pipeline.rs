@@ -128,6 +128,10 @@ impl Pipeline {
                 }
                 Some(Notice::Exec(tgid))
             }
+            Ok(Event::Close { tgid, conn }) => {
+                self.close_conn((tgid, conn));
+                None
+            }
             Ok(Event::Exit { tgid }) => {
                 self.process_exit(tgid);
                 Some(Notice::Exit(tgid))
@@ -156,12 +160,14 @@ impl Pipeline {
 
     fn data(&mut self, h: &sightline_common::DataHeader, payload: &[u8]) {
         let key = (h.tgid, h.conn);
-        // A different fd, or the same fd number from a newer connect/accept, under the same
-        // SSL*: the library reused a freed object for a new connection, so the old one is over.
+        // A newer connect/accept behind the same SSL*: the library reused a freed object for a
+        // new connection, so the old one is over. A different fd alone proves nothing: the
+        // first fd a TLS call touches may be another file (OpenSSL reading /dev/urandom), so
+        // only a socket that sightline saw being created (sock_ts != 0) counts.
         if let Some(c) = self.conns.get(&key) {
-            let new_fd = h.fd >= 0 && c.fd >= 0 && c.fd != h.fd;
-            let new_sock = h.sock_ts != 0 && c.sock_ts != 0 && c.sock_ts != h.sock_ts;
-            if new_fd || new_sock {
+            let reused = h.sock_ts != 0 && c.sock_ts != 0 && c.sock_ts != h.sock_ts;
+            let moved = h.sock_ts != 0 && c.sock_ts == 0 && c.fd >= 0 && c.fd != h.fd;
+            if reused || moved {
                 self.close_conn(key);
             }
         }
@@ -232,6 +238,7 @@ impl Pipeline {
 
     fn emit(&mut self, process: &Arc<ProcessInfo>, facts: ConnFacts) {
         for r in self.out.drops.drain(..) {
+            tracing::trace!(pid = process.pid, reason = r.as_str(), "dropped");
             self.stats.count_drop(r);
         }
         for ex in self.out.exchanges.drain(..) {

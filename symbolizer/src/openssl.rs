@@ -6,8 +6,15 @@ use crate::SymbolizeError;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The plaintext boundary of OpenSSL (and BoringSSL, which keeps these names).
-pub const SSL_FUNCTIONS: [&str; 4] = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"];
+/// The plaintext boundary of OpenSSL (and BoringSSL, which keeps these names), and the end of
+/// a connection object.
+pub const SSL_FUNCTIONS: [&str; 5] = [
+    "SSL_read",
+    "SSL_write",
+    "SSL_read_ex",
+    "SSL_write_ex",
+    "SSL_free",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpensslTarget {
@@ -140,7 +147,13 @@ mod system_tests {
         let names: Vec<_> = t.points.iter().map(|p| p.symbol.as_str()).collect();
         assert_eq!(
             names,
-            ["SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"]
+            [
+                "SSL_free",
+                "SSL_read",
+                "SSL_read_ex",
+                "SSL_write",
+                "SSL_write_ex"
+            ]
         );
         let v = openssl_version(p).unwrap_or_default();
         assert!(v.starts_with("OpenSSL 3."), "{v}");

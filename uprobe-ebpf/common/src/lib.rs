@@ -56,6 +56,9 @@ pub mod kind {
     pub const EXEC: u32 = 2;
     /// A thread group leader exited ([`super::ProcessRecord`]).
     pub const EXIT: u32 = 3;
+    /// A TLS connection object was freed ([`super::CloseRecord`]): its connection is over,
+    /// and the same address may next belong to another connection.
+    pub const CLOSE: u32 = 4;
 }
 
 /// Direction of a payload, from the observed process's point of view.
@@ -121,6 +124,16 @@ pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataHeader>();
 pub struct DataRecord {
     pub header: DataHeader,
     pub data: [u8; MAX_CAPTURE],
+}
+
+/// The end of a library connection object (`SSL_free`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseRecord {
+    pub kind: u32,
+    pub tgid: u32,
+    pub conn: u64,
+    pub ts_ns: u64,
 }
 
 /// An exec or exit notification for discovery.
@@ -234,5 +247,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockStateOffsets>(), 24);
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
+        assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
     }
 }

@@ -21,9 +21,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use sightline_common::{
-    counter, direction, kind, sock_gen_slot, sock_role, source, ActiveCall, ConnKey, DataHeader,
-    DataRecord, ProcessRecord, SockGen, SockInfo, SockStateOffsets, ACTIVE_SLOTS, DATA_HEADER_LEN,
-    DEFAULT_CAPTURE, MAX_CAPTURE, RING_BYTES, SOCK_GEN_SLOTS, WAKEUP_BYTES,
+    counter, direction, kind, sock_gen_slot, sock_role, source, ActiveCall, CloseRecord, ConnKey,
+    DataHeader, DataRecord, ProcessRecord, SockGen, SockInfo, SockStateOffsets, ACTIVE_SLOTS,
+    DATA_HEADER_LEN, DEFAULT_CAPTURE, MAX_CAPTURE, RING_BYTES, SOCK_GEN_SLOTS, WAKEUP_BYTES,
 };
 
 /// Payload bytes to copy per call; set by the loader from the configuration.
@@ -171,6 +171,23 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
     enter(&ctx, direction::EGRESS, true)
+}
+
+/// `SSL_free(ssl)`: the connection is over. Without this, a freed `SSL*` reused for the next
+/// connection would carry the old connection's state, and a first read served from the
+/// library's buffer (no syscall, so no fd) could not tell them apart.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    let rec = CloseRecord {
+        kind: kind::CLOSE,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        conn: ctx.arg::<u64>(0).unwrap_or(0),
+        ts_ns: now(),
+    };
+    if EVENTS.output::<CloseRecord>(&rec, wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
 }
 
 #[uretprobe]
