@@ -17,4 +17,13 @@ cargo build --release --bin sightline
 
 echo "== tests (unit, property, end to end)"
 # The e2e tests load probes that see the whole host; one at a time keeps them independent.
-cargo test --release -- --test-threads=1
+log=$(mktemp)
+set +e
+cargo test --release -- --test-threads=1 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo ends on its last binary's, often doc tests' 0).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"

@@ -120,6 +120,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 stats.events_lost.store(k[counter::RINGBUF_FULL as usize], Relaxed);
                 stats.kernel_active_full.store(k[counter::ACTIVE_FULL as usize], Relaxed);
                 stats.kernel_read_failed.store(k[counter::READ_FAILED as usize], Relaxed);
+                stats.kernel_orphan_returns.store(k[counter::ORPHAN_RETURN as usize], Relaxed);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

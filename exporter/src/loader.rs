@@ -35,13 +35,19 @@ pub fn preflight() -> Result<(), PreflightError> {
     if !privileged() {
         return Err(PreflightError::NotPrivileged);
     }
-    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+    kernel_features(Path::new("/"))?;
+    ensure_tracefs().map_err(PreflightError::NoTracefs)?;
+    Ok(())
+}
+
+/// What the kernel under `root` offers (a parameter so tests can present a kernel without).
+fn kernel_features(root: &Path) -> Result<(), PreflightError> {
+    if !root.join("sys/bus/event_source/devices/uprobe").exists() {
         return Err(PreflightError::NoUprobes);
     }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if !root.join("sys/kernel/btf/vmlinux").exists() {
         return Err(PreflightError::NoBtf);
     }
-    ensure_tracefs().map_err(PreflightError::NoTracefs)?;
     Ok(())
 }
 
@@ -343,4 +349,39 @@ pub fn watch_ring(
         tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
     }
     .map_err(|e| e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kernel_features_are_named() {
+        let root = std::env::temp_dir().join(format!("sightline-kernel-{}", std::process::id()));
+        let uprobe = root.join("sys/bus/event_source/devices/uprobe");
+        std::fs::create_dir_all(root.join("sys/kernel/btf")).unwrap();
+        let err = kernel_features(&root).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_UPROBE_EVENTS"), "{err}");
+        std::fs::create_dir_all(&uprobe).unwrap();
+        let err = kernel_features(&root).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+        std::fs::write(root.join("sys/kernel/btf/vmlinux"), b"").unwrap();
+        assert!(kernel_features(&root).is_ok());
+        // This machine has both.
+        assert!(kernel_features(Path::new("/")).is_ok());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn tracepoint_offsets_come_from_tracefs() {
+        ensure_tracefs().unwrap();
+        let o = sock_state_offsets().expect("sock:inet_sock_set_state on this kernel");
+        // Independent ground truth: the format file itself, parsed by hand here.
+        let text =
+            std::fs::read_to_string("/sys/kernel/tracing/events/sock/inet_sock_set_state/format")
+                .unwrap();
+        let line = text.lines().find(|l| l.contains(" newstate;")).unwrap();
+        assert!(line.contains(&format!("offset:{};", o.newstate)), "{line}");
+        assert!(o.sport > o.newstate && o.saddr_v6 > o.saddr);
+    }
 }

@@ -284,8 +284,12 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
         ),
         (
             "sightline.kernel.calls.untracked",
-            "Library calls not tracked (too many in flight, or unreadable memory).",
-            |s| s.kernel_active_full.load(Relaxed) + s.kernel_read_failed.load(Relaxed),
+            "Library calls not tracked (no in-flight slot, unreadable memory, or a return without its entry).",
+            |s| {
+                s.kernel_active_full.load(Relaxed)
+                    + s.kernel_read_failed.load(Relaxed)
+                    + s.kernel_orphan_returns.load(Relaxed)
+            },
         ),
     ];
     for (name, desc, read) in simple {

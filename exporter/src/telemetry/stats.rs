@@ -11,6 +11,8 @@ pub struct Stats {
     /// Kernel-side: calls that could not be tracked or read (copied).
     pub kernel_active_full: AtomicU64,
     pub kernel_read_failed: AtomicU64,
+    /// Returns with no recorded entry (attached mid-call, or an in-flight slot collision).
+    pub kernel_orphan_returns: AtomicU64,
     pub records: AtomicU64,
     /// Records whose payload was cut at the capture size.
     pub records_truncated: AtomicU64,
