@@ -55,19 +55,7 @@ fn record(dir: u32, conn: u64, t: u64, payload: &[u8]) -> Vec<u8> {
         captured: payload.len() as u32,
         sock_ts: 1,
     };
-    let mut v = Vec::with_capacity(64 + payload.len());
-    for x in [h.kind, h.direction, h.tgid, h.tid] {
-        v.extend_from_slice(&x.to_ne_bytes());
-    }
-    for x in [h.start_ns, h.end_ns, h.conn] {
-        v.extend_from_slice(&x.to_ne_bytes());
-    }
-    for x in [h.fd as u32, h.source, h.len, h.captured] {
-        v.extend_from_slice(&x.to_ne_bytes());
-    }
-    v.extend_from_slice(&h.sock_ts.to_ne_bytes());
-    v.extend_from_slice(payload);
-    v
+    sightline::events::encode_data(&h, payload)
 }
 
 fn bench(c: &mut Criterion) {

@@ -40,6 +40,24 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// The kernel's encoding of a data record, for tests and benchmarks that feed the pipeline
+/// without the kernel.
+pub fn encode_data(h: &DataHeader, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(DATA_HEADER_LEN + payload.len());
+    for x in [h.kind, h.direction, h.tgid, h.tid] {
+        v.extend_from_slice(&x.to_ne_bytes());
+    }
+    for x in [h.start_ns, h.end_ns, h.conn] {
+        v.extend_from_slice(&x.to_ne_bytes());
+    }
+    for x in [h.fd as u32, h.source, h.len, h.captured] {
+        v.extend_from_slice(&x.to_ne_bytes());
+    }
+    v.extend_from_slice(&h.sock_ts.to_ne_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
 pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
     let k = u32_at(b, 0).ok_or(DecodeError::Short)?;
     match k {
@@ -97,19 +115,7 @@ mod tests {
     use super::*;
 
     fn encode(h: &DataHeader, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for x in [h.kind, h.direction, h.tgid, h.tid] {
-            v.extend_from_slice(&x.to_ne_bytes());
-        }
-        for x in [h.start_ns, h.end_ns, h.conn] {
-            v.extend_from_slice(&x.to_ne_bytes());
-        }
-        for x in [h.fd as u32, h.source, h.len, h.captured] {
-            v.extend_from_slice(&x.to_ne_bytes());
-        }
-        v.extend_from_slice(&h.sock_ts.to_ne_bytes());
-        v.extend_from_slice(payload);
-        v
+        encode_data(h, payload)
     }
 
     #[test]

@@ -100,36 +100,46 @@ fn http_client(s: &SignalExport) -> anyhow::Result<reqwest::Client> {
     b.build().context("building the OTLP HTTP client")
 }
 
+/// The gRPC settings both signals share; the builders differ only in type.
+fn tonic_settings<B: WithExportConfig + WithTonicConfig>(
+    b: B,
+    s: &SignalExport,
+) -> anyhow::Result<B> {
+    let mut b = b
+        .with_endpoint(&s.endpoint)
+        .with_timeout(s.timeout)
+        .with_metadata(tonic_metadata(s)?);
+    if let Some(c) = compression(s.compression) {
+        b = b.with_compression(c);
+    }
+    if let Some(tls) = tonic_tls(s)? {
+        b = b.with_tls_config(tls);
+    }
+    Ok(b)
+}
+
+/// The HTTP/protobuf settings both signals share.
+fn http_settings<B: WithExportConfig + WithHttpConfig>(
+    b: B,
+    s: &SignalExport,
+) -> anyhow::Result<B> {
+    let mut b = b
+        .with_http_client(http_client(s)?)
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(&s.endpoint)
+        .with_timeout(s.timeout)
+        .with_headers(http_headers(s));
+    if let Some(c) = compression(s.compression) {
+        b = b.with_compression(c);
+    }
+    Ok(b)
+}
+
 pub fn span_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
     let b = opentelemetry_otlp::SpanExporter::builder();
     let e = match s.protocol {
-        Protocol::Grpc => {
-            let mut t = b
-                .with_tonic()
-                .with_endpoint(&s.endpoint)
-                .with_timeout(s.timeout)
-                .with_metadata(tonic_metadata(s)?);
-            if let Some(c) = compression(s.compression) {
-                t = t.with_compression(c);
-            }
-            if let Some(tls) = tonic_tls(s)? {
-                t = t.with_tls_config(tls);
-            }
-            t.build()
-        }
-        Protocol::HttpProtobuf => {
-            let mut h = b
-                .with_http()
-                .with_http_client(http_client(s)?)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(&s.endpoint)
-                .with_timeout(s.timeout)
-                .with_headers(http_headers(s));
-            if let Some(c) = compression(s.compression) {
-                h = h.with_compression(c);
-            }
-            h.build()
-        }
+        Protocol::Grpc => tonic_settings(b.with_tonic(), s)?.build(),
+        Protocol::HttpProtobuf => http_settings(b.with_http(), s)?.build(),
     };
     e.with_context(|| format!("building the OTLP trace exporter for {}", s.endpoint))
 }
@@ -137,33 +147,8 @@ pub fn span_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::Spa
 pub fn metric_exporter(s: &SignalExport) -> anyhow::Result<opentelemetry_otlp::MetricExporter> {
     let b = opentelemetry_otlp::MetricExporter::builder();
     let e = match s.protocol {
-        Protocol::Grpc => {
-            let mut t = b
-                .with_tonic()
-                .with_endpoint(&s.endpoint)
-                .with_timeout(s.timeout)
-                .with_metadata(tonic_metadata(s)?);
-            if let Some(c) = compression(s.compression) {
-                t = t.with_compression(c);
-            }
-            if let Some(tls) = tonic_tls(s)? {
-                t = t.with_tls_config(tls);
-            }
-            t.build()
-        }
-        Protocol::HttpProtobuf => {
-            let mut h = b
-                .with_http()
-                .with_http_client(http_client(s)?)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(&s.endpoint)
-                .with_timeout(s.timeout)
-                .with_headers(http_headers(s));
-            if let Some(c) = compression(s.compression) {
-                h = h.with_compression(c);
-            }
-            h.build()
-        }
+        Protocol::Grpc => tonic_settings(b.with_tonic(), s)?.build(),
+        Protocol::HttpProtobuf => http_settings(b.with_http(), s)?.build(),
     };
     e.with_context(|| format!("building the OTLP metric exporter for {}", s.endpoint))
 }

@@ -157,6 +157,14 @@ impl Call {
             .or(Some(if self.scheme == "https" { 443 } else { 80 }))
     }
 
+    /// `error.type` per semconv: the status code when it is an error, `_OTHER` without one.
+    pub fn error_type(&self) -> Option<String> {
+        self.is_error().then(|| match self.status {
+            0 => "_OTHER".to_string(),
+            s => s.to_string(),
+        })
+    }
+
     /// Error status per semconv: 5xx for servers, 4xx and 5xx for clients.
     pub fn is_error(&self) -> bool {
         match self.role {

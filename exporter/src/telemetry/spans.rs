@@ -78,12 +78,7 @@ fn attributes(c: &Call) -> Vec<KeyValue> {
     if c.status != 0 {
         a.push(KeyValue::new("http.response.status_code", c.status as i64));
     }
-    if c.is_error() {
-        let t = if c.status == 0 {
-            "_OTHER".to_string()
-        } else {
-            c.status.to_string()
-        };
+    if let Some(t) = c.error_type() {
         a.push(KeyValue::new("error.type", t));
     }
     a.push(KeyValue::new(
