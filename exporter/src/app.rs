@@ -116,6 +116,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Some(pid) = rescan_rx.recv() => discovery.scan_pid(pid, &mut loader),
             _ = tick.tick() => {
                 pipeline.tick(loader::monotonic_ns());
+                pipeline.flush();
                 let k = loader.counters();
                 stats.events_lost.store(k[counter::RINGBUF_FULL as usize], Relaxed);
                 stats.kernel_active_full.store(k[counter::ACTIVE_FULL as usize], Relaxed);
@@ -190,4 +191,5 @@ fn drain_ring(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, notices: &mut 
             notices.push(n);
         }
     }
+    pipeline.flush();
 }

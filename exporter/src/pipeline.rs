@@ -318,12 +318,20 @@ impl Pipeline {
         }
     }
 
+    /// Called after each batch of records, so sinks write once per batch.
+    pub fn flush(&mut self) {
+        for s in &mut self.sinks {
+            s.flush();
+        }
+    }
+
     /// Ends every connection, for shutdown.
     pub fn close_all(&mut self) {
         let keys: Vec<_> = self.conns.keys().copied().collect();
         for k in keys {
             self.close_conn(k);
         }
+        self.flush();
     }
 }
 

@@ -12,13 +12,16 @@ pub enum Format {
 }
 
 pub struct LiveView<W: Write + Send> {
-    out: W,
+    out: std::io::BufWriter<W>,
     format: Format,
 }
 
 impl<W: Write + Send> LiveView<W> {
     pub fn new(out: W, format: Format) -> Self {
-        LiveView { out, format }
+        LiveView {
+            out: std::io::BufWriter::with_capacity(64 << 10, out),
+            format,
+        }
     }
 }
 
@@ -84,6 +87,9 @@ impl<W: Write + Send> Sink for LiveView<W> {
         };
         // A closed stdout (piped into `head`) must not stop the agent.
         let _ = writeln!(self.out, "{line}");
+    }
+
+    fn flush(&mut self) {
         let _ = self.out.flush();
     }
 }

@@ -11,4 +11,6 @@ use crate::telemetry::call::Call;
 pub trait Sink: Send {
     fn on_call(&mut self, call: &Call);
     fn on_process_exit(&mut self, _pid: u32) {}
+    /// End of a batch of records: a chance to flush buffered output once, not per call.
+    fn flush(&mut self) {}
 }
