@@ -545,3 +545,88 @@ fn otlp_grpc_over_tls_with_a_private_ca() {
 fn otlp_http_over_tls_with_a_private_ca() {
     tls_export(false);
 }
+
+/// Process selection and capture size from the YAML file: only curl is observed, and a body
+/// larger than the capture is skipped by its length, counted as truncated, never misparsed.
+#[test]
+fn selection_and_capture_size_from_the_config_file() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("curl");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, rec) = rt.block_on(receiver::start_grpc()).unwrap();
+    let nginx = Nginx::start().unwrap();
+    let dir = sightline_e2e::procs::tempdir("select");
+    let cfg = dir.join("sightline.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "capture:\n  max_bytes: 256\nselect:\n  executables: [curl]\noutput: json\notlp:\n  endpoint: http://{addr}\n  protocol: grpc\nmetrics:\n  export_interval_ms: 300\n"
+        ),
+    )
+    .unwrap();
+    let cfg_arg = cfg.display().to_string();
+    let mut agent = Agent::start(&["--config", &cfg_arg], &[]).unwrap();
+    for path in ["/big", "/small"] {
+        run(Command::new("curl")
+            .args(["-sk", "--http1.1", "-o", "/dev/null"])
+            .arg(nginx.url(path)))
+        .unwrap();
+    }
+    let lines = |agent: &Agent| -> Vec<serde_json::Value> {
+        agent
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v.get("path").is_some())
+            .collect()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while lines(&agent).len() < 2 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop().unwrap();
+    let seen = lines(&agent);
+    let paths: Vec<(String, String, u64)> = seen
+        .iter()
+        .map(|v| {
+            (
+                v["service"].as_str().unwrap_or("").to_string(),
+                v["path"].as_str().unwrap_or("").to_string(),
+                v["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // nginx served both calls but is not selected.
+    assert_eq!(
+        paths,
+        vec![
+            ("curl".to_string(), "/big".to_string(), 200),
+            ("curl".to_string(), "/small".to_string(), 200)
+        ]
+    );
+    let pts = points(&rec.metrics.lock().unwrap());
+    let last = |name: &str| {
+        pts.iter()
+            .filter(|p| p.metric == name)
+            .map(|p| p.value)
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(
+        last("sightline.records.truncated") >= 1,
+        "the 3000-byte body was cut at 256"
+    );
+    let dropped: i64 = pts
+        .iter()
+        .filter(|p| p.metric == "sightline.parse.dropped")
+        .map(|p| p.value)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(dropped, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
