@@ -98,6 +98,11 @@ async fn scenario(grpc: bool) {
                 "OTEL_RESOURCE_ATTRIBUTES",
                 "deployment.environment=e2e".into(),
             ),
+            // gzip on the HTTP transport; gRPC stays uncompressed, so both paths run.
+            (
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+                if grpc { "none" } else { "gzip" }.into(),
+            ),
         ],
     )
     .unwrap();
@@ -271,13 +276,19 @@ async fn scenario(grpc: bool) {
         }
     }
 
-    // The exporter sent the configured header.
-    assert!(rec
-        .headers
-        .lock()
-        .unwrap()
+    // The exporter sent the configured header, and compressed when asked to.
+    let headers = rec.headers.lock().unwrap().clone();
+    assert!(headers
         .iter()
         .any(|(k, v)| k == "x-test-tenant" && v == "acme"));
+    if !grpc {
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k == "content-encoding" && v == "gzip"),
+            "{headers:?}"
+        );
+    }
 
     // Histograms: the last cumulative point per series has the exact counts.
     let pts = points(&rec.metrics.lock().unwrap());
