@@ -11,6 +11,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# rustup's tools live here; a non-login shell (CI) may not have it on PATH.
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
+  echo "prereqs: cargo and rustup are needed (https://rustup.rs); this machine image ships them" >&2
+  exit 1
+fi
 
 # Go 1.21+ lives in bookworm-backports; Go 1.19 in bookworm itself.
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then

@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 "./tests/prereqs.sh"
 
-export PATH="$HOME/.cargo/bin:$PATH"
 echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --release --all-targets -- -D warnings
