@@ -8,6 +8,7 @@ use crate::protocols::{DropReason, Role};
 use crate::sinks::Sink;
 use crate::sockets::tcp_addrs;
 use crate::telemetry::call::{Call, ConnFacts};
+use crate::telemetry::join::{ConnJoin, Ends, Joins, Key, Origin};
 use crate::telemetry::stats::Stats;
 use otel_config::Selection;
 use rustc_hash::FxHashMap as HashMap;
@@ -56,10 +57,34 @@ struct Conn {
     local: Option<SocketAddr>,
     http: Http1Conn,
     last_ns: u64,
+    join: ConnJoin,
+}
+
+impl Conn {
+    /// Both ends, when this process saw the connection being made (so request positions on it
+    /// line up with the other end's).
+    fn ends(&self) -> Option<Ends> {
+        match (self.sock_ts, self.local, self.peer) {
+            (1.., Some(local), Some(peer)) => Some(Ends { local, peer }),
+            _ => None,
+        }
+    }
+
+    fn facts(&self) -> ConnFacts {
+        ConnFacts {
+            peer: self.peer,
+            local: self.local,
+            tls: true,
+        }
+    }
 }
 
 pub struct Pipeline {
     processes: Processes,
+    joins: Joins,
+    origins: Vec<(Origin, Option<Key>)>,
+    /// Server calls waiting (a batch at most) for their client's request to be read.
+    waiting: Vec<(Call, Key, bool)>,
     /// Local addresses of listening sockets, by (pid, fd): accepted sockets share them.
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
     conns: HashMap<(u32, u64), Conn>,
@@ -85,6 +110,9 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             processes: Processes::default(),
+            joins: Joins::default(),
+            origins: Vec::new(),
+            waiting: Vec::new(),
             listeners: HashMap::default(),
             conns: HashMap::default(),
             lookup,
@@ -189,6 +217,7 @@ impl Pipeline {
                     local: None,
                     http: Http1Conn::default(),
                     last_ns: h.end_ns,
+                    join: ConnJoin::default(),
                 },
             );
         }
@@ -228,28 +257,67 @@ impl Pipeline {
             h.end_ns,
             &mut self.out,
         );
-        let facts = ConnFacts {
-            peer: conn.peer,
-            local: conn.local,
-            tls: true,
-        };
+        let ends = conn.ends();
+        self.joins.on_requests(
+            &mut conn.join,
+            conn.http.requests_seen(),
+            conn.http.role(),
+            ends,
+        );
+        self.origins.clear();
+        for ex in &self.out.exchanges {
+            let o = self.joins.next_origin(&mut conn.join, ex.role, ends);
+            self.origins.push(o);
+        }
+        let facts = conn.facts();
         self.emit(&process, facts);
     }
 
+    /// Hands the finished exchanges (with their origins in `self.origins`) to the sinks.
     fn emit(&mut self, process: &Arc<ProcessInfo>, facts: ConnFacts) {
         for r in self.out.drops.drain(..) {
             tracing::trace!(pid = process.pid, reason = r.as_str(), "dropped");
             self.stats.count_drop(r);
         }
-        for ex in self.out.exchanges.drain(..) {
+        for (i, ex) in self.out.exchanges.drain(..).enumerate() {
+            let (origin, wait) = self
+                .origins
+                .get(i)
+                .copied()
+                .unwrap_or((Origin::Fresh, None));
             let call = Call::new(
                 process.clone(),
                 &ex,
                 facts,
+                origin,
                 self.redact_query,
                 self.mono_to_unix_ns,
             );
             self.stats.calls.fetch_add(1, Relaxed);
+            // A call that continues an incoming traceparent has its parent already.
+            match wait {
+                Some(k) if call.parent_span_id.is_none() => self.waiting.push((call, k, false)),
+                _ => {
+                    for s in &mut self.sinks {
+                        s.on_call(&call);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Server calls whose client was read since: joined. Those that waited a whole batch
+    /// already: sent as they are.
+    fn settle_waiting(&mut self, force: bool) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (mut call, k, waited) in waiting {
+            if let Some(Origin::ChildOf { trace_id, parent }) = self.joins.take(&k) {
+                call.trace_id = trace_id;
+                call.parent_span_id = Some(parent);
+            } else if !(waited || force) {
+                self.waiting.push((call, k, true));
+                continue;
+            }
             for s in &mut self.sinks {
                 s.on_call(&call);
             }
@@ -259,15 +327,15 @@ impl Pipeline {
     fn close_conn(&mut self, key: (u32, u64)) {
         if let Some(mut c) = self.conns.remove(&key) {
             c.http.close(&mut self.out);
-            match c.process {
-                Some(p) => self.emit(
-                    &p,
-                    ConnFacts {
-                        peer: c.peer,
-                        local: c.local,
-                        tls: true,
-                    },
-                ),
+            let ends = c.ends();
+            self.origins.clear();
+            for ex in &self.out.exchanges {
+                let o = self.joins.next_origin(&mut c.join, ex.role, ends);
+                self.origins.push(o);
+            }
+            self.joins.forget(&c.join, ends);
+            match c.process.clone() {
+                Some(p) => self.emit(&p, c.facts()),
                 None => {
                     self.out.drops.clear();
                     self.out.exchanges.clear();
@@ -320,6 +388,8 @@ impl Pipeline {
 
     /// Called after each batch of records, so sinks write once per batch.
     pub fn flush(&mut self) {
+        self.settle_waiting(false);
+        self.joins.end_batch();
         for s in &mut self.sinks {
             s.flush();
         }
@@ -331,6 +401,7 @@ impl Pipeline {
         for k in keys {
             self.close_conn(k);
         }
+        self.settle_waiting(true);
         self.flush();
     }
 }

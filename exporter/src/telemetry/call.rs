@@ -1,6 +1,7 @@
 //! A finished HTTP call, with everything every sink needs, decided once: names, redacted
 //! query, trace ids and wall-clock times.
 
+use super::join::Origin;
 use super::redact::redact_query;
 use super::trace_context::{new_span_id, new_trace_id, parse_traceparent};
 use crate::processes::ProcessInfo;
@@ -57,6 +58,7 @@ impl Call {
         process: Arc<ProcessInfo>,
         ex: &Exchange,
         conn: ConnFacts,
+        origin: Origin,
         redact_query_values: bool,
         mono_to_unix_ns: i128,
     ) -> Call {
@@ -95,9 +97,14 @@ impl Call {
             Role::Server => req.traceparent.as_deref().and_then(parse_traceparent),
             Role::Client => None,
         };
-        let (trace_id, parent_span_id, trace_flags) = match incoming {
-            Some(tp) => (tp.trace_id, Some(tp.span_id), tp.flags),
-            None => (new_trace_id(), None, 1),
+        // An incoming traceparent wins: it is what the caller itself said.
+        let (trace_id, span_id, parent_span_id, trace_flags) = match (incoming, origin) {
+            (Some(tp), _) => (tp.trace_id, new_span_id(), Some(tp.span_id), tp.flags),
+            (None, Origin::ChildOf { trace_id, parent }) => {
+                (trace_id, new_span_id(), Some(parent), 1)
+            }
+            (None, Origin::Client { trace_id, span_id }) => (trace_id, span_id, None, 1),
+            (None, Origin::Fresh) => (new_trace_id(), new_span_id(), None, 1),
         };
         let tracestate = incoming.and(req.tracestate.clone());
 
@@ -120,7 +127,7 @@ impl Call {
             start_unix_ns: (ex.start_ns as i128 + mono_to_unix_ns).max(0) as u64,
             duration_ns: ex.end_ns.saturating_sub(ex.start_ns),
             trace_id,
-            span_id: new_span_id(),
+            span_id,
             parent_span_id,
             trace_flags,
             tracestate,
@@ -241,6 +248,7 @@ mod tests {
                 local: None,
                 tls: true,
             },
+            Origin::Fresh,
             true,
             10,
         );
@@ -272,6 +280,7 @@ mod tests {
                 local: None,
                 tls: true,
             },
+            Origin::Fresh,
             true,
             0,
         );

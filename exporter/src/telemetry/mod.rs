@@ -1,6 +1,7 @@
 //! Finished exchanges as OpenTelemetry: calls, spans, metrics and sightline's own health.
 
 pub mod call;
+pub mod join;
 pub mod metrics;
 pub mod redact;
 pub mod spans;

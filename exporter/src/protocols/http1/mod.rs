@@ -48,6 +48,7 @@ pub struct Http1Conn {
     received: Stream,
     pending: VecDeque<Pending>,
     events: Vec<StreamEvent>,
+    requests: u64,
 }
 
 /// Answers the response stream's question "is this a response to HEAD?" for each response
@@ -68,6 +69,11 @@ impl BodyHint for HeadHint<'_> {
 impl Http1Conn {
     pub fn role(&self) -> Option<Role> {
         self.role
+    }
+
+    /// Request heads accepted so far on this connection.
+    pub fn requests_seen(&self) -> u64 {
+        self.requests
     }
 
     /// A role known from the socket (connect or accept) avoids guessing from content.
@@ -172,6 +178,7 @@ impl Http1Conn {
                 start_ns: at_ns,
                 response: None,
             });
+            self.requests += 1;
         } else {
             // 1xx interim responses precede the real one; they answer nothing.
             if matches!(head.status, Some(100..=199)) && head.status != Some(101) {

@@ -1,0 +1,233 @@
+//! Same-host trace joining: when sightline sees both ends of a connection, the SERVER span
+//! becomes a child of the CLIENT span that sent the request, with no header injected and no
+//! write into any process (so it works under lockdown).
+//!
+//! The two ends meet on a key both can compute: the client's address and port, the server's
+//! port (its address may be a wildcard bind), and the request's position on the connection.
+//! Positions only line up when both ends were watched from the connection's start, so only
+//! connections whose connect and accept sightline saw take part; the rest start fresh traces,
+//! which is the safe answer.
+
+use super::trace_context::{new_span_id, new_trace_id};
+use crate::protocols::Role;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+/// Client requests waiting for their server side; past this the table is reset, which only
+/// costs joins, never correctness.
+const MAX_PENDING: usize = 65_536;
+
+/// How a call's trace ids are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Fresh,
+    /// A client call whose ids were fixed when its request was sent.
+    Client {
+        trace_id: u128,
+        span_id: u64,
+    },
+    /// A server call answering a client call seen on this host.
+    ChildOf {
+        trace_id: u128,
+        parent: u64,
+    },
+}
+
+/// The two ends of a connection, as this process sees them, when joinable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// Where the two ends meet: client address and port, server port, request position.
+pub type Key = (IpAddr, u16, u16, u64);
+
+/// Batches a client registration stays claimable. The server's call can complete before the
+/// client's request record is read (the server answers while the client is still returning
+/// from its write), so each side waits for the other for a batch or two.
+const KEEP_EPOCHS: u64 = 2;
+
+fn key(role: Role, ends: Ends, seq: u64) -> Key {
+    let (client, server_port) = match role {
+        Role::Client => (ends.local, ends.peer.port()),
+        Role::Server => (ends.peer, ends.local.port()),
+    };
+    (client.ip(), client.port(), server_port, seq)
+}
+
+/// Per-connection bookkeeping.
+#[derive(Debug, Default)]
+pub struct ConnJoin {
+    /// Requests registered so far (the next request's position).
+    seen: u64,
+    /// Exchanges emitted so far (the next exchange's position).
+    emitted: u64,
+    /// Ids fixed at send time, one per client request, in order.
+    client_ids: VecDeque<Option<(u128, u64)>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Joins {
+    pending: FxHashMap<Key, (u128, u64, u64)>,
+    epoch: u64,
+}
+
+impl Joins {
+    /// Registers requests the connection has sent since the last call.
+    pub fn on_requests(
+        &mut self,
+        cj: &mut ConnJoin,
+        requests_seen: u64,
+        role: Option<Role>,
+        ends: Option<Ends>,
+    ) {
+        while cj.seen < requests_seen {
+            if role == Some(Role::Client) {
+                let ids = ends.map(|e| {
+                    let ids = (new_trace_id(), new_span_id());
+                    if self.pending.len() >= MAX_PENDING {
+                        self.pending.clear();
+                    }
+                    self.pending
+                        .insert(key(Role::Client, e, cj.seen), (ids.0, ids.1, self.epoch));
+                    ids
+                });
+                cj.client_ids.push_back(ids);
+            }
+            cj.seen += 1;
+        }
+    }
+
+    /// The origin of the connection's next exchange, and for a server call whose client has
+    /// not been read yet, the key to wait on.
+    pub fn next_origin(
+        &mut self,
+        cj: &mut ConnJoin,
+        role: Role,
+        ends: Option<Ends>,
+    ) -> (Origin, Option<Key>) {
+        let seq = cj.emitted;
+        cj.emitted += 1;
+        match role {
+            Role::Client => match cj.client_ids.pop_front() {
+                Some(Some((trace_id, span_id))) => (Origin::Client { trace_id, span_id }, None),
+                _ => (Origin::Fresh, None),
+            },
+            Role::Server => match ends {
+                Some(e) => {
+                    let k = key(Role::Server, e, seq);
+                    match self.take(&k) {
+                        Some(o) => (o, None),
+                        None => (Origin::Fresh, Some(k)),
+                    }
+                }
+                None => (Origin::Fresh, None),
+            },
+        }
+    }
+
+    /// Claims a client registration for a server call.
+    pub fn take(&mut self, k: &Key) -> Option<Origin> {
+        self.pending
+            .remove(k)
+            .map(|(trace_id, parent, _)| Origin::ChildOf { trace_id, parent })
+    }
+
+    /// End of a batch: registrations nobody claimed for a while are dropped (their server is
+    /// elsewhere, or not observed).
+    pub fn end_batch(&mut self) {
+        self.epoch += 1;
+        let oldest = self.epoch.saturating_sub(KEEP_EPOCHS);
+        self.pending.retain(|_, (_, _, e)| *e >= oldest);
+    }
+
+    /// The connection ended: its unanswered registrations go.
+    pub fn forget(&mut self, cj: &ConnJoin, ends: Option<Ends>) {
+        if let Some(e) = ends {
+            for seq in cj.emitted..cj.seen {
+                self.pending.remove(&key(Role::Client, e, seq));
+            }
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(local: &str, peer: &str) -> Option<Ends> {
+        Some(Ends {
+            local: local.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+        })
+    }
+
+    #[test]
+    fn server_joins_the_client_by_position_even_on_a_wildcard_bind() {
+        let mut j = Joins::default();
+        let (mut c, mut s) = (ConnJoin::default(), ConnJoin::default());
+        let client = ends("127.0.0.1:50000", "127.0.0.1:8443");
+        let server = ends("0.0.0.0:8443", "127.0.0.1:50000");
+        j.on_requests(&mut c, 2, Some(Role::Client), client);
+        j.on_requests(&mut s, 2, Some(Role::Server), server);
+        let s0 = j.next_origin(&mut s, Role::Server, server).0;
+        let s1 = j.next_origin(&mut s, Role::Server, server).0;
+        let c0 = j.next_origin(&mut c, Role::Client, client).0;
+        let c1 = j.next_origin(&mut c, Role::Client, client).0;
+        for (sv, cl) in [(s0, c0), (s1, c1)] {
+            match (sv, cl) {
+                (
+                    Origin::ChildOf { trace_id, parent },
+                    Origin::Client {
+                        trace_id: t,
+                        span_id,
+                    },
+                ) => assert_eq!((trace_id, parent), (t, span_id)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_ne!(s0, s1);
+        assert_eq!(j.pending(), 0);
+    }
+
+    #[test]
+    fn unknown_ends_start_fresh_and_leave_nothing_behind() {
+        let mut j = Joins::default();
+        let mut c = ConnJoin::default();
+        j.on_requests(&mut c, 1, Some(Role::Client), None);
+        assert_eq!(
+            j.next_origin(&mut c, Role::Client, None),
+            (Origin::Fresh, None)
+        );
+        let mut s = ConnJoin::default();
+        let server = ends("127.0.0.1:8443", "127.0.0.1:50001");
+        let (o, wait) = j.next_origin(&mut s, Role::Server, server);
+        assert_eq!(o, Origin::Fresh);
+        // The server finished first: it waits on the key the client will register.
+        let wait = wait.unwrap();
+        let mut late = ConnJoin::default();
+        j.on_requests(
+            &mut late,
+            1,
+            Some(Role::Client),
+            ends("127.0.0.1:50001", "127.0.0.1:8443"),
+        );
+        assert!(matches!(j.take(&wait), Some(Origin::ChildOf { .. })));
+        let client = ends("127.0.0.1:50002", "127.0.0.1:8443");
+        let mut c2 = ConnJoin::default();
+        j.on_requests(&mut c2, 3, Some(Role::Client), client);
+        j.forget(&c2, client);
+        assert_eq!(j.pending(), 0);
+        j.on_requests(&mut ConnJoin::default(), 1, Some(Role::Client), client);
+        for _ in 0..=KEEP_EPOCHS {
+            j.end_batch();
+        }
+        assert_eq!(j.pending(), 0, "unclaimed registrations expire");
+    }
+}
