@@ -37,7 +37,7 @@ pkgs=(
   # protobuf compiler is not needed (prost ships generated code), but libssl for tests is
   openssl libssl-dev ca-certificates
   # test targets and benchmark tools
-  nginx-light curl python3 wrk bpftrace bpftool procps iproute2
+  nginx-light curl python3 wrk bpftrace bpftool procps iproute2 binutils
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -8,7 +8,7 @@
 
 use crate::loader::Loader;
 use crate::telemetry::stats::Stats;
-use sightline_symbolizer::openssl_targets;
+use sightline_symbolizer::{Cache, OpensslTarget};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,10 @@ pub enum FileState {
 }
 
 pub struct Discovery {
+    /// What was done with each file: a uprobe belongs to an inode, so attaching is per inode.
     files: HashMap<(u64, u64), FileState>,
+    /// What each binary contains: analysed once per build-id, whatever the path.
+    symbols: Cache,
     stats: Arc<Stats>,
 }
 
@@ -53,6 +56,7 @@ impl Discovery {
     pub fn new(stats: Arc<Stats>) -> Self {
         Discovery {
             files: HashMap::new(),
+            symbols: Cache::default(),
             stats,
         }
     }
@@ -131,7 +135,12 @@ impl Discovery {
             return;
         }
         let t0 = std::time::Instant::now();
-        let found = openssl_targets(path);
+        let found = self.symbols.openssl_points(path).map(|points| {
+            points.map(|points| OpensslTarget {
+                path: path.to_owned(),
+                points,
+            })
+        });
         tracing::debug!(file = %path.display(), elapsed = ?t0.elapsed(), "symbols read");
         let state = match found {
             Ok(None) => FileState::NotTls,

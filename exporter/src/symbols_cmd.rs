@@ -1,12 +1,13 @@
 //! `sightline symbols <path|pid>`: every attach point with its source, for people and scripts.
 
 use serde::Serialize;
-use sightline_symbolizer::{openssl_targets, openssl_version, SSL_FUNCTIONS};
+use sightline_symbolizer::{build_id, openssl_targets, openssl_version, SSL_FUNCTIONS};
 use std::path::PathBuf;
 
 #[derive(Serialize)]
 struct Report {
     file: String,
+    build_id: Option<String>,
     openssl_version: Option<String>,
     attach_points: Vec<Point>,
     missing: Vec<&'static str>,
@@ -49,6 +50,7 @@ pub fn run(target: &str, json: bool) -> anyhow::Result<()> {
         };
         reports.push(Report {
             file: shown.display().to_string(),
+            build_id: build_id(&f)?.map(|id| id.iter().map(|b| format!("{b:02x}")).collect()),
             openssl_version: version,
             missing: SSL_FUNCTIONS
                 .iter()
@@ -72,6 +74,7 @@ pub fn run(target: &str, json: bool) -> anyhow::Result<()> {
     }
     for r in reports {
         println!("{}", r.file);
+        println!("  build-id: {}", r.build_id.as_deref().unwrap_or("none"));
         println!(
             "  OpenSSL: {}",
             r.openssl_version

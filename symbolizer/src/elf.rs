@@ -136,6 +136,25 @@ fn address_to_offset(obj: &Elf<'_>, addr: u64) -> Option<u64> {
     })
 }
 
+/// The GNU build-id: the identity of a binary's contents, whatever its path or inode.
+pub fn build_id(path: &Path) -> Result<Option<Vec<u8>>, SymbolizeError> {
+    let file = File::open(path).map_err(|source| SymbolizeError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cache = ReadCache::new(file);
+    let elf = ElfFile64::<Endianness, _>::parse(&cache).map_err(|e| SymbolizeError::NotElf {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    elf.build_id()
+        .map(|id| id.map(<[u8]>::to_vec))
+        .map_err(|e| SymbolizeError::NotElf {
+            path: path.to_owned(),
+            reason: format!("unreadable build-id note: {e}"),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

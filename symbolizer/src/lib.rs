@@ -5,10 +5,12 @@
 //! no `unsafe`) is needed.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod elf;
 mod openssl;
 
-pub use elf::{function_offsets, AttachPoint, SymbolSource};
+pub use cache::Cache;
+pub use elf::{build_id, function_offsets, AttachPoint, SymbolSource};
 pub use openssl::{openssl_targets, openssl_version, OpensslTarget, SSL_FUNCTIONS};
 
 use std::path::PathBuf;
