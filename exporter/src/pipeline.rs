@@ -264,11 +264,13 @@ impl Pipeline {
             conn.http.role(),
             ends,
         );
-        self.origins.clear();
-        for ex in &self.out.exchanges {
-            let o = self.joins.next_origin(&mut conn.join, ex.role, ends);
-            self.origins.push(o);
-        }
+        plan_origins(
+            &mut self.joins,
+            &mut self.origins,
+            &self.out,
+            &mut conn.join,
+            ends,
+        );
         let facts = conn.facts();
         self.emit(&process, facts);
     }
@@ -328,11 +330,13 @@ impl Pipeline {
         if let Some(mut c) = self.conns.remove(&key) {
             c.http.close(&mut self.out);
             let ends = c.ends();
-            self.origins.clear();
-            for ex in &self.out.exchanges {
-                let o = self.joins.next_origin(&mut c.join, ex.role, ends);
-                self.origins.push(o);
-            }
+            plan_origins(
+                &mut self.joins,
+                &mut self.origins,
+                &self.out,
+                &mut c.join,
+                ends,
+            );
             self.joins.forget(&c.join, ends);
             match c.process.clone() {
                 Some(p) => self.emit(&p, c.facts()),
@@ -403,6 +407,20 @@ impl Pipeline {
         }
         self.settle_waiting(true);
         self.flush();
+    }
+}
+
+/// Decides each finished exchange's trace origin, in order, before `emit` hands them out.
+fn plan_origins(
+    joins: &mut Joins,
+    origins: &mut Vec<(Origin, Option<Key>)>,
+    out: &Output,
+    join: &mut ConnJoin,
+    ends: Option<Ends>,
+) {
+    origins.clear();
+    for ex in &out.exchanges {
+        origins.push(joins.next_origin(join, ex.role, ends));
     }
 }
 
