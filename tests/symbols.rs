@@ -44,11 +44,12 @@ fn check(file: &str) {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let r = &v[0];
     assert_eq!(r["build_id"], readelf_build_id(file).as_str());
-    assert!(r["openssl_version"]
+    assert_eq!(r["schema"], 1);
+    assert!(r["openssl"]["version"]
         .as_str()
         .unwrap()
         .starts_with("OpenSSL 3."));
-    let points = r["attach_points"].as_array().unwrap();
+    let points = r["openssl"]["functions"].as_array().unwrap();
     let names: Vec<&str> = points
         .iter()
         .map(|p| p["symbol"].as_str().unwrap())
@@ -65,8 +66,7 @@ fn check(file: &str) {
     );
     for p in points {
         let name = p["symbol"].as_str().unwrap();
-        let addr = u64::from_str_radix(p["address"].as_str().unwrap().trim_start_matches("0x"), 16)
-            .unwrap();
+        let addr = p["address"].as_u64().unwrap();
         assert_eq!(addr, nm_address(file, name), "{name} in {file}");
         assert_eq!(p["source"], "dynsym");
     }

@@ -1,25 +1,10 @@
-//! `sightline symbols <path|pid>`: every attach point with its source, for people and scripts.
+//! `sightline symbols <path|pid>`: every attach point and struct offset with its source, as a
+//! table for people or as JSON (schema in `symbolizer/SYMBOLS_JSON.md`) for scripts.
 
-use serde::Serialize;
-use sightline_symbolizer::{build_id, openssl_targets, openssl_version, SSL_FUNCTIONS};
+use sightline_symbolizer::{analyze, openssl_version, Analysis, Options};
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
-
-#[derive(Serialize)]
-struct Report {
-    file: String,
-    build_id: Option<String>,
-    openssl_version: Option<String>,
-    attach_points: Vec<Point>,
-    missing: Vec<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Point {
-    symbol: String,
-    address: String,
-    file_offset: String,
-    source: &'static str,
-}
 
 /// Files a target stands for: a path is itself; a pid is its executable and its libssl maps.
 fn files_of(target: &str) -> Vec<PathBuf> {
@@ -42,64 +27,147 @@ fn files_of(target: &str) -> Vec<PathBuf> {
 pub fn run(target: &str, json: bool) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for f in files_of(target) {
-        let shown = std::fs::canonicalize(&f).unwrap_or(f.clone());
-        let t = openssl_targets(&f)?;
-        let (version, points) = match t {
-            Some(t) => (openssl_version(&f), t.points),
-            None => (None, Vec::new()),
-        };
-        reports.push(Report {
-            file: shown.display().to_string(),
-            build_id: build_id(&f)?.map(|id| id.iter().map(|b| format!("{b:02x}")).collect()),
-            openssl_version: version,
-            missing: SSL_FUNCTIONS
-                .iter()
-                .copied()
-                .filter(|s| !points.iter().any(|p| p.symbol == *s))
-                .collect(),
-            attach_points: points
-                .into_iter()
-                .map(|p| Point {
-                    symbol: p.symbol,
-                    address: format!("{:#x}", p.address),
-                    file_offset: format!("{:#x}", p.file_offset),
-                    source: p.source.as_str(),
-                })
-                .collect(),
-        });
+        let mut a = analyze(&f, &Options::default())?;
+        a.file = std::fs::canonicalize(&f)
+            .unwrap_or(f.clone())
+            .display()
+            .to_string();
+        if let Some(o) = a.openssl.as_mut() {
+            o.version = openssl_version(&f);
+        }
+        reports.push(a);
     }
+    let mut out = String::new();
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(());
+        out = serde_json::to_string_pretty(&reports)? + "\n";
+    } else {
+        for r in &reports {
+            print_human(&mut out, r);
+        }
     }
-    for r in reports {
-        println!("{}", r.file);
-        println!("  build-id: {}", r.build_id.as_deref().unwrap_or("none"));
-        println!(
-            "  OpenSSL: {}",
-            r.openssl_version
-                .as_deref()
-                .unwrap_or(if r.attach_points.is_empty() {
-                    "not present"
-                } else {
-                    "present, version string not found"
-                })
-        );
-        if !r.attach_points.is_empty() {
-            println!(
-                "  {:<14} {:>12} {:>12}  SOURCE",
+    // A reader such as `head` may close the pipe early; that is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    Ok(())
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+fn print_human(o: &mut String, r: &Analysis) {
+    let _ = writeln!(o, "{}", r.file);
+    let _ = writeln!(
+        o,
+        "  build-id: {}   arch: {}",
+        r.build_id.as_deref().unwrap_or("none"),
+        serde_json::to_value(r.arch)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        o,
+        "  symbol table: {}   DWARF: {}   debug file: {}",
+        if r.has_symtab { "yes" } else { "no" },
+        if r.has_dwarf { "yes" } else { "no" },
+        r.debug_file.as_deref().unwrap_or("none")
+    );
+    match &r.openssl {
+        None => {
+            let _ = writeln!(o, "  OpenSSL: not present");
+        }
+        Some(ssl) => {
+            let _ = writeln!(
+                o,
+                "  OpenSSL: {}",
+                ssl.version
+                    .as_deref()
+                    .unwrap_or("present, version string not found")
+            );
+            let _ = writeln!(
+                o,
+                "    {:<14} {:>12} {:>12}  SOURCE",
                 "SYMBOL", "ADDRESS", "FILE OFFSET"
             );
-            for p in &r.attach_points {
-                println!(
-                    "  {:<14} {:>12} {:>12}  {}",
-                    p.symbol, p.address, p.file_offset, p.source
+            for p in &ssl.functions {
+                let _ = writeln!(
+                    o,
+                    "    {:<14} {:>12} {:>12}  {}",
+                    p.symbol,
+                    hex(p.address),
+                    hex(p.file_offset),
+                    p.source
                 );
             }
-            for m in &r.missing {
-                println!("  {m:<14} {:>12} {:>12}  not defined here", "-", "-");
+            for m in &ssl.missing {
+                let _ = writeln!(o, "    {m:<14} {:>12} {:>12}  not defined here", "-", "-");
             }
         }
     }
-    Ok(())
+    let Some(g) = &r.go else {
+        let _ = writeln!(o, "  Go: not a Go binary");
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "  Go: {}   pclntab: {} layout, {} functions",
+        g.version.as_deref().unwrap_or("version unknown"),
+        g.pclntab.as_deref().unwrap_or("none"),
+        g.function_count
+    );
+    if let Some(b) = &g.build {
+        if let Some(m) = &b.main_module {
+            let _ = writeln!(o, "    main module: {} {}", m.path, m.version);
+        }
+        let settings: Vec<String> = b.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !settings.is_empty() {
+            let _ = writeln!(o, "    build: {}", settings.join(" "));
+        }
+        for d in &b.deps {
+            let _ = writeln!(o, "    dep: {} {}", d.path, d.version);
+        }
+    }
+    for p in &g.problems {
+        let _ = writeln!(o, "    problem: {p}");
+    }
+    let _ = writeln!(
+        o,
+        "    {:<52} {:>10} {:>10}  {:<8} RETURN SITES (file offsets)",
+        "FUNCTION", "ADDRESS", "FILE OFF", "SOURCE"
+    );
+    for f in &g.functions {
+        let rets = f.returns.as_ref().map_or("-".to_string(), |r| {
+            r.iter()
+                .map(|s| hex(s.file_offset))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        let _ = writeln!(
+            o,
+            "    {:<52} {:>10} {:>10}  {:<8} {}",
+            f.symbol,
+            hex(f.address),
+            hex(f.file_offset),
+            f.source,
+            rets
+        );
+    }
+    for m in &g.missing_functions {
+        let _ = writeln!(o, "    {m:<52} {:>10} {:>10}  not in this binary", "-", "-");
+    }
+    let _ = writeln!(
+        o,
+        "    {:<44} {:>6}  {:<14} DETAIL",
+        "STRUCT FIELD", "OFFSET", "SOURCE"
+    );
+    for f in &g.fields {
+        let _ = writeln!(
+            o,
+            "    {:<44} {:>6}  {:<14} {}",
+            format!("{}.{}", f.ty, f.field),
+            f.offset.map_or("-".to_string(), |o| o.to_string()),
+            f.source.as_str(),
+            f.detail
+        );
+    }
 }

@@ -1,9 +1,8 @@
 //! ELF symbol tables: function name → address → file offset, which is what a uprobe needs.
 
+use crate::image::Image;
 use crate::SymbolizeError;
-use object::elf::Sym64;
-use object::read::elf::{ElfFile64, SectionHeader, Sym};
-use object::{Endianness, Object, ObjectSegment, ReadCache};
+use object::{Object, ReadCache, ReadRef};
 use std::fs::File;
 use std::path::Path;
 
@@ -12,6 +11,8 @@ use std::path::Path;
 pub enum SymbolSource {
     Dynsym,
     Symtab,
+    /// The symbol table of a separate debug file.
+    DebugSymtab,
 }
 
 impl SymbolSource {
@@ -19,6 +20,7 @@ impl SymbolSource {
         match self {
             SymbolSource::Dynsym => "dynsym",
             SymbolSource::Symtab => "symtab",
+            SymbolSource::DebugSymtab => "debug file symtab",
         }
     }
 }
@@ -40,14 +42,24 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<Vec<AttachPoint>,
         path: path.to_owned(),
         source,
     })?;
-    let not_elf = |reason: String| SymbolizeError::NotElf {
+    let cache = ReadCache::new(file);
+    let img = Image::parse(&cache).map_err(|reason| SymbolizeError::NotElf {
         path: path.to_owned(),
         reason,
-    };
-    let cache = ReadCache::new(file);
-    let elf = ElfFile64::<Endianness, _>::parse(&cache).map_err(|e| not_elf(e.to_string()))?;
-    let endian = elf.endian();
+    })?;
+    find_functions(&img, names).map_err(|(symbol, address)| SymbolizeError::NoSegment {
+        path: path.to_owned(),
+        symbol,
+        address,
+    })
+}
 
+/// `names` found in the dynamic table, then the full one. An address outside every segment is
+/// returned as the error `(symbol, address)`.
+pub fn find_functions<'d, R: ReadRef<'d>>(
+    img: &Image<'d, R>,
+    names: &[&str],
+) -> Result<Vec<AttachPoint>, (String, u64)> {
     let mut found: Vec<AttachPoint> = Vec::new();
     // The dynamic table survives `strip`, so it is the first choice; the full table adds
     // statically linked copies that are not exported.
@@ -58,35 +70,16 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<Vec<AttachPoint>,
         if found.len() == names.len() {
             break;
         }
-        let Some((syms, strings)) = table(&elf, &cache, kind) else {
-            continue;
-        };
-        for sym in syms {
-            if sym.st_type() != object::elf::STT_FUNC && sym.st_type() != object::elf::STT_GNU_IFUNC
-            {
-                continue;
-            }
-            let addr = sym.st_value(endian);
-            if sym.st_shndx(endian) == object::elf::SHN_UNDEF || addr == 0 {
-                continue;
-            }
-            let Some(name) = c_str_at(strings, sym.st_name(endian) as usize) else {
-                continue;
-            };
-            // Versioned names such as `SSL_read@@OPENSSL_3.0.0` match their base name.
-            let base = name.split(|&b| b == b'@').next().unwrap_or(name);
-            let Some(want) = names.iter().find(|n| n.as_bytes() == base) else {
+        for (name, addr, _) in img.functions(kind) {
+            let Some(want) = names.iter().find(|n| n.as_bytes() == name) else {
                 continue;
             };
             if found.iter().any(|f| f.symbol == *want) {
                 continue;
             }
-            let file_offset =
-                address_to_offset(&elf, addr).ok_or_else(|| SymbolizeError::NoSegment {
-                    path: path.to_owned(),
-                    symbol: want.to_string(),
-                    address: addr,
-                })?;
+            let file_offset = img
+                .addr_to_offset(addr)
+                .ok_or_else(|| (want.to_string(), addr))?;
             found.push(AttachPoint {
                 symbol: want.to_string(),
                 address: addr,
@@ -99,43 +92,6 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<Vec<AttachPoint>,
     Ok(found)
 }
 
-type Elf<'a> = ElfFile64<'a, Endianness, &'a ReadCache<File>>;
-
-/// A symbol table and its strings, each read in one piece: reading names one by one through
-/// the cache costs a syscall per symbol, which for node's 100k symbols is most of a second.
-fn table<'a>(
-    elf: &Elf<'a>,
-    cache: &'a ReadCache<File>,
-    kind: u32,
-) -> Option<(&'a [Sym64<Endianness>], &'a [u8])> {
-    let endian = elf.endian();
-    let sections = elf.elf_section_table();
-    let hdr = sections.iter().find(|s| s.sh_type(endian) == kind)?;
-    let data = hdr.data(endian, cache).ok()?;
-    let syms = object::pod::slice_from_all_bytes::<Sym64<Endianness>>(
-        &data[..data.len() - data.len() % std::mem::size_of::<Sym64<Endianness>>()],
-    )
-    .ok()?;
-    let strtab = sections.section(hdr.link(endian)).ok()?;
-    let strings = strtab.data(endian, cache).ok()?;
-    Some((syms, strings))
-}
-
-fn c_str_at(strings: &[u8], at: usize) -> Option<&[u8]> {
-    let tail = strings.get(at..)?;
-    let end = memchr::memchr(0, tail)?;
-    Some(&tail[..end])
-}
-
-/// Program headers map addresses to file offsets; section headers may be stripped.
-fn address_to_offset(obj: &Elf<'_>, addr: u64) -> Option<u64> {
-    obj.segments().find_map(|seg| {
-        let (off, size) = seg.file_range();
-        let start = seg.address();
-        (addr >= start && addr < start.checked_add(size)?).then(|| addr - start + off)
-    })
-}
-
 /// The GNU build-id: the identity of a binary's contents, whatever its path or inode.
 pub fn build_id(path: &Path) -> Result<Option<Vec<u8>>, SymbolizeError> {
     let file = File::open(path).map_err(|source| SymbolizeError::Open {
@@ -143,11 +99,12 @@ pub fn build_id(path: &Path) -> Result<Option<Vec<u8>>, SymbolizeError> {
         source,
     })?;
     let cache = ReadCache::new(file);
-    let elf = ElfFile64::<Endianness, _>::parse(&cache).map_err(|e| SymbolizeError::NotElf {
+    let img = Image::parse(&cache).map_err(|reason| SymbolizeError::NotElf {
         path: path.to_owned(),
-        reason: e.to_string(),
+        reason,
     })?;
-    elf.build_id()
+    img.elf
+        .build_id()
         .map(|id| id.map(<[u8]>::to_vec))
         .map_err(|e| SymbolizeError::NotElf {
             path: path.to_owned(),

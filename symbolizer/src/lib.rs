@@ -1,14 +1,22 @@
 //! Maps a binary to the places sightline attaches probes, with the source of each answer.
 //!
 //! Files are read through `object::ReadCache`, which reads only the parts a lookup touches: a
-//! 100 MB executable such as node costs a few pages, not 100 MB of heap, and no `mmap` (and so
-//! no `unsafe`) is needed.
+//! 100 MB executable costs the pages its symbol tables, pclntab and probed functions occupy,
+//! not 100 MB of heap, and no `mmap` (and so no `unsafe`) is needed. Every parser also accepts
+//! a byte slice, which is how the fuzz targets drive it.
 #![forbid(unsafe_code)]
 
+mod analysis;
 mod cache;
+mod debuglink;
+pub mod dwarf;
 mod elf;
+pub mod go;
+pub mod image;
 mod openssl;
+pub mod rets;
 
+pub use analysis::{analyze, Analysis, OpensslInfo, Options, Point, SCHEMA_VERSION};
 pub use cache::Cache;
 pub use elf::{build_id, function_offsets, AttachPoint, SymbolSource};
 pub use openssl::{openssl_targets, openssl_version, OpensslTarget, SSL_FUNCTIONS};
