@@ -38,6 +38,8 @@ pkgs=(
   openssl libssl-dev ca-certificates
   # test targets and benchmark tools
   nginx-light curl python3 wrk bpftrace bpftool procps iproute2 binutils
+  # Go 1.19 and Debian's golang.org/x/net source, for the Go tests and the offsets generator
+  golang-1.19-go golang-golang-x-net-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -51,6 +53,28 @@ fi
 # nginx must not hold port 80 from the package's own unit; tests run their own instances.
 if systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
 if pgrep -x nginx >/dev/null && [ -f /run/nginx.pid ]; then nginx -s quit 2>/dev/null || true; fi
+
+# Every Go toolchain the tests cover beyond bookworm's 1.19 comes from bookworm-backports.
+go_missing=()
+for v in 1.21 1.22 1.23; do
+  [ -x "/usr/lib/go-$v/bin/go" ] || go_missing+=("golang-$v-go")
+done
+if [ ${#go_missing[@]} -gt 0 ]; then
+  log "apt-get install -t bookworm-backports ${go_missing[*]}"
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends -t bookworm-backports "${go_missing[@]}" >/dev/null
+fi
+
+# Third-party Go programs as Debian ships them, unpacked (not installed, so no service starts).
+debs=/var/cache/sightline-tests/debs
+for p in prometheus-node-exporter caddy docker.io; do
+  if ! ls "$debs/$p"_*.deb >/dev/null 2>&1; then
+    log "apt-get download $p"
+    mkdir -p "$debs"
+    (cd "$debs" && apt-get download -q "$p" >/dev/null 2>&1) || { echo "prereqs: apt-get download $p failed" >&2; exit 1; }
+    dpkg-deb -x "$debs/$p"_*.deb "$debs/root"
+  fi
+done
 
 if ! command -v node >/dev/null; then
   log "apt-get install nodejs"

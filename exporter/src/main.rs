@@ -50,6 +50,13 @@ enum Command {
         target: String,
         #[arg(long)]
         json: bool,
+        /// Which sources may answer struct offsets, in their fixed order of preference
+        /// (dwarf, table, disassembly); naming fewer shows what the others would give.
+        #[arg(long, value_delimiter = ',', default_value = "dwarf,table,disassembly")]
+        offset_sources: Vec<sightline_symbolizer::go::OffsetSource>,
+        /// Where separate debug files live.
+        #[arg(long, default_value = "/usr/lib/debug")]
+        debug_root: std::path::PathBuf,
     },
 }
 
@@ -82,7 +89,19 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Symbols { target, json }) => sightline::symbols_cmd::run(&target, json),
+        Some(Command::Symbols {
+            target,
+            json,
+            offset_sources,
+            debug_root,
+        }) => sightline::symbols_cmd::run(
+            &target,
+            json,
+            &sightline_symbolizer::Options {
+                debug_root,
+                offset_sources,
+            },
+        ),
         None | Some(Command::Run) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
             if let Some(o) = cli.output {

@@ -24,10 +24,10 @@ fn files_of(target: &str) -> Vec<PathBuf> {
     files
 }
 
-pub fn run(target: &str, json: bool) -> anyhow::Result<()> {
+pub fn run(target: &str, json: bool, opts: &Options) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for f in files_of(target) {
-        let mut a = analyze(&f, &Options::default())?;
+        let mut a = analyze(&f, opts)?;
         a.file = std::fs::canonicalize(&f)
             .unwrap_or(f.clone())
             .display()

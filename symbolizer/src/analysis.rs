@@ -1,7 +1,7 @@
 //! The whole answer for one binary: what `sightline symbols` prints and what discovery uses.
 
 use crate::elf::{AttachPoint, SymbolSource};
-use crate::go::{self, GoInfo};
+use crate::go::{self, GoInfo, OffsetSource};
 use crate::image::{Arch, Image};
 use crate::openssl::SSL_FUNCTIONS;
 use crate::{debuglink, SymbolizeError};
@@ -17,12 +17,19 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Options {
     /// Where separate debug files live.
     pub debug_root: PathBuf,
+    /// Which of DWARF, the table and disassembly may answer struct offsets.
+    pub offset_sources: Vec<OffsetSource>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             debug_root: PathBuf::from(debuglink::DEFAULT_ROOT),
+            offset_sources: vec![
+                OffsetSource::Dwarf,
+                OffsetSource::Table,
+                OffsetSource::Disassembly,
+            ],
         }
     }
 }
@@ -143,6 +150,6 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<Analysis, SymbolizeError> 
         has_symtab,
         has_dwarf,
         openssl,
-        go: go::analyze(&img, debug.as_ref()),
+        go: go::analyze(&img, debug.as_ref(), &opts.offset_sources),
     })
 }

@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod flat;
+pub mod gobuild;
 pub mod procs;
 pub mod receiver;

@@ -104,7 +104,7 @@ pub struct GoFunction {
     pub returns: Option<Vec<Site>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OffsetSource {
     Dwarf,
@@ -114,6 +114,20 @@ pub enum OffsetSource {
     /// predates it); no probe needs it.
     NotApplicable,
     Unknown,
+}
+
+impl std::str::FromStr for OffsetSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dwarf" => Ok(OffsetSource::Dwarf),
+            "table" => Ok(OffsetSource::Table),
+            "disassembly" => Ok(OffsetSource::Disassembly),
+            other => Err(format!(
+                "unknown offset source {other:?}; use dwarf, table or disassembly"
+            )),
+        }
+    }
 }
 
 impl OffsetSource {
@@ -169,6 +183,7 @@ impl GoInfo {
 pub fn analyze<'d, R: ReadRef<'d>>(
     img: &Image<'d, R>,
     debug: Option<&Image<'d, R>>,
+    sources: &[OffsetSource],
 ) -> Option<GoInfo> {
     let mut info = GoInfo::default();
     match find_buildinfo(img) {
@@ -186,7 +201,7 @@ pub fn analyze<'d, R: ReadRef<'d>>(
     let Some((tab_addr, tab_data)) = table else {
         info.problems
             .push("no pclntab found: functions cannot be located".into());
-        info.fields = resolve_fields(img, debug, &info, &HashMap::new(), &[]);
+        info.fields = resolve_fields(img, debug, &info, &HashMap::new(), &[], sources);
         return Some(info);
     };
     let parsed = text_start(img, tab_addr, tab_data)
@@ -195,7 +210,7 @@ pub fn analyze<'d, R: ReadRef<'d>>(
         Ok(t) => t,
         Err(e) => {
             info.problems.push(e);
-            info.fields = resolve_fields(img, debug, &info, &HashMap::new(), &[]);
+            info.fields = resolve_fields(img, debug, &info, &HashMap::new(), &[], sources);
             return Some(info);
         }
     };
@@ -312,7 +327,7 @@ pub fn analyze<'d, R: ReadRef<'d>>(
         }
     }
     let linked: HashMap<&str, bool> = packages.into_iter().zip(linked).collect();
-    info.fields = resolve_fields(img, debug, &info, &linked, &derived);
+    info.fields = resolve_fields(img, debug, &info, &linked, &derived, sources);
     Some(info)
 }
 
@@ -325,12 +340,20 @@ fn resolve_fields<'d, R: ReadRef<'d>>(
     info: &GoInfo,
     linked: &HashMap<&str, bool>,
     derived: &[Derived<'_>],
+    sources: &[OffsetSource],
 ) -> Vec<FieldOffset> {
+    let use_dwarf = sources.contains(&OffsetSource::Dwarf);
+    let use_table = sources.contains(&OffsetSource::Table);
+    let use_disasm = sources.contains(&OffsetSource::Disassembly);
     let specs = field_specs();
     let pairs: Vec<(&str, &str)> = specs.iter().map(|s| (s.ty, s.field)).collect();
-    let (dwarf, dwarf_note) = match dwarf_offsets(debug.unwrap_or(img), &pairs)
-        .or_else(|| debug.and_then(|_| dwarf_offsets(img, &pairs)))
-    {
+    let found = if use_dwarf {
+        dwarf_offsets(debug.unwrap_or(img), &pairs)
+            .or_else(|| debug.and_then(|_| dwarf_offsets(img, &pairs)))
+    } else {
+        None
+    };
+    let (dwarf, dwarf_note) = match found {
         Some(Ok(m)) => (Some(m), None),
         Some(Err(e)) => (None, Some(format!("DWARF unreadable: {e}"))),
         None => (None, None),
@@ -391,7 +414,11 @@ fn resolve_fields<'d, R: ReadRef<'d>>(
                 (None, _, Some((a, b))) => Some(format!("go{a}.{b}")),
                 _ => None,
             };
-            if let Some(hit) = key.as_deref().and_then(|k| table::lookup(k, s.ty, s.field)) {
+            let hit = key
+                .as_deref()
+                .filter(|_| use_table)
+                .and_then(|k| table::lookup(k, s.ty, s.field));
+            if let Some(hit) = hit {
                 out.offset = Some(hit.offset);
                 out.source = OffsetSource::Table;
                 out.detail = format!(
@@ -401,7 +428,11 @@ fn resolve_fields<'d, R: ReadRef<'d>>(
                 );
                 return out;
             }
-            if let Some((_, (off, func))) = derived.iter().find(|(k, _)| *k == (s.ty, s.field)) {
+            let by_code = derived
+                .iter()
+                .filter(|_| use_disasm)
+                .find(|(k, _)| *k == (s.ty, s.field));
+            if let Some((_, (off, func))) = by_code {
                 out.offset = Some(*off);
                 out.source = OffsetSource::Disassembly;
                 out.detail = format!("read by {func}");

@@ -1,0 +1,3 @@
+module sightline.dev/dwarfdump
+
+go 1.19

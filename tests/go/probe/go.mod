@@ -1,0 +1,3 @@
+module sightline.test/probe
+
+go 1.19

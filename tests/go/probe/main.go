@@ -1,0 +1,197 @@
+// A Go HTTP program for sightline's tests. With -offsets it prints the offsets of the struct
+// fields sightline's Go probes read, as the program itself sees them (unsafe.Offsetof and
+// reflect), one "type field offset" line each. Otherwise it serves HTTP/1.1 and HTTP/2, plain
+// and TLS, and can call onward, which later tests use.
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"unsafe"
+)
+
+func getg() uintptr
+
+func main() {
+	offsets := flag.Bool("offsets", false, "print struct field offsets and exit")
+	listen := flag.String("listen", "127.0.0.1:0", "address to serve on")
+	flag.Parse()
+	if *offsets {
+		printOffsets()
+		return
+	}
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
+	})
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println("listening on", ln.Addr())
+	fmt.Fprintln(os.Stderr, http.Serve(ln, nil))
+}
+
+func out(ty, field string, off uintptr) {
+	fmt.Printf("%s %s %d\n", ty, field, off)
+}
+
+// fields prints the named fields of a struct type found through reflect.
+func fields(t reflect.Type, names ...string) {
+	for t.Kind() == reflect.Ptr {
+		t = t.Elem()
+	}
+	for _, n := range names {
+		if f, ok := t.FieldByName(n); ok && len(f.Index) == 1 {
+			out(t.PkgPath()+"."+t.Name(), n, f.Offset)
+		}
+	}
+}
+
+func fieldType(t reflect.Type, name string) reflect.Type {
+	for t.Kind() == reflect.Ptr {
+		t = t.Elem()
+	}
+	f, ok := t.FieldByName(name)
+	if !ok {
+		panic(t.String() + " has no field " + name)
+	}
+	return f.Type
+}
+
+func printOffsets() {
+	var req http.Request
+	out("net/http.Request", "Method", unsafe.Offsetof(req.Method))
+	out("net/http.Request", "URL", unsafe.Offsetof(req.URL))
+	out("net/http.Request", "Proto", unsafe.Offsetof(req.Proto))
+	out("net/http.Request", "ProtoMajor", unsafe.Offsetof(req.ProtoMajor))
+	out("net/http.Request", "ProtoMinor", unsafe.Offsetof(req.ProtoMinor))
+	out("net/http.Request", "Header", unsafe.Offsetof(req.Header))
+	out("net/http.Request", "ContentLength", unsafe.Offsetof(req.ContentLength))
+	out("net/http.Request", "Host", unsafe.Offsetof(req.Host))
+	out("net/http.Request", "RemoteAddr", unsafe.Offsetof(req.RemoteAddr))
+	out("net/http.Request", "RequestURI", unsafe.Offsetof(req.RequestURI))
+	out("net/http.Request", "TLS", unsafe.Offsetof(req.TLS))
+	// Unexported, and Pattern exists only from Go 1.23: reflect sees both.
+	fields(reflect.TypeOf(req), "ctx", "Pattern")
+	var u url.URL
+	out("net/url.URL", "Scheme", unsafe.Offsetof(u.Scheme))
+	out("net/url.URL", "Host", unsafe.Offsetof(u.Host))
+	out("net/url.URL", "Path", unsafe.Offsetof(u.Path))
+	out("net/url.URL", "RawQuery", unsafe.Offsetof(u.RawQuery))
+	var resp http.Response
+	out("net/http.Response", "StatusCode", unsafe.Offsetof(resp.StatusCode))
+	out("net/http.Response", "ContentLength", unsafe.Offsetof(resp.ContentLength))
+	out("net/http.Response", "Request", unsafe.Offsetof(resp.Request))
+	var addr net.TCPAddr
+	out("net.TCPAddr", "IP", unsafe.Offsetof(addr.IP))
+	out("net.TCPAddr", "Port", unsafe.Offsetof(addr.Port))
+	fields(reflect.TypeOf(tls.Conn{}), "conn", "isClient")
+	fields(reflect.TypeOf(bufio.Writer{}), "buf", "n", "wr")
+
+	// The server's unexported types, seen from a handler on a real connection.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	http.HandleFunc("/probe", func(w http.ResponseWriter, r *http.Request) {
+		defer wg.Done()
+		rt := reflect.TypeOf(w)
+		fields(rt, "conn", "req", "status", "wroteHeader")
+		fields(fieldType(rt, "conn"), "rwc", "tlsState")
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go http.Serve(ln, nil)
+	tr := &http.Transport{}
+	c := &http.Client{Transport: tr}
+	res, err := c.Get("http://" + ln.Addr().String() + "/probe")
+	if err != nil {
+		panic(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	wg.Wait()
+	// idleConn map[connectMethodKey][]*persistConn
+	fields(fieldType(reflect.TypeOf(tr), "idleConn").Elem().Elem(), "conn", "tlsState")
+
+	tcp := reflect.TypeOf(net.TCPConn{})
+	conn := tcp.Field(0).Type // the embedded net.conn
+	fields(conn, "fd")
+	netFD := fieldType(conn, "fd")
+	fields(netFD, "pfd", "laddr", "raddr")
+	fields(fieldType(netFD, "pfd"), "Sysfd")
+
+	// The bundled HTTP/2 client: configuring the transport stores *http2Transport in
+	// h2transport, whose ConnPool wraps the pool that maps addresses to *http2ClientConn.
+	tr2 := &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{}}
+	tr2.CloseIdleConnections() // runs onceSetNextProtoDefaults
+	h2 := reflect.ValueOf(tr2).Elem().FieldByName("h2transport").Elem()
+	if h2.IsValid() {
+		pool := h2.Elem().FieldByName("ConnPool").Elem().Field(0).Type()
+		cc := fieldType(pool, "conns").Elem().Elem()
+		fields(cc, "tconn")
+		fields(fieldType(cc, "streams").Elem(), "ID")
+		fields(fieldType(cc, "fr"), "w")
+	}
+	printGoid()
+}
+
+// printGoid finds runtime.g's goid as the one offset that holds each goroutine's own id (from
+// its stack trace header) in several goroutines at once.
+func printGoid() {
+	const n = 4
+	type probe struct {
+		g  uintptr
+		id uint64
+	}
+	var mu sync.Mutex
+	var probes []probe
+	var wg sync.WaitGroup
+	var hold sync.WaitGroup
+	hold.Add(1)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			buf := make([]byte, 64)
+			buf = buf[:runtime.Stack(buf, false)]
+			f := strings.Fields(string(buf))
+			id, _ := strconv.ParseUint(f[1], 10, 64)
+			mu.Lock()
+			probes = append(probes, probe{getg(), id})
+			mu.Unlock()
+			wg.Done()
+			hold.Wait() // keep g alive while it is read
+		}()
+	}
+	wg.Wait()
+	var found []uintptr
+	for off := uintptr(0); off < 512; off += 8 {
+		ok := true
+		for _, p := range probes {
+			if *(*uint64)(unsafe.Pointer(p.g + off)) != p.id {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			found = append(found, off)
+		}
+	}
+	hold.Done()
+	if len(found) == 1 {
+		out("runtime.g", "goid", found[0])
+	}
+}

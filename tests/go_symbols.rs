@@ -1,0 +1,305 @@
+//! The symbolizer on Go binaries, checked against ground truth it does not compute: `go version
+//! -m` (build info), `go tool nm` on the unstripped twin (function addresses), `objdump -d` (RET
+//! sites), `readelf -l` (file offsets), and the program's own `unsafe.Offsetof`/reflect output
+//! (struct offsets). Every Go toolchain here, in four shapes each; then real Debian Go programs.
+
+use serde_json::Value;
+use sightline_e2e::gobuild::{self, Shape, SHAPES, TOOLCHAINS};
+use sightline_e2e::procs::{require, sightline_bin};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn symbols(bin: &Path, extra: &[&str]) -> Value {
+    let text = run(Command::new(sightline_bin())
+        .arg("symbols")
+        .arg(bin)
+        .arg("--json")
+        .args(extra));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v[0].clone()
+}
+
+/// `go tool nm`: name → address of text symbols.
+fn nm(go: &Path, bin: &Path) -> HashMap<String, u64> {
+    run(Command::new(go).args(["tool", "nm"]).arg(bin))
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let addr = u64::from_str_radix(w.next()?, 16).ok()?;
+            matches!(w.next()?, "T" | "t").then(|| (w.collect::<Vec<_>>().join(" "), addr))
+        })
+        .collect()
+}
+
+/// Addresses of `ret` instructions that `objdump -d` finds in `[start, end)`.
+fn objdump_rets(bin: &Path, start: u64, end: u64) -> Vec<u64> {
+    run(Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(format!("--start-address={start:#x}"))
+        .arg(format!("--stop-address={end:#x}"))
+        .arg(bin))
+    .lines()
+    .filter_map(|l| {
+        let (addr, rest) = l.trim().split_once(":\t")?;
+        let mnemonic = rest.split_whitespace().next()?;
+        (mnemonic == "ret" || mnemonic == "retq").then(|| u64::from_str_radix(addr, 16).ok())?
+    })
+    .collect()
+}
+
+/// LOAD segments from `readelf -lW`: (vaddr, file offset, file size).
+fn segments(bin: &Path) -> Vec<(u64, u64, u64)> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    run(Command::new("readelf").arg("-lW").arg(bin))
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (hex(w[2]), hex(w[1]), hex(w[4]))
+        })
+        .collect()
+}
+
+fn file_offset(segs: &[(u64, u64, u64)], addr: u64) -> u64 {
+    let (va, off, _) = segs
+        .iter()
+        .find(|(va, _, size)| addr >= *va && addr < va + size)
+        .unwrap_or_else(|| panic!("{addr:#x} is in a LOAD segment"));
+    addr - va + off
+}
+
+/// What `go version -m` says: version, main module path, deps, build settings.
+struct GoVersionM {
+    version: String,
+    main: String,
+    deps: Vec<(String, String)>,
+    settings: Vec<(String, String)>,
+}
+
+fn go_version_m(go: &Path, bin: &Path) -> GoVersionM {
+    let text = run(Command::new(go).args(["version", "-m"]).arg(bin));
+    let mut lines = text.lines();
+    let first = lines.next().unwrap();
+    let mut m = GoVersionM {
+        version: first.rsplit(' ').next().unwrap().to_string(),
+        main: String::new(),
+        deps: Vec::new(),
+        settings: Vec::new(),
+    };
+    for l in lines {
+        let f: Vec<&str> = l.trim_start().split('\t').collect();
+        match f[0] {
+            "mod" => m.main = f[1].to_string(),
+            "dep" => m.deps.push((f[1].to_string(), f[2].to_string())),
+            "build" => {
+                let (k, v) = f[1..]
+                    .join("\t")
+                    .split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .unwrap();
+                m.settings.push((k, v));
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+fn check_build_info(go: &Path, bin: &Path, g: &Value) {
+    let want = go_version_m(go, bin);
+    assert_eq!(g["version"], want.version.as_str(), "{}", bin.display());
+    let b = &g["build"];
+    assert_eq!(b["main_module"]["path"], want.main.as_str());
+    let deps: Vec<(String, String)> = b["deps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["path"].as_str().unwrap().into(),
+                d["version"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(deps, want.deps, "{}", bin.display());
+    let settings: Vec<(String, String)> = b["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_str().unwrap().into(), s[1].as_str().unwrap().into()))
+        .collect();
+    // `go version -m` quotes values with spaces; compare unquoted.
+    let unq = |v: &str| v.trim_matches('"').to_string();
+    let want_settings: Vec<(String, String)> = want
+        .settings
+        .iter()
+        .map(|(k, v)| (k.clone(), unq(v)))
+        .collect();
+    let got: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.clone(), unq(v))).collect();
+    assert_eq!(got, want_settings, "{}", bin.display());
+}
+
+/// Functions: the address of every probed function equals `go tool nm` on the twin, every RET
+/// site equals objdump's, and every file offset follows readelf's segments.
+fn check_functions(go: &Path, bin: &Path, twin: &Path, g: &Value) -> usize {
+    let syms = nm(go, twin);
+    let segs = segments(bin);
+    let funcs = g["functions"].as_array().unwrap();
+    assert!(!funcs.is_empty(), "{}: no functions", bin.display());
+    let mut rets = 0;
+    for f in funcs {
+        let name = f["symbol"].as_str().unwrap();
+        let addr = f["address"].as_u64().unwrap();
+        assert_eq!(Some(&addr), syms.get(name), "{name} in {}", bin.display());
+        assert_eq!(f["source"], "pclntab");
+        assert_eq!(
+            f["file_offset"].as_u64().unwrap(),
+            file_offset(&segs, addr),
+            "{name}"
+        );
+        if let Some(sites) = f["returns"].as_array() {
+            let got: Vec<u64> = sites
+                .iter()
+                .map(|s| s["address"].as_u64().unwrap())
+                .collect();
+            let want = objdump_rets(twin, addr, f["end"].as_u64().unwrap());
+            assert_eq!(got, want, "RET sites of {name} in {}", bin.display());
+            assert!(!got.is_empty(), "{name} returns somewhere");
+            for s in sites {
+                let a = s["address"].as_u64().unwrap();
+                assert_eq!(s["file_offset"].as_u64().unwrap(), file_offset(&segs, a));
+            }
+            rets += got.len();
+        }
+    }
+    for m in g["missing_functions"].as_array().unwrap() {
+        let m = m.as_str().unwrap();
+        assert!(
+            !syms.contains_key(m),
+            "{m} exists in {} but was reported missing",
+            twin.display()
+        );
+    }
+    rets
+}
+
+/// The program's own view of its struct layout.
+fn program_offsets(bin: &Path) -> Vec<(String, String, u64)> {
+    run(Command::new(bin).arg("-offsets"))
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            (w[0].to_string(), w[1].to_string(), w[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn field<'a>(g: &'a Value, ty: &str, name: &str) -> &'a Value {
+    g["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == ty && f["field"] == name)
+        .unwrap_or_else(|| panic!("{ty}.{name} is reported"))
+}
+
+fn check_toolchain(version: &str) {
+    require("objdump");
+    require("readelf");
+    let go = gobuild::go(version);
+    for shape in SHAPES {
+        let bin = gobuild::build("probe", version, shape, false);
+        let twin = gobuild::twin("probe", version, shape);
+        let r = symbols(&bin, &[]);
+        let g = &r["go"];
+        assert!(g.is_object(), "{} is recognised as Go", bin.display());
+        check_build_info(&go, &bin, g);
+        let rets = check_functions(&go, &bin, &twin, g);
+        assert!(rets > 0);
+        let truth = program_offsets(&bin);
+        assert!(truth.len() >= 40, "the program prints its offsets");
+        let stripped = matches!(shape, Shape::Stripped | Shape::StrippedPie);
+        for (ty, name, off) in &truth {
+            let f = field(g, ty, name);
+            assert_eq!(
+                f["offset"].as_u64(),
+                Some(*off),
+                "{ty}.{name} in {}: {f}",
+                bin.display()
+            );
+            let want_source = if stripped { "table" } else { "dwarf" };
+            assert_eq!(f["source"], want_source, "{ty}.{name} in {}", bin.display());
+            if stripped {
+                // The row names the toolchain that produced it: the same minor release.
+                let d = f["detail"].as_str().unwrap();
+                assert!(d.contains(&format!("go{version}")), "{d}");
+            }
+        }
+        // No field a probe needs is left unknown on a toolchain the table covers.
+        for f in g["fields"].as_array().unwrap() {
+            assert_ne!(f["source"], "unknown", "{} in {}", f, bin.display());
+        }
+        if stripped {
+            // Without DWARF and table, the machine code alone gives these, and says so for the rest.
+            let d = symbols(&bin, &["--offset-sources", "disassembly"]);
+            let dg = &d["go"];
+            let derived = [
+                ("runtime.g", "goid"),
+                ("crypto/tls.Conn", "conn"),
+                ("net.conn", "fd"),
+                ("net.netFD", "laddr"),
+                ("net.netFD", "raddr"),
+            ];
+            for (ty, name) in derived {
+                let f = field(dg, ty, name);
+                let want = truth.iter().find(|t| t.0 == ty && t.1 == name).unwrap().2;
+                assert_eq!(f["source"], "disassembly", "{ty}.{name}: {f}");
+                assert_eq!(
+                    f["offset"].as_u64(),
+                    Some(want),
+                    "{ty}.{name} by disassembly"
+                );
+            }
+            let u = field(dg, "net/http.Request", "Method");
+            assert_eq!(u["source"], "unknown");
+            assert!(u["offset"].is_null());
+            let why = u["detail"].as_str().unwrap();
+            assert!(
+                why.contains("no DWARF") || why.contains("not consulted"),
+                "{why}"
+            );
+            assert!(why.contains("no disassembly rule"), "{why}");
+        }
+    }
+}
+
+#[test]
+fn go_1_19_in_four_shapes() {
+    check_toolchain(TOOLCHAINS[0]);
+}
+
+#[test]
+fn go_1_21_in_four_shapes() {
+    check_toolchain(TOOLCHAINS[1]);
+}
+
+#[test]
+fn go_1_22_in_four_shapes() {
+    check_toolchain(TOOLCHAINS[2]);
+}
+
+#[test]
+fn go_1_23_in_four_shapes() {
+    check_toolchain(TOOLCHAINS[3]);
+}
