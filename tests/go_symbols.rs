@@ -82,7 +82,8 @@ fn file_offset(segs: &[(u64, u64, u64)], addr: u64) -> u64 {
 /// What `go version -m` says: version, main module path, deps, build settings.
 struct GoVersionM {
     version: String,
-    main: String,
+    path: String,
+    main: Option<String>,
     deps: Vec<(String, String)>,
     settings: Vec<(String, String)>,
 }
@@ -93,14 +94,16 @@ fn go_version_m(go: &Path, bin: &Path) -> GoVersionM {
     let first = lines.next().unwrap();
     let mut m = GoVersionM {
         version: first.rsplit(' ').next().unwrap().to_string(),
-        main: String::new(),
+        path: String::new(),
+        main: None,
         deps: Vec::new(),
         settings: Vec::new(),
     };
     for l in lines {
         let f: Vec<&str> = l.trim_start().split('\t').collect();
         match f[0] {
-            "mod" => m.main = f[1].to_string(),
+            "path" => m.path = f[1].to_string(),
+            "mod" => m.main = Some(f[1].to_string()),
             "dep" => m.deps.push((f[1].to_string(), f[2].to_string())),
             "build" => {
                 let (k, v) = f[1..]
@@ -120,7 +123,8 @@ fn check_build_info(go: &Path, bin: &Path, g: &Value) {
     let want = go_version_m(go, bin);
     assert_eq!(g["version"], want.version.as_str(), "{}", bin.display());
     let b = &g["build"];
-    assert_eq!(b["main_module"]["path"], want.main.as_str());
+    assert_eq!(b["path"], want.path.as_str());
+    assert_eq!(b["main_module"]["path"].as_str(), want.main.as_deref());
     let deps: Vec<(String, String)> = b["deps"]
         .as_array()
         .unwrap()
@@ -302,4 +306,222 @@ fn go_1_22_in_four_shapes() {
 #[test]
 fn go_1_23_in_four_shapes() {
     check_toolchain(TOOLCHAINS[3]);
+}
+
+/// Go's own pclntab reader (tests/go/pcln): function count, and entry/end of the named ones.
+fn gosym(bin: &Path, names: &[&str]) -> (usize, HashMap<String, (u64, u64)>) {
+    let tool = gobuild::build("pcln", "1.23", Shape::Plain, false);
+    let text = run(Command::new(tool).arg(bin).args(names));
+    let mut lines = text.lines();
+    let count = lines
+        .next()
+        .and_then(|l| l.strip_prefix("count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let funcs = lines
+        .map(|l| {
+            let w: Vec<&str> = l.rsplitn(3, ' ').collect();
+            (
+                w[2].to_string(),
+                (w[1].parse().unwrap(), w[0].parse().unwrap()),
+            )
+        })
+        .collect();
+    (count, funcs)
+}
+
+const DEBIAN_GO_PROGRAMS: [&str; 3] = [
+    "usr/bin/prometheus-node-exporter",
+    "usr/bin/caddy",
+    "usr/sbin/dockerd",
+];
+
+/// Real Go programs as Debian ships them (stripped, built by Debian's Go): build info matches
+/// `go version -m`, every function and the function count match Go's own pclntab reader, RET
+/// sites match objdump, and struct offsets match what a program built by the same Go release
+/// prints about itself.
+#[test]
+fn debian_go_programs() {
+    let root = Path::new("/var/cache/sightline-tests/debs/root");
+    for rel in DEBIAN_GO_PROGRAMS {
+        let bin = root.join(rel);
+        assert!(
+            bin.is_file(),
+            "{} is missing: run tests/prereqs.sh",
+            bin.display()
+        );
+        let r = symbols(&bin, &[]);
+        let g = &r["go"];
+        let go = gobuild::go("1.23");
+        check_build_info(&go, &bin, g);
+        let funcs = g["functions"].as_array().unwrap();
+        let names: Vec<&str> = funcs
+            .iter()
+            .chain(g["missing_functions"].as_array().unwrap())
+            .map(|f| f.get("symbol").unwrap_or(f).as_str().unwrap())
+            .collect();
+        let (count, truth) = gosym(&bin, &names);
+        assert_eq!(
+            g["function_count"].as_u64().unwrap() as usize,
+            count,
+            "{rel}"
+        );
+        let segs = segments(&bin);
+        for f in funcs {
+            let name = f["symbol"].as_str().unwrap();
+            let (entry, end) = truth[name];
+            assert_eq!(f["address"].as_u64().unwrap(), entry, "{name} in {rel}");
+            assert_eq!(f["end"].as_u64().unwrap(), end, "{name} in {rel}");
+            assert_eq!(
+                f["file_offset"].as_u64().unwrap(),
+                file_offset(&segs, entry)
+            );
+            if let Some(sites) = f["returns"].as_array() {
+                let got: Vec<u64> = sites
+                    .iter()
+                    .map(|s| s["address"].as_u64().unwrap())
+                    .collect();
+                assert_eq!(
+                    got,
+                    objdump_rets(&bin, entry, end),
+                    "RET sites of {name} in {rel}"
+                );
+            }
+        }
+        for m in g["missing_functions"].as_array().unwrap() {
+            assert!(
+                !truth.contains_key(m.as_str().unwrap()),
+                "{m} exists in {rel}"
+            );
+        }
+        // Offsets: the binary has no DWARF, so the table answers; a program built by the same Go
+        // release states the truth about its own (standard library) types.
+        let minor = g["version"].as_str().unwrap().trim_start_matches("go");
+        let minor: Vec<&str> = minor.split('.').take(2).collect();
+        let probe = gobuild::build("probe", &minor.join("."), Shape::Plain, false);
+        let disasm = symbols(&bin, &["--offset-sources", "disassembly"]);
+        for (ty, name, off) in program_offsets(&probe) {
+            let f = field(g, &ty, &name);
+            if f["source"] == "not_applicable" {
+                continue;
+            }
+            assert_eq!(f["source"], "table", "{ty}.{name} in {rel}");
+            assert_eq!(f["offset"].as_u64(), Some(off), "{ty}.{name} in {rel}");
+            let d = field(&disasm["go"], &ty, &name);
+            if d["source"] == "disassembly" {
+                assert_eq!(
+                    d["offset"].as_u64(),
+                    Some(off),
+                    "{ty}.{name} by disassembly in {rel}"
+                );
+            }
+        }
+        assert_eq!(
+            field(&disasm["go"], "runtime.g", "goid")["source"],
+            "disassembly",
+            "{rel}"
+        );
+    }
+}
+
+/// The committed table is what the generator produces from the toolchains here: nobody edited
+/// it by hand, and no toolchain update changed a layout unnoticed.
+#[test]
+fn offsets_table_matches_the_toolchains_here() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::env::temp_dir().join(format!("offsets-{}.tsv", std::process::id()));
+    run(Command::new(root.join("symbolizer/offsets/generate.sh")).arg(&out));
+    let fresh = std::fs::read_to_string(&out).unwrap();
+    let committed =
+        std::fs::read_to_string(root.join("symbolizer/src/go/offsets_table.tsv")).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(
+        fresh, committed,
+        "run symbolizer/offsets/generate.sh and commit the table"
+    );
+    for v in TOOLCHAINS {
+        assert!(
+            committed
+                .lines()
+                .any(|l| l.starts_with(&format!("go{v}\t"))),
+            "go{v} rows"
+        );
+    }
+}
+
+/// A binary stripped of DWARF whose debug file is installed separately (found through
+/// `.gnu_debuglink` and its CRC, then through the build-id tree) is as well described as the
+/// unstripped one.
+#[test]
+fn separate_debug_files_are_used() {
+    require("objcopy");
+    let plain = gobuild::build("probe", "1.23", Shape::Cgo, false);
+    let dir = std::env::temp_dir().join(format!("debuglink-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let debug = dir.join("probe.debug");
+    let stripped = dir.join("probe");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&plain)
+        .arg(&debug));
+    run(Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(format!("--add-gnu-debuglink={}", debug.display()))
+        .arg(&plain)
+        .arg(&stripped));
+    let truth = program_offsets(&plain);
+    let by_link = symbols(&stripped, &["--offset-sources", "dwarf"]);
+    assert_eq!(by_link["debug_file"], debug.display().to_string().as_str());
+    assert_eq!(by_link["has_dwarf"], true);
+    for (ty, name, off) in &truth {
+        let f = field(&by_link["go"], ty, name);
+        assert_eq!(f["source"], "dwarf", "{ty}.{name}: {f}");
+        assert_eq!(f["offset"].as_u64(), Some(*off), "{ty}.{name}");
+        assert_eq!(f["detail"], "DWARF of the separate debug file");
+    }
+    // A debug file whose CRC does not match is not used.
+    std::fs::write(&debug, b"not the debug file").unwrap();
+    let stale = symbols(&stripped, &[]);
+    assert!(stale["debug_file"].is_null());
+
+    // The build-id tree: <root>/.build-id/ab/cdef….debug.
+    let id = r_build_id(&plain);
+    let tree = dir.join("root/.build-id").join(&id[..2]);
+    std::fs::create_dir_all(&tree).unwrap();
+    let by_id = tree.join(format!("{}.debug", &id[2..]));
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&plain)
+        .arg(&by_id));
+    let bare = dir.join("probe-bare");
+    run(Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(&plain)
+        .arg(&bare));
+    let r = symbols(
+        &bare,
+        &[
+            "--debug-root",
+            dir.join("root").to_str().unwrap(),
+            "--offset-sources",
+            "dwarf",
+        ],
+    );
+    assert_eq!(r["debug_file"], by_id.display().to_string().as_str());
+    let f = field(&r["go"], "net/http.Request", "ctx");
+    let want = truth
+        .iter()
+        .find(|t| t.0 == "net/http.Request" && t.1 == "ctx")
+        .unwrap()
+        .2;
+    assert_eq!(f["offset"].as_u64(), Some(want));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn r_build_id(bin: &Path) -> String {
+    run(Command::new("readelf").arg("-n").arg(bin))
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+        .expect("an externally linked binary carries a GNU build-id")
 }

@@ -69,10 +69,16 @@ impl<'data, R: ReadRef<'data>> Image<'data, R> {
             return Ok(None);
         };
         let c = s.compressed_data().map_err(|e| format!("{name}: {e}"))?;
-        if c.uncompressed_size > MAX_DECOMPRESSED {
+        // zlib cannot expand more than about 1032:1, so a larger claim is corrupt, and it is
+        // refused before anything is allocated for it.
+        let bound = (c.data.len() as u64)
+            .saturating_mul(1100)
+            .min(MAX_DECOMPRESSED);
+        if c.uncompressed_size > bound {
             return Err(format!(
-                "{name}: claims {} bytes decompressed, more than the {MAX_DECOMPRESSED} accepted",
-                c.uncompressed_size
+                "{name}: claims {} bytes decompressed from {}, more than the {bound} accepted",
+                c.uncompressed_size,
+                c.data.len()
             ));
         }
         c.decompress()

@@ -18,7 +18,7 @@ pub mod rets;
 
 pub use analysis::{analyze, Analysis, OpensslInfo, Options, Point, SCHEMA_VERSION};
 pub use cache::Cache;
-pub use elf::{build_id, function_offsets, AttachPoint, SymbolSource};
+pub use elf::{build_id, find_functions, function_offsets, AttachPoint, SymbolSource};
 pub use openssl::{openssl_targets, openssl_version, OpensslTarget, SSL_FUNCTIONS};
 
 use std::path::PathBuf;

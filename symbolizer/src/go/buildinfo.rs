@@ -13,6 +13,9 @@ const MAX_TEXT: u64 = 1 << 22;
 pub struct BuildInfo {
     /// For example `go1.22.12`.
     pub go_version: String,
+    /// The main package's import path (`path` line); present even for GOPATH builds, which
+    /// have no main module.
+    pub path: Option<String>,
     pub main_module: Option<Module>,
     pub deps: Vec<Module>,
     /// `build` lines: `-buildmode`, `CGO_ENABLED`, `GOARCH` and so on, in file order.
@@ -159,6 +162,7 @@ fn parse_modinfo(text: &str, info: &mut BuildInfo) {
             replaced_by: None,
         };
         match f[0] {
+            "path" => info.path = f.get(1).map(|p| p.to_string()),
             "mod" => info.main_module = Some(module(&f[1..])),
             "dep" => info.deps.push(module(&f[1..])),
             "=>" => {

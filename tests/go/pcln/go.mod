@@ -1,0 +1,3 @@
+module sightline.test/pcln
+
+go 1.19
