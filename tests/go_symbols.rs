@@ -229,6 +229,8 @@ fn check_toolchain(version: &str) {
         let g = &r["go"];
         assert!(g.is_object(), "{} is recognised as Go", bin.display());
         check_build_info(&go, &bin, g);
+        let buildid = run(Command::new(&go).args(["tool", "buildid"]).arg(&bin));
+        assert_eq!(r["go_build_id"], buildid.trim(), "{}", bin.display());
         let rets = check_functions(&go, &bin, &twin, g);
         assert!(rets > 0);
         let truth = program_offsets(&bin);
@@ -524,4 +526,36 @@ fn r_build_id(bin: &Path) -> String {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
         .expect("an externally linked binary carries a GNU build-id")
+}
+
+/// A running process is analysed through /proc/<pid>/exe, with the same answer as its file.
+#[test]
+fn a_running_go_process_by_pid() {
+    let bin = gobuild::build("probe", "1.22", Shape::StrippedPie, false);
+    let mut child = Command::new(&bin)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it serves, so its maps are complete.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let by_pid = symbols(Path::new(&child.id().to_string()), &[]);
+    let by_path = symbols(&bin, &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        by_pid["file"],
+        std::fs::canonicalize(&bin).unwrap().to_str().unwrap()
+    );
+    assert_eq!(by_pid["go"]["functions"], by_path["go"]["functions"]);
+    assert_eq!(by_pid["go"]["fields"], by_path["go"]["fields"]);
+    assert!(by_pid["go"]["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("go1.22."));
 }

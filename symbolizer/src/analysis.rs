@@ -39,6 +39,8 @@ pub struct Analysis {
     pub schema: u32,
     pub file: String,
     pub build_id: Option<String>,
+    /// Go's build ID, for Go binaries linked without a GNU build-id.
+    pub go_build_id: Option<String>,
     pub arch: Arch,
     /// The separate debug file used for symbols and DWARF, when one was found.
     pub debug_file: Option<String>,
@@ -145,6 +147,7 @@ pub fn analyze(path: &Path, opts: &Options) -> Result<Analysis, SymbolizeError> 
         schema: SCHEMA_VERSION,
         file: path.display().to_string(),
         build_id: img.build_id_hex(),
+        go_build_id: img.go_build_id(),
         arch: img.arch(),
         debug_file: debug_path.map(|p| p.display().to_string()),
         has_symtab,

@@ -1,24 +1,54 @@
 //! Each binary is analysed once per run, however many processes or paths (containers, hard
-//! links, copies) share it: answers are kept by build-id, and by (device, inode) for files
-//! without one.
+//! links, copies) share it: answers are kept by GNU build-id, by Go build ID for Go binaries
+//! linked without one, and by (device, inode) for files with neither.
 
-use crate::elf::{build_id, AttachPoint};
+use crate::analysis::{analyze, Analysis, Options};
+use crate::elf::AttachPoint;
+use crate::image::Image;
 use crate::openssl::openssl_targets;
 use crate::SymbolizeError;
+use object::ReadCache;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     BuildId(Vec<u8>),
+    GoBuildId(String),
     Inode(u64, u64),
 }
 
 #[derive(Debug, Default)]
 pub struct Cache {
     openssl: HashMap<Key, Option<Vec<AttachPoint>>>,
+    analyses: HashMap<Key, Arc<Analysis>>,
     hits: u64,
+}
+
+/// The identity of the binary at `path`, reading only its notes.
+fn key_of(path: &Path) -> Result<Key, SymbolizeError> {
+    let file = std::fs::File::open(path).map_err(|source| SymbolizeError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| SymbolizeError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cache = ReadCache::new(file);
+    let img = Image::parse(&cache).map_err(|reason| SymbolizeError::NotElf {
+        path: path.to_owned(),
+        reason,
+    })?;
+    if let Ok(Some(id)) = object::Object::build_id(&img.elf) {
+        return Ok(Key::BuildId(id.to_vec()));
+    }
+    if let Some(id) = img.go_build_id() {
+        return Ok(Key::GoBuildId(id));
+    }
+    Ok(Key::Inode(meta.dev(), meta.ino()))
 }
 
 impl Cache {
@@ -28,16 +58,7 @@ impl Cache {
         &mut self,
         path: &Path,
     ) -> Result<Option<Vec<AttachPoint>>, SymbolizeError> {
-        let key = match build_id(path)? {
-            Some(id) => Key::BuildId(id),
-            None => {
-                let m = std::fs::metadata(path).map_err(|source| SymbolizeError::Open {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                Key::Inode(m.dev(), m.ino())
-            }
-        };
+        let key = key_of(path)?;
         if let Some(found) = self.openssl.get(&key) {
             self.hits += 1;
             return Ok(found.clone());
@@ -45,6 +66,22 @@ impl Cache {
         let found = openssl_targets(path)?.map(|t| t.points);
         self.openssl.insert(key, found.clone());
         Ok(found)
+    }
+
+    /// The whole analysis of `path` (attach points, Go functions, return sites, offsets).
+    pub fn analysis(
+        &mut self,
+        path: &Path,
+        opts: &Options,
+    ) -> Result<Arc<Analysis>, SymbolizeError> {
+        let key = key_of(path)?;
+        if let Some(found) = self.analyses.get(&key) {
+            self.hits += 1;
+            return Ok(found.clone());
+        }
+        let a = Arc::new(analyze(path, opts)?);
+        self.analyses.insert(key, a.clone());
+        Ok(a)
     }
 
     /// How many answers came from the cache.
@@ -56,6 +93,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elf::build_id;
 
     #[test]
     fn a_copy_of_a_binary_is_not_analysed_twice() {
@@ -69,6 +107,10 @@ mod tests {
         let b = c.openssl_points(&copy).unwrap().expect("so does its copy");
         assert_eq!(a, b);
         assert_eq!(c.hits(), 1);
+        let x = c.analysis(lib, &Options::default()).unwrap();
+        let y = c.analysis(&copy, &Options::default()).unwrap();
+        assert!(Arc::ptr_eq(&x, &y));
+        assert_eq!(c.hits(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -95,6 +95,21 @@ impl<'data, R: ReadRef<'data>> Image<'data, R> {
         Some(id.iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// Go's own build ID (`.note.go.buildid`), which internally linked Go binaries carry
+    /// instead of a GNU build-id.
+    pub fn go_build_id(&self) -> Option<String> {
+        let (_, note) = self.section(&[".note.go.buildid"])?;
+        let word = |at: usize| -> Option<usize> {
+            Some(u32::from_le_bytes(note.get(at..at + 4)?.try_into().ok()?) as usize)
+        };
+        let (namesz, descsz) = (word(0)?, word(4)?);
+        if namesz != 4 || note.get(12..16)? != b"Go\0\0" {
+            return None;
+        }
+        let desc = note.get(16..16usize.checked_add(descsz)?)?;
+        std::str::from_utf8(desc).ok().map(str::to_owned)
+    }
+
     /// Program headers map addresses to file offsets; section headers may be stripped.
     pub fn addr_to_offset(&self, addr: u64) -> Option<u64> {
         self.elf.segments().find_map(|seg| {

@@ -347,6 +347,36 @@ mod tests {
         assert_eq!(find_pclntab(&[&[1u8, 2, 3][..], &data].concat()), Some(3));
     }
 
+    /// The Go 1.16/1.17 layout: no text start in the header, absolute word-sized entries.
+    #[test]
+    fn reads_the_go116_layout() {
+        let mut t = vec![0u8; 0x100];
+        t[0..4].copy_from_slice(&MAGIC_116.to_le_bytes());
+        t[6] = 1;
+        t[7] = 8;
+        let put =
+            |t: &mut Vec<u8>, at: usize, v: u64| t[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put(&mut t, 8, 1); // nfunc
+        put(&mut t, 24, 0x60); // names
+        put(&mut t, 56, 0x80); // functab
+        t[0x60..0x6d].copy_from_slice(b"runtime.main\0");
+        put(&mut t, 0x80, 0x45_0000); // entry
+        put(&mut t, 0x88, 0x20); // _func offset
+        put(&mut t, 0x90, 0x45_0100); // end of text
+        put(&mut t, 0xa0, 0x45_0000); // _func.entry
+        t[0xa8..0xac].copy_from_slice(&0u32.to_le_bytes()); // _func.nameoff
+        let tab = Pclntab::parse(&t, None).unwrap();
+        assert_eq!(tab.version, PclntabVersion::Go116);
+        assert_eq!(
+            tab.func(0).unwrap(),
+            GoFunc {
+                name: "runtime.main",
+                entry: 0x45_0000,
+                end: 0x45_0100
+            }
+        );
+    }
+
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let data = sample();
