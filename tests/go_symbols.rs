@@ -141,7 +141,12 @@ fn check_build_info(go: &Path, bin: &Path, g: &Value) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s[0].as_str().unwrap().into(), s[1].as_str().unwrap().into()))
+        .map(|s| {
+            (
+                s["key"].as_str().unwrap().into(),
+                s["value"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     // `go version -m` quotes values with spaces; compare unquoted.
     let unq = |v: &str| v.trim_matches('"').to_string();

@@ -119,7 +119,11 @@ fn print_human(o: &mut String, r: &Analysis) {
         if let Some(m) = &b.main_module {
             let _ = writeln!(o, "    main module: {} {}", m.path, m.version);
         }
-        let settings: Vec<String> = b.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let settings: Vec<String> = b
+            .settings
+            .iter()
+            .map(|s| format!("{}={}", s.key, s.value))
+            .collect();
         if !settings.is_empty() {
             let _ = writeln!(o, "    build: {}", settings.join(" "));
         }

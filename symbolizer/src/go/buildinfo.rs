@@ -19,7 +19,13 @@ pub struct BuildInfo {
     pub main_module: Option<Module>,
     pub deps: Vec<Module>,
     /// `build` lines: `-buildmode`, `CGO_ENABLED`, `GOARCH` and so on, in file order.
-    pub settings: Vec<(String, String)>,
+    pub settings: Vec<Setting>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,8 +41,8 @@ impl BuildInfo {
     pub fn setting(&self, key: &str) -> Option<&str> {
         self.settings
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .find(|s| s.key == key)
+            .map(|s| s.value.as_str())
     }
 
     pub fn dep(&self, path: &str) -> Option<&Module> {
@@ -172,7 +178,10 @@ fn parse_modinfo(text: &str, info: &mut BuildInfo) {
             }
             "build" => {
                 if let Some((k, v)) = f.get(1).and_then(|kv| kv.split_once('=')) {
-                    info.settings.push((k.to_string(), v.to_string()));
+                    info.settings.push(Setting {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    });
                 }
             }
             _ => {}
