@@ -564,3 +564,53 @@ fn a_running_go_process_by_pid() {
         .unwrap()
         .starts_with("go1.22."));
 }
+
+/// A Go release nobody has tabled (simulated by rewriting the version in a stripped binary's
+/// build information to go1.99.0): DWARF is absent and the table has no row, so the fields the
+/// machine code shows come from disassembly and every other field says why it is unknown.
+#[test]
+fn an_untabled_go_release_falls_back_to_disassembly_and_explains_the_rest() {
+    let bin = gobuild::build("probe", "1.23", Shape::Stripped, false);
+    let mut data = std::fs::read(&bin).unwrap();
+    let truth = program_offsets(&bin);
+    let real = symbols(&bin, &[]);
+    let version = real["go"]["version"].as_str().unwrap().to_string();
+    let fake = format!("go1.99.{}", "0".repeat(version.len() - "go1.99.".len()));
+    assert_eq!(fake.len(), version.len());
+    // Patch only the build information blob (it starts with its magic), not other copies.
+    let magic = b"\xff Go buildinf:";
+    let start = data.windows(magic.len()).position(|w| w == magic).unwrap();
+    let at = start
+        + data[start..]
+            .windows(version.len())
+            .position(|w| w == version.as_bytes())
+            .unwrap();
+    data[at..at + fake.len()].copy_from_slice(fake.as_bytes());
+    let patched = std::env::temp_dir().join(format!("go199-{}", std::process::id()));
+    std::fs::write(&patched, &data).unwrap();
+    let r = symbols(&patched, &[]);
+    let _ = std::fs::remove_file(&patched);
+    let g = &r["go"];
+    assert_eq!(g["version"], fake.as_str());
+    for (ty, name) in [
+        ("runtime.g", "goid"),
+        ("net.netFD", "laddr"),
+        ("crypto/tls.Conn", "conn"),
+    ] {
+        let f = field(g, ty, name);
+        let want = truth.iter().find(|t| t.0 == ty && t.1 == name).unwrap().2;
+        assert_eq!(f["source"], "disassembly", "{f}");
+        assert_eq!(f["offset"].as_u64(), Some(want));
+    }
+    let f = field(g, "net/http.Request", "URL");
+    assert_eq!(f["source"], "unknown");
+    let why = f["detail"].as_str().unwrap();
+    assert!(why.contains("no DWARF"), "{why}");
+    assert!(why.contains("no table row for go1.99"), "{why}");
+    assert!(
+        why.contains("go1.23"),
+        "the reason lists what the table covers: {why}"
+    );
+    // The functions and their return sites do not depend on the version at all.
+    assert_eq!(g["functions"], real["go"]["functions"]);
+}
