@@ -127,6 +127,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         }
         for n in notices.drain(..) {
+            if let Notice::Exit(pid) = n {
+                discovery.forget(pid, &mut loader);
+            }
             if let Notice::Exec(pid) = n {
                 discovery.scan_pid(pid, &mut loader);
                 for delay in RESCAN_AFTER {

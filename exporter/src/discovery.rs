@@ -8,8 +8,10 @@
 
 use crate::loader::Loader;
 use crate::telemetry::stats::Stats;
-use sightline_symbolizer::{Cache, OpensslTarget};
-use std::collections::HashMap;
+use sightline_common::{GoOffsets, GO_NO_OFFSET};
+use sightline_symbolizer::go::GoInfo;
+use sightline_symbolizer::{Cache, OpensslTarget, Options};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,9 +37,24 @@ pub enum FileState {
     Failed(String),
 }
 
+/// What was done with a Go executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoFileState {
+    NotGo,
+    Attached {
+        offsets: GoOffsets,
+        functions: Vec<&'static str>,
+    },
+    /// A Go binary sightline cannot trace, and why (told once per file).
+    Unusable(String),
+}
+
 pub struct Discovery {
     /// What was done with each file: a uprobe belongs to an inode, so attaching is per inode.
     files: HashMap<(u64, u64), FileState>,
+    go_files: HashMap<(u64, u64), GoFileState>,
+    /// Processes whose offsets the Go probes hold.
+    go_pids: HashSet<u32>,
     /// What each binary contains: analysed once per build-id, whatever the path.
     symbols: Cache,
     stats: Arc<Stats>,
@@ -56,6 +73,8 @@ impl Discovery {
     pub fn new(stats: Arc<Stats>) -> Self {
         Discovery {
             files: HashMap::new(),
+            go_files: HashMap::new(),
+            go_pids: HashSet::new(),
             symbols: Cache::default(),
             stats,
         }
@@ -99,7 +118,9 @@ impl Discovery {
         if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
             let exe = exe.to_string_lossy();
             if exe.starts_with('/') && !exe.ends_with(" (deleted)") {
-                self.consider(&stable_path(&root, &exe), loader);
+                let path = stable_path(&root, &exe);
+                self.consider(&path, loader);
+                self.consider_go(pid, &path, loader);
             }
         }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
@@ -118,6 +139,68 @@ impl Discovery {
             // BoringSSL and OpenSSL builds keep "ssl" in the library's name.
             if name.contains("ssl") && name.contains(".so") {
                 self.consider(&stable_path(&root, path), loader);
+            }
+        }
+    }
+
+    /// A process is gone: its offsets leave the kernel map (its pid may be reused).
+    pub fn forget(&mut self, pid: u32, loader: &mut Loader) {
+        if self.go_pids.remove(&pid) {
+            loader.forget_go_process(pid);
+        }
+    }
+
+    /// A Go executable: probe it once per file, and give the probes this process's offsets.
+    fn consider_go(&mut self, pid: u32, path: &Path, loader: &mut Loader) {
+        if self.go_pids.contains(&pid) {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        if !self.go_files.contains_key(&key) {
+            let t0 = std::time::Instant::now();
+            let state = match self.symbols.analysis(path, &Options::default()) {
+                Ok(a) => match &a.go {
+                    None => GoFileState::NotGo,
+                    Some(go) => self.attach_go(path, go, loader),
+                },
+                Err(_) => GoFileState::NotGo,
+            };
+            tracing::debug!(file = %path.display(), elapsed = ?t0.elapsed(), "Go analysis");
+            self.go_files.insert(key, state);
+        }
+        if let Some(GoFileState::Attached { offsets, .. }) = self.go_files.get(&key) {
+            match loader.set_go_process(pid, offsets) {
+                Ok(()) => {
+                    self.go_pids.insert(pid);
+                }
+                Err(e) => tracing::warn!(pid, "cannot trace this Go process: {e:#}"),
+            }
+        }
+    }
+
+    fn attach_go(&mut self, path: &Path, go: &GoInfo, loader: &mut Loader) -> GoFileState {
+        let shown = std::fs::canonicalize(path).unwrap_or(path.to_owned());
+        let version = go.version.as_deref().unwrap_or("unknown Go");
+        let offsets = match go_offsets(go) {
+            Ok(o) => o,
+            Err(why) => {
+                tracing::warn!(file = %shown.display(), version, "not tracing this Go program: {why}; `sightline symbols {}` shows every source", shown.display());
+                return GoFileState::Unusable(why);
+            }
+        };
+        match loader.attach_go(path, go) {
+            Ok(functions) if functions.is_empty() => GoFileState::NotGo,
+            Ok(functions) => {
+                tracing::info!(file = %shown.display(), version, ?functions, "probing Go net/http");
+                GoFileState::Attached { offsets, functions }
+            }
+            Err(e) => {
+                self.stats.attach_failures.fetch_add(1, Relaxed);
+                tracing::warn!(file = %shown.display(), "cannot probe Go: {e:#}");
+                GoFileState::Unusable(format!("{e:#}"))
             }
         }
     }
@@ -161,6 +244,60 @@ impl Discovery {
         };
         self.files.insert(key, state);
     }
+}
+
+/// The symbolizer's answers as the probes' offsets table. The goroutine id and the request's
+/// method and URL are required: without them no call can be told apart or named. Any other
+/// unknown field is simply not read.
+pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
+    let get = |ty: &str, f: &str| {
+        go.field(ty, f)
+            .and_then(|x| x.offset)
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(GO_NO_OFFSET)
+    };
+    let o = GoOffsets {
+        g_goid: get("runtime.g", "goid"),
+        req_method: get("net/http.Request", "Method"),
+        req_url: get("net/http.Request", "URL"),
+        req_proto_major: get("net/http.Request", "ProtoMajor"),
+        req_proto_minor: get("net/http.Request", "ProtoMinor"),
+        req_header: get("net/http.Request", "Header"),
+        req_content_length: get("net/http.Request", "ContentLength"),
+        req_host: get("net/http.Request", "Host"),
+        req_remote_addr: get("net/http.Request", "RemoteAddr"),
+        req_tls: get("net/http.Request", "TLS"),
+        req_pattern: get("net/http.Request", "Pattern"),
+        url_scheme: get("net/url.URL", "Scheme"),
+        url_host: get("net/url.URL", "Host"),
+        url_path: get("net/url.URL", "Path"),
+        url_raw_query: get("net/url.URL", "RawQuery"),
+        resp_status_code: get("net/http.Response", "StatusCode"),
+        response_conn: get("net/http.response", "conn"),
+        response_status: get("net/http.response", "status"),
+        conn_rwc: get("net/http.conn", "rwc"),
+        tls_conn_conn: get("crypto/tls.Conn", "conn"),
+        net_conn_fd: get("net.conn", "fd"),
+        netfd_pfd: get("net.netFD", "pfd"),
+        fd_sysfd: get("internal/poll.FD", "Sysfd"),
+        hmap_count: get("runtime.hmap", "count"),
+        hmap_b: get("runtime.hmap", "B"),
+        hmap_buckets: get("runtime.hmap", "buckets"),
+    };
+    for (ty, f, v) in [
+        ("runtime.g", "goid", o.g_goid),
+        ("net/http.Request", "Method", o.req_method),
+        ("net/http.Request", "URL", o.req_url),
+        ("net/url.URL", "Path", o.url_path),
+    ] {
+        if v == GO_NO_OFFSET {
+            let why = go
+                .field(ty, f)
+                .map_or("not reported".to_string(), |x| x.detail.clone());
+            return Err(format!("offset of {ty}.{f} unknown ({why})"));
+        }
+    }
+    Ok(o)
 }
 
 /// A path to a process's file that outlives the process: our own view of it when we share the

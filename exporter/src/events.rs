@@ -1,7 +1,8 @@
 //! Ring buffer records decoded into typed events. Decoding is by hand from bytes, field by
 //! field, so a short or garbled record is an error to count, never undefined behaviour.
 
-use sightline_common::{kind, DataHeader, DATA_HEADER_LEN};
+use sightline_common::{kind, DataHeader, GoHttpRecord, DATA_HEADER_LEN};
+use std::mem::offset_of;
 
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -20,6 +21,35 @@ pub enum Event<'a> {
         tgid: u32,
         conn: u64,
     },
+    GoHttp(Box<GoRecord>),
+}
+
+/// A Go net/http call as the Go probes saw it, strings decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoRecord {
+    pub role: u32,
+    pub tgid: u32,
+    pub fd: i32,
+    pub goid: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub parent_goid: u64,
+    pub parent_start_ns: u64,
+    pub content_length: i64,
+    pub status: u32,
+    pub proto_major: u16,
+    pub proto_minor: u16,
+    pub tls: bool,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub host: String,
+    pub addr: String,
+    pub pattern: String,
+    pub scheme: String,
+    pub traceparent: String,
+    /// Some string was longer than the record holds and is cut.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -106,8 +136,68 @@ pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
             tgid: u32_at(b, 4).ok_or(DecodeError::Short)?,
             conn: u64_at(b, 8).ok_or(DecodeError::Short)?,
         }),
+        kind::GO_HTTP => decode_go(b).map(|r| Event::GoHttp(Box::new(r))),
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+fn decode_go(b: &[u8]) -> Result<GoRecord, DecodeError> {
+    if b.len() < std::mem::size_of::<GoHttpRecord>() {
+        return Err(DecodeError::Short);
+    }
+    let u32_ = |at: usize| u32_at(b, at).unwrap_or(0);
+    let u64_ = |at: usize| u64_at(b, at).unwrap_or(0);
+    let u16_ = |at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+    let mut truncated = false;
+    // A string is its true length (at `len_at`) cut to its field's capacity minus one, the
+    // most the probe copies.
+    let mut text = |len_at: usize, at: usize, cap: usize| {
+        let len = u32_(len_at) as usize;
+        let n = len.min(cap - 1);
+        truncated |= n < len;
+        String::from_utf8_lossy(&b[at..at + n]).into_owned()
+    };
+    macro_rules! s {
+        ($len:ident, $field:ident) => {
+            text(
+                offset_of!(GoHttpRecord, $len),
+                offset_of!(GoHttpRecord, $field),
+                std::mem::size_of_val(&GoHttpRecord::EMPTY.$field),
+            )
+        };
+    }
+    let method = s!(method_len, method);
+    let path = s!(path_len, path);
+    let query = s!(query_len, query);
+    let host = s!(host_len, host);
+    let addr = s!(addr_len, addr);
+    let pattern = s!(pattern_len, pattern);
+    let scheme = s!(scheme_len, scheme);
+    let traceparent = s!(traceparent_len, traceparent);
+    Ok(GoRecord {
+        role: u32_(offset_of!(GoHttpRecord, role)),
+        tgid: u32_(offset_of!(GoHttpRecord, tgid)),
+        fd: u32_(offset_of!(GoHttpRecord, fd)) as i32,
+        goid: u64_(offset_of!(GoHttpRecord, goid)),
+        start_ns: u64_(offset_of!(GoHttpRecord, start_ns)),
+        end_ns: u64_(offset_of!(GoHttpRecord, end_ns)),
+        parent_goid: u64_(offset_of!(GoHttpRecord, parent_goid)),
+        parent_start_ns: u64_(offset_of!(GoHttpRecord, parent_start_ns)),
+        content_length: u64_(offset_of!(GoHttpRecord, content_length)) as i64,
+        status: u32_(offset_of!(GoHttpRecord, status)),
+        proto_major: u16_(offset_of!(GoHttpRecord, proto_major)),
+        proto_minor: u16_(offset_of!(GoHttpRecord, proto_minor)),
+        tls: b[offset_of!(GoHttpRecord, tls)] != 0,
+        method,
+        path,
+        query,
+        host,
+        addr,
+        pattern,
+        scheme,
+        traceparent,
+        truncated,
+    })
 }
 
 #[cfg(test)]

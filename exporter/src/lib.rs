@@ -9,6 +9,7 @@
 pub mod app;
 pub mod discovery;
 pub mod events;
+pub mod golang;
 pub mod loader;
 pub mod pipeline;
 pub mod processes;

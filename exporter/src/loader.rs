@@ -8,7 +8,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use sightline_common::{counter, names, ConnKey, SockInfo, SockStateOffsets};
+use sightline_common::{counter, names, ConnKey, GoOffsets, SockInfo, SockStateOffsets};
+use sightline_symbolizer::go::GoInfo;
 use sightline_symbolizer::OpensslTarget;
 use std::path::Path;
 
@@ -176,7 +177,24 @@ const FD_SYSCALLS: [&str; 8] = [
 pub struct Loader {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    go_procs: BpfHashMap<MapData, u32, GoOffsets>,
 }
+
+/// Go functions sightline probes: (symbol, program at entry, program at each RET). Each needs
+/// its return sites; a function without them is not probed at all.
+pub const GO_PROBES: [(&str, &str, &str); 3] = [
+    (
+        "net/http.serverHandler.ServeHTTP",
+        "go_server_enter",
+        "go_server_ret",
+    ),
+    (
+        "net/http.(*Transport).roundTrip",
+        "go_client_enter",
+        "go_client_ret",
+    ),
+    ("runtime.newproc1", "go_newproc_enter", "go_newproc_ret"),
+];
 
 /// Maps that other stages read, handed out once.
 pub struct Channels {
@@ -203,6 +221,12 @@ impl Loader {
             "ssl_write_ex",
             "ssl_free",
             "ssl_ret",
+            "go_server_enter",
+            "go_server_ret",
+            "go_client_enter",
+            "go_client_ret",
+            "go_newproc_enter",
+            "go_newproc_ret",
         ] {
             let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
             p.load()
@@ -250,7 +274,15 @@ impl Loader {
             map: BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_INFO)?)?,
         };
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)?;
-        Ok((Loader { ebpf, counters }, Channels { events, conn_info }))
+        let go_procs = BpfHashMap::try_from(take_map(&mut ebpf, names::GO_PROCS)?)?;
+        Ok((
+            Loader {
+                ebpf,
+                counters,
+                go_procs,
+            },
+            Channels { events, conn_info },
+        ))
     }
 
     /// Attaches entry and return probes to each OpenSSL function the target defines. A uprobe
@@ -292,6 +324,49 @@ impl Loader {
             attached += 1;
         }
         Ok(attached)
+    }
+
+    /// Attaches the Go probes to a Go binary: an entry uprobe on each function and one on each
+    /// of its RET instructions (never a uretprobe). Returns the functions probed.
+    pub fn attach_go(&mut self, path: &Path, go: &GoInfo) -> anyhow::Result<Vec<&'static str>> {
+        let mut probed = Vec::new();
+        for (symbol, entry, ret) in GO_PROBES {
+            let Some(f) = go.function(symbol) else {
+                continue;
+            };
+            let Some(rets) = f.returns.as_ref().filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            // Return sites first: an entry without its returns would leave calls in flight.
+            let sites = rets.iter().map(|r| (ret, r.file_offset));
+            for (prog, offset) in sites.chain([(entry, f.file_offset)]) {
+                let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
+                p.attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    path,
+                    UProbeScope::AllProcesses,
+                )
+                .with_context(|| {
+                    format!(
+                        "attaching {prog} to {symbol} in {} at offset {offset:#x}",
+                        path.display()
+                    )
+                })?;
+            }
+            probed.push(symbol);
+        }
+        Ok(probed)
+    }
+
+    /// Tells the Go probes where process `tgid` keeps what they read.
+    pub fn set_go_process(&mut self, tgid: u32, offsets: &GoOffsets) -> anyhow::Result<()> {
+        self.go_procs
+            .insert(tgid, offsets, 0)
+            .context("storing a Go process's offsets")
+    }
+
+    pub fn forget_go_process(&mut self, tgid: u32) {
+        let _ = self.go_procs.remove(&tgid);
     }
 
     /// Kernel-side counters summed over CPUs, indexed by `sightline_common::counter`.

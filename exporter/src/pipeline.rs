@@ -1,7 +1,8 @@
 //! The one-way path from a ring buffer record to finished calls handed to sinks:
 //! events → connections → HTTP/1.x → calls.
 
-use crate::events::{decode, Event};
+use crate::events::{decode, Event, GoRecord};
+use crate::golang::{GoCalls, GoConn};
 use crate::processes::{ProcessInfo, Processes};
 use crate::protocols::http1::{Http1Conn, Output};
 use crate::protocols::{DropReason, Role};
@@ -88,6 +89,7 @@ pub struct Pipeline {
     /// Local addresses of listening sockets, by (pid, fd): accepted sockets share them.
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
     conns: HashMap<(u32, u64), Conn>,
+    go: GoCalls,
     lookup: Box<dyn SockLookup>,
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<Stats>,
@@ -115,6 +117,7 @@ impl Pipeline {
             waiting: Vec::new(),
             listeners: HashMap::default(),
             conns: HashMap::default(),
+            go: GoCalls::default(),
             lookup,
             sinks,
             stats,
@@ -163,6 +166,11 @@ impl Pipeline {
             Ok(Event::Exit { tgid }) => {
                 self.process_exit(tgid);
                 Some(Notice::Exit(tgid))
+            }
+            Ok(Event::GoHttp(rec)) => {
+                self.stats.records.fetch_add(1, Relaxed);
+                self.go_call(&rec);
+                None
             }
             Ok(Event::Data { header, payload }) => {
                 self.stats.records.fetch_add(1, Relaxed);
@@ -360,8 +368,39 @@ impl Pipeline {
         }
     }
 
+    /// A Go net/http call: already structured by the probes, so straight to a call.
+    fn go_call(&mut self, r: &GoRecord) {
+        tracing::trace!(?r, "go record");
+        let Some(process) = self.processes.get(r.tgid) else {
+            return;
+        };
+        if !self.selection.matches(process.pid, &process.exe_name) {
+            return;
+        }
+        let mut conn = GoConn::default();
+        if r.fd >= 0 {
+            let s = resolve(&*self.lookup, r.tgid, r.fd, self.use_proc);
+            conn.peer = s.peer;
+            conn.local = s.local;
+            if let (None, Some(lfd), true) = (conn.local, s.listen_fd, self.use_proc) {
+                conn.local = *self
+                    .listeners
+                    .entry((r.tgid, lfd))
+                    .or_insert_with(|| tcp_addrs(r.tgid, lfd).map(|(local, _)| local));
+            }
+        }
+        let call = self
+            .go
+            .call(process, r, conn, self.redact_query, self.mono_to_unix_ns);
+        self.stats.calls.fetch_add(1, Relaxed);
+        for s in &mut self.sinks {
+            s.on_call(&call);
+        }
+    }
+
     /// Closes connections silent for [`IDLE_NS`].
     pub fn tick(&mut self, now_mono_ns: u64) {
+        self.go.expire(now_mono_ns);
         let idle: Vec<_> = self
             .conns
             .iter()

@@ -28,6 +28,8 @@ pub struct Call {
     /// Absolute-form targets (proxies) carry their own scheme and authority.
     pub absolute_authority: Option<String>,
     pub status: u16,
+    /// The server's route template (`http.route`), when the framework exposes it.
+    pub route: Option<String>,
     pub protocol_version: &'static str,
     pub scheme: &'static str,
     /// From the `Host` header, without the port.
@@ -117,6 +119,7 @@ impl Call {
             query,
             absolute_authority,
             status: ex.response.status.unwrap_or(0),
+            route: None,
             protocol_version: if req.minor == 0 { "1.0" } else { "1.1" },
             scheme,
             host,
@@ -190,7 +193,7 @@ fn bracket(host: &str) -> String {
 }
 
 /// `example.com:8443` → (`example.com`, 8443); `[::1]:80` → (`::1`, 80).
-fn split_host(h: Option<&str>) -> (Option<String>, Option<u16>) {
+pub fn split_host(h: Option<&str>) -> (Option<String>, Option<u16>) {
     let Some(h) = h.map(str::trim).filter(|h| !h.is_empty()) else {
         return (None, None);
     };

@@ -220,6 +220,9 @@ fn metric_attributes(c: &Call) -> Vec<KeyValue> {
     if let Some(t) = c.error_type() {
         a.push(KeyValue::new("error.type", t));
     }
+    if let (Role::Server, Some(r)) = (c.role, &c.route) {
+        a.push(KeyValue::new("http.route", r.clone()));
+    }
     if c.role == Role::Client {
         if let Some(h) = c
             .host

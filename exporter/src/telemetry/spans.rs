@@ -63,9 +63,14 @@ pub fn to_span(call: &Call, scope: &InstrumentationScope) -> SpanData {
 }
 
 fn span_name(call: &Call) -> Cow<'static, str> {
-    match call.method.as_str() {
-        "_OTHER" => Cow::Borrowed("HTTP"),
-        m => Cow::Owned(m.to_string()),
+    let method = match call.method.as_str() {
+        "_OTHER" => "HTTP",
+        m => m,
+    };
+    // A route is a template, so it names the span without exploding cardinality.
+    match (&call.route, call.role) {
+        (Some(r), Role::Server) => Cow::Owned(format!("{method} {r}")),
+        _ => Cow::Owned(method.to_string()),
     }
 }
 
@@ -96,6 +101,9 @@ fn attributes(c: &Call) -> Vec<KeyValue> {
     match c.role {
         Role::Server => {
             a.push(KeyValue::new("url.path", c.path.clone()));
+            if let Some(r) = &c.route {
+                a.push(KeyValue::new("http.route", r.clone()));
+            }
             a.push(KeyValue::new("url.scheme", c.scheme));
             if let Some(q) = &c.query {
                 a.push(KeyValue::new("url.query", q.clone()));

@@ -33,6 +33,8 @@ pub mod names {
     pub const AGENT_TGID: &str = "AGENT_TGID";
     /// Offsets of `sock:inet_sock_set_state` fields, read from its tracefs format at load.
     pub const SS_OFFSETS: &str = "SS_OFFSETS";
+    /// Struct offsets of each Go process, by tgid ([`super::GoOffsets`]).
+    pub const GO_PROCS: &str = "GO_PROCS";
 }
 
 /// Field offsets of the `sock:inet_sock_set_state` tracepoint, from its tracefs `format`, so
@@ -59,6 +61,8 @@ pub mod kind {
     /// A TLS connection object was freed ([`super::CloseRecord`]): its connection is over,
     /// and the same address may next belong to another connection.
     pub const CLOSE: u32 = 4;
+    /// A Go net/http request, server or client side ([`super::GoHttpRecord`]).
+    pub const GO_HTTP: u32 = 5;
 }
 
 /// Direction of a payload, from the observed process's point of view.
@@ -227,8 +231,193 @@ pub struct ActiveCall {
     pub fd: i32,
 }
 
+/// A Go struct field offset the symbolizer could not establish: the probes that need it do
+/// not read it.
+pub const GO_NO_OFFSET: u32 = u32::MAX;
+
+/// Where the Go probes find what they read in one process, from the symbolizer (DWARF, the
+/// offsets table, or disassembly). One per traced Go process, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoOffsets {
+    pub g_goid: u32,
+    pub req_method: u32,
+    pub req_url: u32,
+    pub req_proto_major: u32,
+    pub req_proto_minor: u32,
+    pub req_header: u32,
+    pub req_content_length: u32,
+    pub req_host: u32,
+    pub req_remote_addr: u32,
+    pub req_tls: u32,
+    pub req_pattern: u32,
+    pub url_scheme: u32,
+    pub url_host: u32,
+    pub url_path: u32,
+    pub url_raw_query: u32,
+    pub resp_status_code: u32,
+    pub response_conn: u32,
+    pub response_status: u32,
+    pub conn_rwc: u32,
+    pub tls_conn_conn: u32,
+    pub net_conn_fd: u32,
+    pub netfd_pfd: u32,
+    pub fd_sysfd: u32,
+    pub hmap_count: u32,
+    pub hmap_b: u32,
+    pub hmap_buckets: u32,
+}
+
+impl Default for GoOffsets {
+    fn default() -> Self {
+        GoOffsets {
+            g_goid: GO_NO_OFFSET,
+            req_method: GO_NO_OFFSET,
+            req_url: GO_NO_OFFSET,
+            req_proto_major: GO_NO_OFFSET,
+            req_proto_minor: GO_NO_OFFSET,
+            req_header: GO_NO_OFFSET,
+            req_content_length: GO_NO_OFFSET,
+            req_host: GO_NO_OFFSET,
+            req_remote_addr: GO_NO_OFFSET,
+            req_tls: GO_NO_OFFSET,
+            req_pattern: GO_NO_OFFSET,
+            url_scheme: GO_NO_OFFSET,
+            url_host: GO_NO_OFFSET,
+            url_path: GO_NO_OFFSET,
+            url_raw_query: GO_NO_OFFSET,
+            resp_status_code: GO_NO_OFFSET,
+            response_conn: GO_NO_OFFSET,
+            response_status: GO_NO_OFFSET,
+            conn_rwc: GO_NO_OFFSET,
+            tls_conn_conn: GO_NO_OFFSET,
+            net_conn_fd: GO_NO_OFFSET,
+            netfd_pfd: GO_NO_OFFSET,
+            fd_sysfd: GO_NO_OFFSET,
+            hmap_count: GO_NO_OFFSET,
+            hmap_b: GO_NO_OFFSET,
+            hmap_buckets: GO_NO_OFFSET,
+        }
+    }
+}
+
+/// Which side of a Go HTTP call a record describes.
+pub mod go_role {
+    pub const SERVER: u32 = 1;
+    pub const CLIENT: u32 = 2;
+}
+
+/// Capacities of the strings a [`GoHttpRecord`] carries; powers of two, so a length can be
+/// bounded with a mask the verifier understands. Longer values are cut, and their true length
+/// is kept.
+pub const GO_METHOD_CAP: usize = 16;
+pub const GO_PATH_CAP: usize = 256;
+pub const GO_QUERY_CAP: usize = 128;
+pub const GO_HOST_CAP: usize = 64;
+pub const GO_ADDR_CAP: usize = 64;
+pub const GO_PATTERN_CAP: usize = 128;
+pub const GO_SCHEME_CAP: usize = 8;
+pub const GO_TRACEPARENT_CAP: usize = 64;
+
+/// A Go net/http call, built at the entry probe and sent at a return site.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoHttpRecord {
+    pub kind: u32,
+    pub role: u32,
+    pub tgid: u32,
+    /// The connection's socket fd, or -1 when it could not be followed.
+    pub fd: i32,
+    pub goid: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Client calls: the server request whose handling made this call (its goroutine and entry
+    /// time), or zeros when there is none.
+    pub parent_goid: u64,
+    pub parent_start_ns: u64,
+    /// Server: the ResponseWriter's data pointer, read again at return for the status.
+    pub object: u64,
+    pub content_length: i64,
+    pub status: u32,
+    pub proto_major: u16,
+    pub proto_minor: u16,
+    pub tls: u8,
+    pub _pad: [u8; 7],
+    pub method_len: u32,
+    pub path_len: u32,
+    pub query_len: u32,
+    pub host_len: u32,
+    pub addr_len: u32,
+    pub pattern_len: u32,
+    pub scheme_len: u32,
+    pub traceparent_len: u32,
+    pub method: [u8; GO_METHOD_CAP],
+    pub path: [u8; GO_PATH_CAP],
+    pub query: [u8; GO_QUERY_CAP],
+    /// Server: the `Host` header; client: the URL's host (with port, if any).
+    pub host: [u8; GO_HOST_CAP],
+    /// Server: `Request.RemoteAddr` (the peer, `ip:port`).
+    pub addr: [u8; GO_ADDR_CAP],
+    /// Server: `Request.Pattern` (Go 1.23+), the ServeMux route.
+    pub pattern: [u8; GO_PATTERN_CAP],
+    /// Client: the URL's scheme.
+    pub scheme: [u8; GO_SCHEME_CAP],
+    /// Server: the incoming `traceparent` header; client: the one its parent server request
+    /// received, so the client span joins that trace.
+    pub traceparent: [u8; GO_TRACEPARENT_CAP],
+}
+
+impl GoHttpRecord {
+    /// An all-zero record, for sizing and for tests.
+    pub const EMPTY: GoHttpRecord = GoHttpRecord {
+        kind: 0,
+        role: 0,
+        tgid: 0,
+        fd: 0,
+        goid: 0,
+        start_ns: 0,
+        end_ns: 0,
+        parent_goid: 0,
+        parent_start_ns: 0,
+        object: 0,
+        content_length: 0,
+        status: 0,
+        proto_major: 0,
+        proto_minor: 0,
+        tls: 0,
+        _pad: [0; 7],
+        method_len: 0,
+        path_len: 0,
+        query_len: 0,
+        host_len: 0,
+        addr_len: 0,
+        pattern_len: 0,
+        scheme_len: 0,
+        traceparent_len: 0,
+        method: [0; GO_METHOD_CAP],
+        path: [0; GO_PATH_CAP],
+        query: [0; GO_QUERY_CAP],
+        host: [0; GO_HOST_CAP],
+        addr: [0; GO_ADDR_CAP],
+        pattern: [0; GO_PATTERN_CAP],
+        scheme: [0; GO_SCHEME_CAP],
+        traceparent: [0; GO_TRACEPARENT_CAP],
+    };
+}
+
+/// Key of a Go call in flight: a goroutine of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub goid: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C), Copy, valid for any bit pattern.
+    unsafe impl aya::Pod for super::GoOffsets {}
     // SAFETY: each type is `repr(C)`, `Copy`, and valid for any bit pattern.
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::SockInfo {}
@@ -248,5 +437,19 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 26 * 4);
+        assert_eq!(
+            core::mem::size_of::<GoHttpRecord>(),
+            72 + 16
+                + 32
+                + GO_METHOD_CAP
+                + GO_PATH_CAP
+                + GO_QUERY_CAP
+                + GO_HOST_CAP
+                + GO_ADDR_CAP
+                + GO_PATTERN_CAP
+                + GO_SCHEME_CAP
+                + GO_TRACEPARENT_CAP
+        );
     }
 }

@@ -11,6 +11,8 @@
 #![no_std]
 #![no_main]
 
+mod go;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,

@@ -1,0 +1,381 @@
+//! Go net/http probes: entry uprobes only. Returns are caught by uprobes on the RET
+//! instructions the symbolizer found, because a uretprobe rewrites the return address on a
+//! goroutine stack that Go may move, which crashes the target.
+//!
+//! Arguments follow Go's register ABI (1.17+): RAX, RBX, RCX, RDI, … in order; the current
+//! goroutine's `g` is in R14. Struct offsets come from `GO_PROCS`, per process, as the
+//! symbolizer established them; an unknown offset is never read.
+
+use crate::{bump, now, wakeup_flags, EVENTS};
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::ProbeContext,
+};
+use sightline_common::{
+    counter, go_role, kind, GoHttpRecord, GoKey, GoOffsets, GO_ADDR_CAP, GO_HOST_CAP,
+    GO_METHOD_CAP, GO_NO_OFFSET, GO_PATH_CAP, GO_PATTERN_CAP, GO_QUERY_CAP, GO_SCHEME_CAP,
+};
+
+#[map]
+static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(4096, 0);
+
+/// Server requests being handled, by goroutine.
+#[map]
+static GO_SERVER: HashMap<GoKey, GoHttpRecord> = HashMap::with_max_entries(16384, 0);
+
+/// Client round trips in flight, by goroutine.
+#[map]
+static GO_CLIENT: HashMap<GoKey, GoHttpRecord> = HashMap::with_max_entries(16384, 0);
+
+/// The goroutine that started each goroutine, so a call made from a goroutine a handler
+/// spawned still finds its request.
+#[map]
+static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// `runtime.newproc1`'s caller goroutine, from entry to return, by thread.
+#[map]
+static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+static GO_SCRATCH: PerCpuArray<GoHttpRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many goroutine generations a client call looks up for its server request.
+const ANCESTORS: usize = 4;
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> &pt_regs {
+    // SAFETY: the kernel hands every uprobe its saved registers.
+    unsafe { &*ctx.regs }
+}
+
+#[inline(always)]
+fn read<T: Copy>(addr: u64) -> Option<T> {
+    // SAFETY: the helper checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_user(addr as *const T).ok() }
+}
+
+#[inline(always)]
+fn field<T: Copy>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == GO_NO_OFFSET {
+        return None;
+    }
+    read(base + off as u64)
+}
+
+/// Copies the Go string whose header (pointer, length) is at `base + off` into `dst`, cut to
+/// its capacity; returns the string's true length.
+#[inline(always)]
+fn go_string<const N: usize>(base: u64, off: u32, dst: &mut [u8; N]) -> u32 {
+    let Some(hdr) = field::<[u64; 2]>(base, off) else {
+        return 0;
+    };
+    let (ptr, len) = (hdr[0], hdr[1]);
+    let n = if len < N as u64 { len } else { N as u64 - 1 };
+    let n = (n as u32) & (N as u32 - 1);
+    if n > 0 && ptr != 0 {
+        // SAFETY: `n < N`, the destination's size; the helper checks the source.
+        let r =
+            unsafe { generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), n, ptr as *const _) };
+        if r != 0 {
+            return 0;
+        }
+    }
+    if len > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        len as u32
+    }
+}
+
+#[inline(always)]
+fn goid(off: &GoOffsets, g: u64) -> Option<u64> {
+    field::<u64>(g, off.g_goid)
+}
+
+/// The per-CPU record to build, with every length cleared.
+#[inline(always)]
+fn scratch(role: u32, tgid: u32, goid: u64) -> Option<&'static mut GoHttpRecord> {
+    let rec = GO_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let rec = unsafe { &mut *rec };
+    rec.kind = kind::GO_HTTP;
+    rec.role = role;
+    rec.tgid = tgid;
+    rec.fd = -1;
+    rec.goid = goid;
+    rec.start_ns = now();
+    rec.end_ns = 0;
+    rec.parent_goid = 0;
+    rec.parent_start_ns = 0;
+    rec.object = 0;
+    rec.content_length = -1;
+    rec.status = 0;
+    rec.proto_major = 0;
+    rec.proto_minor = 0;
+    rec.tls = 0;
+    rec.method_len = 0;
+    rec.path_len = 0;
+    rec.query_len = 0;
+    rec.host_len = 0;
+    rec.addr_len = 0;
+    rec.pattern_len = 0;
+    rec.scheme_len = 0;
+    rec.traceparent_len = 0;
+    Some(rec)
+}
+
+/// Reads what a `*http.Request` says about the call.
+#[inline(always)]
+fn read_request(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
+    rec.method_len = go_string::<GO_METHOD_CAP>(req, off.req_method, &mut rec.method);
+    if let Some(url) = field::<u64>(req, off.req_url) {
+        rec.path_len = go_string::<GO_PATH_CAP>(url, off.url_path, &mut rec.path);
+        rec.query_len = go_string::<GO_QUERY_CAP>(url, off.url_raw_query, &mut rec.query);
+        rec.scheme_len = go_string::<GO_SCHEME_CAP>(url, off.url_scheme, &mut rec.scheme);
+        if rec.role == go_role::CLIENT {
+            rec.host_len = go_string::<GO_HOST_CAP>(url, off.url_host, &mut rec.host);
+        }
+    }
+    if rec.role == go_role::SERVER {
+        rec.host_len = go_string::<GO_HOST_CAP>(req, off.req_host, &mut rec.host);
+        rec.addr_len = go_string::<GO_ADDR_CAP>(req, off.req_remote_addr, &mut rec.addr);
+        rec.pattern_len = go_string::<GO_PATTERN_CAP>(req, off.req_pattern, &mut rec.pattern);
+    }
+    rec.proto_major = field::<u64>(req, off.req_proto_major).unwrap_or(0) as u16;
+    rec.proto_minor = field::<u64>(req, off.req_proto_minor).unwrap_or(0) as u16;
+    rec.content_length = field::<i64>(req, off.req_content_length).unwrap_or(-1);
+    rec.tls = (field::<u64>(req, off.req_tls).unwrap_or(0) != 0) as u8;
+}
+
+/// The socket fd under an HTTP/1 server response: response.conn.rwc (a net.Conn), through
+/// the TLS layer when there is one, to the netFD's poll.FD.
+#[inline(always)]
+fn server_fd(off: &GoOffsets, response: u64, tls: bool) -> i32 {
+    let Some(conn) = field::<u64>(response, off.response_conn) else {
+        return -1;
+    };
+    // An interface is (itab, data); the data word follows the itab word.
+    let Some(mut c) = field::<u64>(conn, off.conn_rwc.wrapping_add(8)) else {
+        return -1;
+    };
+    if tls {
+        match field::<u64>(c, off.tls_conn_conn.wrapping_add(8)) {
+            Some(inner) => c = inner,
+            None => return -1,
+        }
+    }
+    // *net.TCPConn (and *net.UnixConn) embed net.conn first, whose fd is a *netFD.
+    let Some(nfd) = field::<u64>(c, off.net_conn_fd) else {
+        return -1;
+    };
+    if off.netfd_pfd == GO_NO_OFFSET || off.fd_sysfd == GO_NO_OFFSET {
+        return -1;
+    }
+    field::<i64>(nfd, off.netfd_pfd.wrapping_add(off.fd_sysfd))
+        .map(|fd| fd as i32)
+        .unwrap_or(-1)
+}
+
+#[inline(always)]
+fn send(rec: *mut GoHttpRecord) {
+    // SAFETY: `rec` points at a map value of exactly this size.
+    let r = unsafe {
+        generated::bpf_ringbuf_output(
+            core::ptr::addr_of!(EVENTS) as *mut core::ffi::c_void,
+            rec.cast(),
+            core::mem::size_of::<GoHttpRecord>() as u64,
+            wakeup_flags(),
+        )
+    };
+    if r != 0 {
+        bump(counter::RINGBUF_FULL);
+    }
+}
+
+/// `net/http.serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request)`: RAX = sh.srv,
+/// RBX/RCX = rw (itab, data), RDI = req. HTTP/2 requests pass here too.
+#[uprobe]
+pub fn go_server_enter(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: map lookup; the value is copied at once.
+    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = goid(&off, r.r14) else {
+        return 0;
+    };
+    let Some(rec) = scratch(go_role::SERVER, tgid, goid) else {
+        return 0;
+    };
+    read_request(&off, r.rdi, rec);
+    rec.object = r.rcx;
+    if rec.proto_major == 1 {
+        rec.fd = server_fd(&off, r.rcx, rec.tls != 0);
+    }
+    let key = GoKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    if GO_SERVER.insert(&key, rec, 0).is_err() {
+        bump(counter::ACTIVE_FULL);
+    }
+    0
+}
+
+/// A RET of `serverHandler.ServeHTTP`: the handler is done and the status is set.
+#[uprobe]
+pub fn go_server_ret(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: as above.
+    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let Some(goid) = goid(&off, regs(&ctx).r14) else {
+        return 0;
+    };
+    let key = GoKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    let Some(rec) = GO_SERVER.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: this goroutine's map value; only this goroutine's probes touch it.
+    unsafe {
+        if (*rec).proto_major == 1 {
+            (*rec).status = field::<u64>((*rec).object, off.response_status).unwrap_or(0) as u32;
+        }
+        (*rec).end_ns = now();
+    }
+    send(rec);
+    let _ = GO_SERVER.remove(&key);
+    0
+}
+
+/// `net/http.(*Transport).roundTrip(t, req *Request) (*Response, error)`: RAX = t, RBX = req.
+#[uprobe]
+pub fn go_client_enter(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: as above.
+    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = goid(&off, r.r14) else {
+        return 0;
+    };
+    let Some(rec) = scratch(go_role::CLIENT, tgid, goid) else {
+        return 0;
+    };
+    read_request(&off, r.rbx, rec);
+    // The server request this call serves: on this goroutine, or on the one that started it.
+    let mut g = goid;
+    for _ in 0..ANCESTORS {
+        let key = GoKey {
+            tgid,
+            _pad: 0,
+            goid: g,
+        };
+        // SAFETY: map lookup, fields copied at once.
+        if let Some(server) = unsafe { GO_SERVER.get(&key) } {
+            rec.parent_goid = g;
+            rec.parent_start_ns = server.start_ns;
+            rec.traceparent = server.traceparent;
+            rec.traceparent_len = server.traceparent_len;
+            break;
+        }
+        // SAFETY: as above.
+        match unsafe { GO_PARENT.get(&key) } {
+            Some(p) if *p != 0 => g = *p,
+            _ => break,
+        }
+    }
+    let key = GoKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    if GO_CLIENT.insert(&key, rec, 0).is_err() {
+        bump(counter::ACTIVE_FULL);
+    }
+    0
+}
+
+/// A RET of `Transport.roundTrip`: RAX = *Response (nil on error).
+#[uprobe]
+pub fn go_client_ret(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: as above.
+    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = goid(&off, r.r14) else {
+        return 0;
+    };
+    let key = GoKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    let Some(rec) = GO_CLIENT.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: this goroutine's map value.
+    unsafe {
+        (*rec).status = field::<u64>(r.rax, off.resp_status_code).unwrap_or(0) as u32;
+        (*rec).end_ns = now();
+    }
+    send(rec);
+    let _ = GO_CLIENT.remove(&key);
+    0
+}
+
+/// `runtime.newproc1(fn, callergp *g, callerpc) *g`: remember the creating goroutine.
+#[uprobe]
+pub fn go_newproc_enter(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: as above.
+    let Some(off) = (unsafe { GO_PROCS.get(&((id >> 32) as u32)) }).copied() else {
+        return 0;
+    };
+    if let Some(parent) = goid(&off, regs(&ctx).rbx) {
+        let _ = GO_NEWPROC.insert(&id, &parent, 0);
+    }
+    0
+}
+
+/// A RET of `runtime.newproc1`: RAX = the new goroutine.
+#[uprobe]
+pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: as above.
+    let Some(parent) = (unsafe { GO_NEWPROC.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = GO_NEWPROC.remove(&id);
+    // SAFETY: as above.
+    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    if let Some(child) = goid(&off, regs(&ctx).rax) {
+        let _ = GO_PARENT.insert(
+            &GoKey {
+                tgid,
+                _pad: 0,
+                goid: child,
+            },
+            &parent,
+            0,
+        );
+    }
+    0
+}
