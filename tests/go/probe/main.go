@@ -6,10 +6,16 @@ package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -19,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -27,21 +34,89 @@ func getg() uintptr
 func main() {
 	offsets := flag.Bool("offsets", false, "print struct field offsets and exit")
 	listen := flag.String("listen", "127.0.0.1:0", "address to serve on")
+	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate")
+	h1only := flag.Bool("h1", false, "with -tls: offer HTTP/1.1 only")
+	next := flag.String("next", "", "URL that /chain/ and /spawn/ call onward")
+	clientH2 := flag.Bool("client-h2", false, "call onward over HTTP/2 when the next hop offers it")
 	flag.Parse()
 	if *offsets {
 		printOffsets()
 		return
 	}
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		ForceAttemptHTTP2: *clientH2,
+	}}
+	if !*clientH2 {
+		client.Transport.(*http.Transport).TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	onward := func(r *http.Request) int {
+		req, _ := http.NewRequest("GET", *next, nil)
+		res, err := client.Do(req)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "onward:", err)
+			return 502
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res.StatusCode
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/items/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s %s\n", r.Method, r.URL.Path, r.Proto)
+	})
+	mux.HandleFunc("/status/", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/status/"))
+		if err != nil {
+			code = 400
+		}
+		w.WriteHeader(code)
+	})
+	// The onward call on the handler's own goroutine.
+	mux.HandleFunc("/chain/", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(onward(r))
+	})
+	// The onward call on a goroutine the handler starts.
+	mux.HandleFunc("/spawn/", func(w http.ResponseWriter, r *http.Request) {
+		done := make(chan int)
+		go func() { done <- onward(r) }()
+		w.WriteHeader(<-done)
 	})
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	srv := &http.Server{Handler: mux}
 	fmt.Println("listening on", ln.Addr())
-	fmt.Fprintln(os.Stderr, http.Serve(ln, nil))
+	if *useTLS {
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned()}}
+		if *h1only {
+			srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		}
+		fmt.Fprintln(os.Stderr, srv.ServeTLS(ln, "", ""))
+		return
+	}
+	fmt.Fprintln(os.Stderr, srv.Serve(ln))
+}
+
+func selfSigned() tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func out(ty, field string, off uintptr) {

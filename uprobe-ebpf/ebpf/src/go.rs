@@ -17,6 +17,7 @@ use aya_ebpf::{
 use sightline_common::{
     counter, go_role, kind, GoHttpRecord, GoKey, GoOffsets, GO_ADDR_CAP, GO_HOST_CAP,
     GO_METHOD_CAP, GO_NO_OFFSET, GO_PATH_CAP, GO_PATTERN_CAP, GO_QUERY_CAP, GO_SCHEME_CAP,
+    GO_TRACEPARENT_CAP,
 };
 
 #[map]
@@ -150,6 +151,85 @@ fn read_request(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
     rec.tls = (field::<u64>(req, off.req_tls).unwrap_or(0) != 0) as u8;
 }
 
+/// Go's classic map layout (every release this supports, up to 1.23) for the `http.Header`
+/// type `map[string][]string`: a bucket is 8 top hashes, 8 string keys, 8 slices and an
+/// overflow pointer.
+const BUCKET_KEYS: u64 = 8;
+const BUCKET_ELEMS: u64 = 8 + 8 * 16;
+const BUCKET_OVERFLOW: u64 = 8 + 8 * 16 + 8 * 24;
+/// Top hashes below this mark empty or evacuated slots.
+const MIN_TOP_HASH: u8 = 5;
+/// Buckets looked at: 2^3, enough for 52 headers at Go's load factor.
+const MAX_BUCKETS_LOG2: u8 = 3;
+
+/// Copies the first `Traceparent` value of a request's headers (Go canonicalises the name).
+#[inline(always)]
+fn read_traceparent(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
+    if off.hmap_buckets == GO_NO_OFFSET || off.hmap_b == GO_NO_OFFSET {
+        return;
+    }
+    let Some(hmap) = field::<u64>(req, off.req_header) else {
+        return;
+    };
+    let Some(b) = field::<u8>(hmap, off.hmap_b) else {
+        return;
+    };
+    if b > MAX_BUCKETS_LOG2 {
+        return;
+    }
+    let Some(buckets) = field::<u64>(hmap, off.hmap_buckets) else {
+        return;
+    };
+    if buckets == 0 {
+        return;
+    }
+    let n = 1u64 << b;
+    let size = BUCKET_OVERFLOW + 8;
+    for i in 0..(1u64 << MAX_BUCKETS_LOG2) {
+        if i >= n {
+            break;
+        }
+        let bucket = buckets + i * size;
+        if let Some(found) = traceparent_in_bucket(bucket, rec) {
+            if found {
+                return;
+            }
+        }
+        // One overflow bucket, for a crowded first one.
+        if let Some(ov) = read::<u64>(bucket + BUCKET_OVERFLOW) {
+            if ov != 0 && traceparent_in_bucket(ov, rec) == Some(true) {
+                return;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn traceparent_in_bucket(bucket: u64, rec: &mut GoHttpRecord) -> Option<bool> {
+    let tophash = read::<[u8; 8]>(bucket)?;
+    for j in 0..8u64 {
+        if tophash[j as usize] < MIN_TOP_HASH {
+            continue;
+        }
+        let key = read::<[u64; 2]>(bucket + BUCKET_KEYS + j * 16)?;
+        if key[1] != 11 {
+            continue;
+        }
+        let name = read::<[u8; 11]>(key[0])?;
+        if &name != b"Traceparent" {
+            continue;
+        }
+        // []string: the first element's string header.
+        let slice = read::<[u64; 3]>(bucket + BUCKET_ELEMS + j * 24)?;
+        if slice[1] == 0 {
+            return Some(false);
+        }
+        rec.traceparent_len = go_string::<GO_TRACEPARENT_CAP>(slice[0], 0, &mut rec.traceparent);
+        return Some(true);
+    }
+    Some(false)
+}
+
 /// The socket fd under an HTTP/1 server response: response.conn.rwc (a net.Conn), through
 /// the TLS layer when there is one, to the netFD's poll.FD.
 #[inline(always)]
@@ -213,6 +293,7 @@ pub fn go_server_enter(ctx: ProbeContext) -> u32 {
         return 0;
     };
     read_request(&off, r.rdi, rec);
+    read_traceparent(&off, r.rdi, rec);
     rec.object = r.rcx;
     if rec.proto_major == 1 {
         rec.fd = server_fd(&off, r.rcx, rec.tls != 0);
