@@ -283,6 +283,9 @@ pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
         hmap_count: get("runtime.hmap", "count"),
         hmap_b: get("runtime.hmap", "B"),
         hmap_buckets: get("runtime.hmap", "buckets"),
+        pconn_conn: get("net/http.persistConn", "conn"),
+        pconn_tls_state: get("net/http.persistConn", "tlsState"),
+        _pad: 0,
     };
     for (ty, f, v) in [
         ("runtime.g", "goid", o.g_goid),

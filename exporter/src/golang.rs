@@ -10,21 +10,84 @@ use crate::telemetry::redact::redact_query;
 use crate::telemetry::trace_context::{new_span_id, new_trace_id, parse_traceparent};
 use rustc_hash::FxHashMap;
 use sightline_common::go_role;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// A server request's trace ids are fixed by whichever of its records is read first: a client
-/// call it made ends (and is read) before the request itself does.
+/// A server request, by process, goroutine and entry time.
 type ServerKey = (u32, u64, u64);
 
-/// Contexts older than this are dropped: their server request never ended (or was lost).
-const CONTEXT_TTL_NS: u64 = 120_000_000_000;
-/// Past this many open contexts the oldest half is dropped; joins are lost, never memory.
-const MAX_CONTEXTS: usize = 65_536;
+/// Where a client call and the server call answering it on this host meet: the client's
+/// address and port, and the server's port.
+type ConnKey = (IpAddr, u16, u16);
+
+/// How long a server request whose caller is on this host waits for that caller's record.
+/// The caller's round trip ends after the request does, and records are read in batches.
+pub const JOIN_GRACE: Duration = Duration::from_millis(150);
+/// Contexts older than this are settled as they are: their server request never ended.
+const CONTEXT_TTL: Duration = Duration::from_secs(120);
+/// Calls held at once; past this the oldest contexts are settled early (joins are lost,
+/// never memory).
+const MAX_HELD: usize = 65_536;
+
+/// The trace a server request belongs to, once known.
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    trace_id: u128,
+    flags: u8,
+    parent: Option<u64>,
+}
+
+/// One server request's trace context. Its calls (the request itself and the client calls
+/// its handler made) are held until its trace is known: a caller on this host may still turn
+/// it into a child of that caller's trace.
+struct Ctx {
+    span_id: u64,
+    settled: Option<Settled>,
+    held: Vec<Call>,
+    /// Server requests in other processes that answer this request's client calls: they join
+    /// this trace, under the client span that called them.
+    dependents: Vec<(ServerKey, u64)>,
+    /// When to stop waiting for a caller on this host.
+    deadline: Option<Instant>,
+    /// Where the request's caller would show up, to stop waiting for it once settled.
+    awaiting: Option<ConnKey>,
+    born: Instant,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        Ctx {
+            span_id: new_span_id(),
+            settled: None,
+            held: Vec::new(),
+            dependents: Vec::new(),
+            deadline: None,
+            awaiting: None,
+            born: Instant::now(),
+        }
+    }
+}
+
+/// A client call seen recently, for a server record read after it.
+#[derive(Debug, Clone, Copy)]
+struct RecentClient {
+    owner: Option<ServerKey>,
+    span_id: u64,
+    trace: Option<(u128, u8)>,
+    start_ns: u64,
+    end_ns: u64,
+    seen: Instant,
+}
 
 #[derive(Default)]
 pub struct GoCalls {
-    contexts: FxHashMap<ServerKey, (u128, u64, u8, u64)>,
+    contexts: FxHashMap<ServerKey, Ctx>,
+    /// Server requests waiting for their caller, by where that caller would be.
+    waiting: FxHashMap<ConnKey, Vec<(ServerKey, u64, u64)>>,
+    recent_clients: FxHashMap<ConnKey, Vec<RecentClient>>,
+    held: usize,
+    ready: Vec<Call>,
 }
 
 /// Where the call's socket ends are, when the probes could follow its fd.
@@ -35,119 +98,345 @@ pub struct GoConn {
 }
 
 impl GoCalls {
-    /// The (trace id, span id, flags) of a server request, fixed on first use; an incoming
-    /// `traceparent` decides the trace.
-    fn server_context(
-        &mut self,
-        key: ServerKey,
-        traceparent: &str,
-    ) -> (u128, u64, u8, Option<u64>) {
-        let incoming = parse_traceparent(traceparent);
-        let e = self.contexts.entry(key).or_insert_with(|| {
-            let (trace, flags) = incoming.map_or((new_trace_id(), 1), |t| (t.trace_id, t.flags));
-            (trace, new_span_id(), flags, key.2)
-        });
-        (e.0, e.1, e.2, incoming.map(|t| t.span_id))
+    /// Calls whose trace is settled, in the order they were settled.
+    pub fn take_ready(&mut self) -> std::vec::Drain<'_, Call> {
+        self.ready.drain(..)
     }
 
-    pub fn call(
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    pub fn add(
         &mut self,
         process: Arc<ProcessInfo>,
         r: &GoRecord,
         conn: GoConn,
         redact_query_values: bool,
         mono_to_unix_ns: i128,
-    ) -> Call {
-        let role = if r.role == go_role::CLIENT {
-            Role::Client
-        } else {
-            Role::Server
-        };
-        let (trace_id, span_id, parent_span_id, trace_flags) = match role {
-            Role::Server => {
-                let key = (r.tgid, r.goid, r.start_ns);
-                let (t, s, f, parent) = self.server_context(key, &r.traceparent);
-                self.contexts.remove(&key);
-                (t, s, parent, f)
+    ) {
+        let mut call = base_call(process, r, conn, redact_query_values, mono_to_unix_ns);
+        match call.role {
+            Role::Server => self.add_server(r, call, conn),
+            Role::Client => {
+                call.span_id = new_span_id();
+                let owner =
+                    (r.parent_goid != 0).then_some((r.tgid, r.parent_goid, r.parent_start_ns));
+                let trace;
+                match owner {
+                    Some(k) => {
+                        let ctx = self.contexts.entry(k).or_insert_with(Ctx::new);
+                        call.parent_span_id = Some(ctx.span_id);
+                        // The caller's own trace, when it arrived with one.
+                        if let Some(tp) = parse_traceparent(&r.traceparent) {
+                            if ctx.settled.is_none() {
+                                ctx.settled = Some(Settled {
+                                    trace_id: tp.trace_id,
+                                    flags: tp.flags,
+                                    parent: Some(tp.span_id),
+                                });
+                            }
+                        }
+                        trace = ctx.settled.map(|s| (s.trace_id, s.flags));
+                    }
+                    None => {
+                        call.trace_id = new_trace_id();
+                        call.trace_flags = 1;
+                        trace = Some((call.trace_id, 1));
+                    }
+                }
+                if let (Some(local), Some(peer)) = (conn.local, conn.peer) {
+                    self.client_seen(
+                        (local.ip(), local.port(), peer.port()),
+                        RecentClient {
+                            owner,
+                            span_id: call.span_id,
+                            trace,
+                            start_ns: r.start_ns,
+                            end_ns: r.end_ns,
+                            seen: Instant::now(),
+                        },
+                    );
+                }
+                match owner {
+                    Some(k) => self.hold(k, call),
+                    None => self.ready.push(call),
+                }
             }
-            Role::Client if r.parent_goid != 0 => {
-                let key = (r.tgid, r.parent_goid, r.parent_start_ns);
-                let (t, parent, f, _) = self.server_context(key, &r.traceparent);
-                (t, new_span_id(), Some(parent), f)
-            }
-            Role::Client => (new_trace_id(), new_span_id(), None, 1),
-        };
-        let known = [
-            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-        ];
-        let (method, method_original) = if known.contains(&r.method.as_str()) {
-            (r.method.clone(), None)
-        } else {
-            ("_OTHER".to_string(), Some(r.method.clone()))
-        };
-        let (host, host_port) = split_host(Some(&r.host));
-        let scheme = match role {
-            Role::Client if r.scheme == "https" => "https",
-            Role::Client => "http",
-            Role::Server if r.tls => "https",
-            Role::Server => "http",
-        };
-        let query = (!r.query.is_empty()).then(|| {
-            if redact_query_values {
-                redact_query(&r.query)
-            } else {
-                r.query.clone()
-            }
-        });
-        let peer = match role {
-            Role::Server => r.addr.parse().ok().or(conn.peer),
-            Role::Client => conn.peer,
-        };
-        Call {
-            process,
-            role,
-            method,
-            method_original,
-            path: if r.path.is_empty() {
-                "/".into()
-            } else {
-                r.path.clone()
-            },
-            query,
-            absolute_authority: None,
-            status: u16::try_from(r.status).unwrap_or(0),
-            route: (!r.pattern.is_empty()).then(|| route_of(&r.pattern)),
-            protocol_version: match (r.proto_major, r.proto_minor) {
-                (2, _) => "2",
-                (1, 0) => "1.0",
-                _ => "1.1",
-            },
-            scheme,
-            host,
-            host_port,
-            peer,
-            local: conn.local,
-            user_agent: None,
-            start_unix_ns: (r.start_ns as i128 + mono_to_unix_ns).max(0) as u64,
-            duration_ns: r.end_ns.saturating_sub(r.start_ns),
-            trace_id,
-            span_id,
-            parent_span_id,
-            trace_flags,
-            tracestate: None,
         }
     }
 
-    /// Drops contexts whose server request is long gone.
-    pub fn expire(&mut self, now_mono_ns: u64) {
-        self.contexts
-            .retain(|_, v| now_mono_ns.saturating_sub(v.3) < CONTEXT_TTL_NS);
-        if self.contexts.len() > MAX_CONTEXTS {
-            let mut ages: Vec<u64> = self.contexts.values().map(|v| v.3).collect();
-            ages.sort_unstable();
-            let cut = ages[ages.len() / 2];
-            self.contexts.retain(|_, v| v.3 >= cut);
+    fn add_server(&mut self, r: &GoRecord, mut call: Call, conn: GoConn) {
+        let key = (r.tgid, r.goid, r.start_ns);
+        let ctx = self.contexts.entry(key).or_insert_with(Ctx::new);
+        call.span_id = ctx.span_id;
+        // An incoming traceparent is what the caller itself said: it wins.
+        if let Some(tp) = parse_traceparent(&r.traceparent) {
+            ctx.settled = Some(Settled {
+                trace_id: tp.trace_id,
+                flags: tp.flags,
+                parent: Some(tp.span_id),
+            });
         }
+        let here = match (call.peer, conn.local) {
+            (Some(p), Some(l)) => Some((p.ip(), p.port(), l.port()))
+                .filter(|_| p.ip().is_loopback() || p.ip() == l.ip()),
+            _ => None,
+        };
+        let settled = ctx.settled.is_some();
+        self.hold(key, call);
+        if settled {
+            self.settle(key, None);
+            return;
+        }
+        let Some(ck) = here else {
+            self.settle(key, None);
+            return;
+        };
+        // The caller may already have been read.
+        let found = self.recent_clients.get(&ck).and_then(|v| {
+            v.iter()
+                .find(|c| c.start_ns <= r.start_ns && r.end_ns <= c.end_ns)
+                .copied()
+        });
+        if let Some(c) = found {
+            self.join(key, c);
+            return;
+        }
+        if let Some(ctx) = self.contexts.get_mut(&key) {
+            ctx.deadline = Some(Instant::now() + JOIN_GRACE);
+            ctx.awaiting = Some(ck);
+        }
+        self.waiting
+            .entry(ck)
+            .or_default()
+            .push((key, r.start_ns, r.end_ns));
+    }
+
+    /// A client call on this host: if a server request waits for it, that request joins it.
+    fn client_seen(&mut self, ck: ConnKey, c: RecentClient) {
+        let matched = self.waiting.get_mut(&ck).and_then(|v| {
+            let i = v
+                .iter()
+                .position(|(_, s, e)| c.start_ns <= *s && *e <= c.end_ns)?;
+            Some(v.swap_remove(i).0)
+        });
+        if let Some(server) = matched {
+            self.join(server, c);
+        } else {
+            self.recent_clients.entry(ck).or_default().push(c);
+        }
+    }
+
+    /// Server request `server` answers client call `c`: it becomes that span's child.
+    fn join(&mut self, server: ServerKey, c: RecentClient) {
+        if let Some(ctx) = self.contexts.get_mut(&server) {
+            ctx.deadline = None;
+            ctx.awaiting = None;
+        }
+        match (c.trace, c.owner) {
+            (Some((trace_id, flags)), _) => self.settle(
+                server,
+                Some(Settled {
+                    trace_id,
+                    flags,
+                    parent: Some(c.span_id),
+                }),
+            ),
+            (None, Some(owner)) => {
+                // The caller's own trace is not known yet: follow it when it is.
+                let resolved = self.contexts.get(&owner).and_then(|o| o.settled);
+                match resolved {
+                    Some(s) => self.settle(
+                        server,
+                        Some(Settled {
+                            trace_id: s.trace_id,
+                            flags: s.flags,
+                            parent: Some(c.span_id),
+                        }),
+                    ),
+                    None => {
+                        if let Some(o) = self.contexts.get_mut(&owner) {
+                            o.dependents.push((server, c.span_id));
+                        }
+                    }
+                }
+            }
+            (None, None) => self.settle(server, None),
+        }
+    }
+
+    fn hold(&mut self, key: ServerKey, call: Call) {
+        let ctx = self.contexts.entry(key).or_insert_with(Ctx::new);
+        match ctx.settled {
+            Some(s) if ctx.held.is_empty() && call.role == Role::Client => {
+                let mut call = call;
+                call.trace_id = s.trace_id;
+                call.trace_flags = s.flags;
+                self.ready.push(call);
+            }
+            _ => {
+                ctx.held.push(call);
+                self.held += 1;
+            }
+        }
+        if self.held > MAX_HELD {
+            let mut oldest: Vec<(Instant, ServerKey)> =
+                self.contexts.iter().map(|(k, c)| (c.born, *k)).collect();
+            oldest.sort_unstable();
+            for (_, k) in oldest.into_iter().take(self.contexts.len() / 2) {
+                self.settle(k, None);
+            }
+        }
+    }
+
+    /// Fixes a server request's trace (`how`, or its own when `None`), releases its calls, and
+    /// settles the requests that joined it.
+    fn settle(&mut self, key: ServerKey, how: Option<Settled>) {
+        let mut stack = vec![(key, how)];
+        while let Some((key, how)) = stack.pop() {
+            let Some(ctx) = self.contexts.get_mut(&key) else {
+                continue;
+            };
+            let s = match (how, ctx.settled) {
+                (Some(h), None) => h,
+                (_, Some(own)) => own,
+                (None, None) => Settled {
+                    trace_id: new_trace_id(),
+                    flags: 1,
+                    parent: None,
+                },
+            };
+            ctx.settled = Some(s);
+            ctx.deadline = None;
+            if let Some(ck) = ctx.awaiting.take() {
+                if let Some(v) = self.waiting.get_mut(&ck) {
+                    v.retain(|(k, _, _)| *k != key);
+                }
+            }
+            for mut call in ctx.held.drain(..) {
+                call.trace_id = s.trace_id;
+                call.trace_flags = s.flags;
+                if call.role == Role::Server {
+                    call.parent_span_id = s.parent;
+                }
+                self.held -= 1;
+                self.ready.push(call);
+            }
+            for (dep, parent) in ctx.dependents.drain(..) {
+                stack.push((
+                    dep,
+                    Some(Settled {
+                        trace_id: s.trace_id,
+                        flags: s.flags,
+                        parent: Some(parent),
+                    }),
+                ));
+            }
+        }
+    }
+
+    /// Settles requests that waited long enough for a caller, and forgets old state. Called
+    /// after every batch.
+    pub fn expire(&mut self, force: bool) {
+        let now = Instant::now();
+        let due: Vec<ServerKey> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| {
+                c.settled.is_none()
+                    && (force
+                        || c.deadline.is_some_and(|d| now >= d)
+                        || now.duration_since(c.born) > CONTEXT_TTL)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            self.settle(k, None);
+        }
+        // Settled contexts with nothing held are kept a while for late client calls.
+        self.contexts.retain(|_, c| {
+            !(c.settled.is_some() && c.held.is_empty() && c.dependents.is_empty())
+                || now.duration_since(c.born) < CONTEXT_TTL.min(Duration::from_secs(10))
+        });
+        self.recent_clients.retain(|_, v| {
+            v.retain(|c| now.duration_since(c.seen) < JOIN_GRACE * 4);
+            !v.is_empty()
+        });
+        self.waiting.retain(|_, v| !v.is_empty());
+    }
+}
+
+fn base_call(
+    process: Arc<ProcessInfo>,
+    r: &GoRecord,
+    conn: GoConn,
+    redact_query_values: bool,
+    mono_to_unix_ns: i128,
+) -> Call {
+    let role = if r.role == go_role::CLIENT {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let known = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let (method, method_original) = if known.contains(&r.method.as_str()) {
+        (r.method.clone(), None)
+    } else {
+        ("_OTHER".to_string(), Some(r.method.clone()))
+    };
+    let (host, host_port) = split_host(Some(&r.host));
+    let scheme = match role {
+        Role::Client if r.scheme == "https" => "https",
+        Role::Client => "http",
+        Role::Server if r.tls => "https",
+        Role::Server => "http",
+    };
+    let query = (!r.query.is_empty()).then(|| {
+        if redact_query_values {
+            redact_query(&r.query)
+        } else {
+            r.query.clone()
+        }
+    });
+    let peer = match role {
+        Role::Server => r.addr.parse().ok().or(conn.peer),
+        Role::Client => conn.peer,
+    };
+    Call {
+        process,
+        role,
+        method,
+        method_original,
+        path: if r.path.is_empty() {
+            "/".into()
+        } else {
+            r.path.clone()
+        },
+        query,
+        absolute_authority: None,
+        status: u16::try_from(r.status).unwrap_or(0),
+        route: (!r.pattern.is_empty()).then(|| route_of(&r.pattern)),
+        protocol_version: match (r.proto_major, r.proto_minor) {
+            (2, _) => "2",
+            (1, 0) => "1.0",
+            _ => "1.1",
+        },
+        scheme,
+        host,
+        host_port,
+        peer,
+        local: conn.local,
+        user_agent: None,
+        start_unix_ns: (r.start_ns as i128 + mono_to_unix_ns).max(0) as u64,
+        duration_ns: r.end_ns.saturating_sub(r.start_ns),
+        trace_id: 0,
+        span_id: 0,
+        parent_span_id: None,
+        trace_flags: 1,
+        tracestate: None,
     }
 }
 
@@ -165,13 +454,13 @@ fn route_of(pattern: &str) -> String {
 mod tests {
     use super::*;
 
-    fn rec(role: u32, goid: u64, start: u64) -> GoRecord {
+    fn rec(role: u32, tgid: u32, goid: u64, start: u64, end: u64) -> GoRecord {
         GoRecord {
             role,
-            tgid: 7,
+            tgid,
             goid,
             start_ns: start,
-            end_ns: start + 10,
+            end_ns: end,
             method: "GET".into(),
             path: "/a".into(),
             proto_major: 1,
@@ -180,46 +469,164 @@ mod tests {
         }
     }
 
-    fn process() -> Arc<ProcessInfo> {
-        Arc::new(ProcessInfo::from_parts(7, "svc".into(), "svc".into(), b""))
+    fn process(pid: u32) -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo::from_parts(
+            pid,
+            "svc".into(),
+            "svc".into(),
+            b"",
+        ))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn a_client_call_read_first_is_still_the_child_of_its_server_request() {
         let mut g = GoCalls::default();
-        let mut client = rec(go_role::CLIENT, 9, 150);
+        let mut client = rec(go_role::CLIENT, 7, 9, 150, 160);
         client.parent_goid = 5;
         client.parent_start_ns = 100;
-        let c = g.call(process(), &client, GoConn::default(), true, 0);
-        let s = g.call(
-            process(),
-            &rec(go_role::SERVER, 5, 100),
-            GoConn::default(),
-            true,
+        g.add(process(7), &client, GoConn::default(), true, 0);
+        assert_eq!(
+            g.take_ready().count(),
             0,
+            "held until its request's trace is known"
         );
+        let mut server = rec(go_role::SERVER, 7, 5, 100, 200);
+        server.addr = "10.0.0.9:5555".into();
+        g.add(process(7), &server, GoConn::default(), true, 0);
+        let out: Vec<Call> = g.take_ready().collect();
+        assert_eq!(out.len(), 2);
+        let (c, s) = (&out[0], &out[1]);
+        assert_eq!(c.role, Role::Client);
         assert_eq!(c.trace_id, s.trace_id);
         assert_eq!(c.parent_span_id, Some(s.span_id));
         assert_eq!(s.parent_span_id, None);
-        assert!(g.contexts.is_empty());
+        assert_eq!(g.held(), 0);
     }
 
     #[test]
     fn an_incoming_traceparent_is_continued_by_server_and_children() {
         let mut g = GoCalls::default();
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let mut server = rec(go_role::SERVER, 5, 100);
-        server.traceparent = tp.into();
-        let mut client = rec(go_role::CLIENT, 5, 120);
+        let mut client = rec(go_role::CLIENT, 7, 5, 120, 130);
         client.parent_goid = 5;
         client.parent_start_ns = 100;
         client.traceparent = tp.into();
-        let c = g.call(process(), &client, GoConn::default(), true, 0);
-        let s = g.call(process(), &server, GoConn::default(), true, 0);
+        g.add(process(7), &client, GoConn::default(), true, 0);
+        let mut server = rec(go_role::SERVER, 7, 5, 100, 200);
+        server.traceparent = tp.into();
+        g.add(process(7), &server, GoConn::default(), true, 0);
+        let out: Vec<Call> = g.take_ready().collect();
+        let c = out.iter().find(|c| c.role == Role::Client).unwrap();
+        let s = out.iter().find(|c| c.role == Role::Server).unwrap();
         assert_eq!(s.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
         assert_eq!(s.parent_span_id, Some(0xb7ad6b7169203331));
         assert_eq!(c.trace_id, s.trace_id);
         assert_eq!(c.parent_span_id, Some(s.span_id));
+    }
+
+    /// A → B → C on one host, read in the order the probes emit: C's request, B's call to C,
+    /// B's request, A's call to B, A's request. One trace, each hop under its caller.
+    #[test]
+    fn a_chain_on_one_host_is_one_trace() {
+        let mut g = GoCalls::default();
+        let conn = |l: &str, p: &str| GoConn {
+            local: Some(addr(l)),
+            peer: Some(addr(p)),
+        };
+        // C (pid 3) serves B's call, arriving from B's port 4002.
+        let mut c_srv = rec(go_role::SERVER, 3, 1, 300, 310);
+        c_srv.addr = "127.0.0.1:4002".into();
+        g.add(
+            process(3),
+            &c_srv,
+            conn("127.0.0.1:9003", "127.0.0.1:4002"),
+            true,
+            0,
+        );
+        // B's client call to C, made while serving request (2, 11, 200).
+        let mut b_cli = rec(go_role::CLIENT, 2, 12, 290, 320);
+        b_cli.parent_goid = 11;
+        b_cli.parent_start_ns = 200;
+        g.add(
+            process(2),
+            &b_cli,
+            conn("127.0.0.1:4002", "127.0.0.1:9003"),
+            true,
+            0,
+        );
+        let mut b_srv = rec(go_role::SERVER, 2, 11, 200, 400);
+        b_srv.addr = "127.0.0.1:4001".into();
+        g.add(
+            process(2),
+            &b_srv,
+            conn("127.0.0.1:9002", "127.0.0.1:4001"),
+            true,
+            0,
+        );
+        let mut a_cli = rec(go_role::CLIENT, 1, 21, 150, 450);
+        a_cli.parent_goid = 20;
+        a_cli.parent_start_ns = 100;
+        g.add(
+            process(1),
+            &a_cli,
+            conn("127.0.0.1:4001", "127.0.0.1:9002"),
+            true,
+            0,
+        );
+        assert_eq!(
+            g.take_ready().count(),
+            0,
+            "nothing is final before the root is"
+        );
+        let mut a_srv = rec(go_role::SERVER, 1, 20, 100, 500);
+        a_srv.addr = "192.0.2.1:5000".into();
+        g.add(
+            process(1),
+            &a_srv,
+            conn("192.0.2.2:9001", "192.0.2.1:5000"),
+            true,
+            0,
+        );
+        let out: Vec<Call> = g.take_ready().collect();
+        assert_eq!(out.len(), 5);
+        let find = |pid: u32, role: Role| {
+            out.iter()
+                .find(|c| c.process.pid == pid && c.role == role)
+                .unwrap()
+        };
+        let (a_s, a_c) = (find(1, Role::Server), find(1, Role::Client));
+        let (b_s, b_c) = (find(2, Role::Server), find(2, Role::Client));
+        let c_s = find(3, Role::Server);
+        assert!(out.iter().all(|c| c.trace_id == a_s.trace_id));
+        assert_eq!(a_s.parent_span_id, None);
+        assert_eq!(a_c.parent_span_id, Some(a_s.span_id));
+        assert_eq!(b_s.parent_span_id, Some(a_c.span_id));
+        assert_eq!(b_c.parent_span_id, Some(b_s.span_id));
+        assert_eq!(c_s.parent_span_id, Some(b_c.span_id));
+        assert_eq!(g.held(), 0);
+    }
+
+    #[test]
+    fn a_local_caller_that_never_shows_up_costs_only_the_grace() {
+        let mut g = GoCalls::default();
+        let mut s = rec(go_role::SERVER, 1, 1, 100, 200);
+        s.addr = "127.0.0.1:4444".into();
+        let conn = GoConn {
+            local: Some(addr("127.0.0.1:8080")),
+            peer: None,
+        };
+        g.add(process(1), &s, conn, true, 0);
+        assert_eq!(g.take_ready().count(), 0);
+        std::thread::sleep(JOIN_GRACE + Duration::from_millis(20));
+        g.expire(false);
+        let out: Vec<Call> = g.take_ready().collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].parent_span_id, None);
+        assert_ne!(out[0].trace_id, 0);
     }
 
     #[test]

@@ -196,6 +196,10 @@ pub const GO_PROBES: [(&str, &str, &str); 3] = [
     ("runtime.newproc1", "go_newproc_enter", "go_newproc_ret"),
 ];
 
+/// Go functions probed at entry only: (symbol, program).
+pub const GO_ENTRY_PROBES: [(&str, &str); 1] =
+    [("net/http.(*persistConn).roundTrip", "go_pconn_enter")];
+
 /// Maps that other stages read, handed out once.
 pub struct Channels {
     pub events: RingBuf<MapData>,
@@ -227,6 +231,7 @@ impl Loader {
             "go_client_ret",
             "go_newproc_enter",
             "go_newproc_ret",
+            "go_pconn_enter",
         ] {
             let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
             p.load()
@@ -353,6 +358,22 @@ impl Loader {
                     )
                 })?;
             }
+            probed.push(symbol);
+        }
+        if probed.is_empty() {
+            return Ok(probed);
+        }
+        for (symbol, prog) in GO_ENTRY_PROBES {
+            let Some(f) = go.function(symbol) else {
+                continue;
+            };
+            let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
+            p.attach(
+                UProbeAttachLocation::AbsoluteOffset(f.file_offset),
+                path,
+                UProbeScope::AllProcesses,
+            )
+            .with_context(|| format!("attaching {prog} to {symbol} in {}", path.display()))?;
             probed.push(symbol);
         }
         Ok(probed)

@@ -378,7 +378,7 @@ impl Pipeline {
             return;
         }
         let mut conn = GoConn::default();
-        if r.fd >= 0 {
+        if r.fd > 0 {
             let s = resolve(&*self.lookup, r.tgid, r.fd, self.use_proc);
             conn.peer = s.peer;
             conn.local = s.local;
@@ -389,18 +389,23 @@ impl Pipeline {
                     .or_insert_with(|| tcp_addrs(r.tgid, lfd).map(|(local, _)| local));
             }
         }
-        let call = self
-            .go
-            .call(process, r, conn, self.redact_query, self.mono_to_unix_ns);
-        self.stats.calls.fetch_add(1, Relaxed);
-        for s in &mut self.sinks {
-            s.on_call(&call);
+        self.go
+            .add(process, r, conn, self.redact_query, self.mono_to_unix_ns);
+        self.release_go();
+    }
+
+    /// Go calls whose trace is now known, to the sinks.
+    fn release_go(&mut self) {
+        for call in self.go.take_ready() {
+            self.stats.calls.fetch_add(1, Relaxed);
+            for s in &mut self.sinks {
+                s.on_call(&call);
+            }
         }
     }
 
     /// Closes connections silent for [`IDLE_NS`].
     pub fn tick(&mut self, now_mono_ns: u64) {
-        self.go.expire(now_mono_ns);
         let idle: Vec<_> = self
             .conns
             .iter()
@@ -431,6 +436,8 @@ impl Pipeline {
 
     /// Called after each batch of records, so sinks write once per batch.
     pub fn flush(&mut self) {
+        self.go.expire(false);
+        self.release_go();
         self.settle_waiting(false);
         self.joins.end_batch();
         for s in &mut self.sinks {
@@ -445,6 +452,8 @@ impl Pipeline {
             self.close_conn(k);
         }
         self.settle_waiting(true);
+        self.go.expire(true);
+        self.release_go();
         self.flush();
     }
 }

@@ -266,6 +266,9 @@ pub struct GoOffsets {
     pub hmap_count: u32,
     pub hmap_b: u32,
     pub hmap_buckets: u32,
+    pub pconn_conn: u32,
+    pub pconn_tls_state: u32,
+    pub _pad: u32,
 }
 
 impl Default for GoOffsets {
@@ -297,6 +300,9 @@ impl Default for GoOffsets {
             hmap_count: GO_NO_OFFSET,
             hmap_b: GO_NO_OFFSET,
             hmap_buckets: GO_NO_OFFSET,
+            pconn_conn: GO_NO_OFFSET,
+            pconn_tls_state: GO_NO_OFFSET,
+            _pad: 0,
         }
     }
 }
@@ -437,7 +443,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 26 * 4);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 29 * 4);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
             72 + 16

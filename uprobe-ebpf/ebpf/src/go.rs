@@ -248,15 +248,7 @@ fn server_fd(off: &GoOffsets, response: u64, tls: bool) -> i32 {
         }
     }
     // *net.TCPConn (and *net.UnixConn) embed net.conn first, whose fd is a *netFD.
-    let Some(nfd) = field::<u64>(c, off.net_conn_fd) else {
-        return -1;
-    };
-    if off.netfd_pfd == GO_NO_OFFSET || off.fd_sysfd == GO_NO_OFFSET {
-        return -1;
-    }
-    field::<i64>(nfd, off.netfd_pfd.wrapping_add(off.fd_sysfd))
-        .map(|fd| fd as i32)
-        .unwrap_or(-1)
+    conn_fd(off, c)
 }
 
 #[inline(always)]
@@ -387,6 +379,61 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         bump(counter::ACTIVE_FULL);
     }
     0
+}
+
+/// `net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc. Runs inside `Transport.roundTrip`
+/// on the same goroutine for HTTP/1; tells that call which socket carries it.
+#[uprobe]
+pub fn go_pconn_enter(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: as above.
+    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = goid(&off, r.r14) else {
+        return 0;
+    };
+    let key = GoKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    let Some(rec) = GO_CLIENT.get_ptr_mut(&key) else {
+        return 0;
+    };
+    let tls = field::<u64>(r.rax, off.pconn_tls_state).unwrap_or(0) != 0;
+    // persistConn.conn is a net.Conn: its data word follows the itab word.
+    let Some(mut c) = field::<u64>(r.rax, off.pconn_conn.wrapping_add(8)) else {
+        return 0;
+    };
+    if tls {
+        match field::<u64>(c, off.tls_conn_conn.wrapping_add(8)) {
+            Some(inner) => c = inner,
+            None => return 0,
+        }
+    }
+    let fd = conn_fd(&off, c);
+    // SAFETY: this goroutine's map value.
+    unsafe {
+        (*rec).fd = fd;
+        (*rec).tls = tls as u8;
+    }
+    0
+}
+
+/// The fd of a *net.TCPConn (or *net.UnixConn): net.conn.fd → netFD.pfd.Sysfd.
+#[inline(always)]
+fn conn_fd(off: &GoOffsets, c: u64) -> i32 {
+    let Some(nfd) = field::<u64>(c, off.net_conn_fd) else {
+        return -1;
+    };
+    if off.netfd_pfd == GO_NO_OFFSET || off.fd_sysfd == GO_NO_OFFSET {
+        return -1;
+    }
+    field::<i64>(nfd, off.netfd_pfd.wrapping_add(off.fd_sysfd))
+        .map(|fd| fd as i32)
+        .unwrap_or(-1)
 }
 
 /// A RET of `Transport.roundTrip`: RAX = *Response (nil on error).
