@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use sightline_common::{counter, names, ConnKey, GoOffsets, SockInfo, SockStateOffsets};
@@ -175,6 +175,10 @@ const FD_SYSCALLS: [&str; 8] = [
 /// The loaded programs. Dropping it detaches and unloads everything: nothing is pinned, so
 /// nothing outlives the process, even on a crash.
 pub struct Loader {
+    /// Every uprobe attached, owned here rather than by its program so that shutdown can drop
+    /// them from many threads at once: each detach waits for grace periods of its own (seconds
+    /// each on this kernel), and concurrent ones share them.
+    links: Vec<UProbeLink>,
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     go_procs: BpfHashMap<MapData, u32, GoOffsets>,
@@ -189,12 +193,35 @@ pub const GO_PROBES: [(&str, &str, &str); 3] = [
         "go_server_ret",
     ),
     (
-        "net/http.(*Transport).roundTrip",
+        "net/http.(*Transport).RoundTrip",
         "go_client_enter",
         "go_client_ret",
     ),
     ("runtime.newproc1", "go_newproc_enter", "go_newproc_ret"),
 ];
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // One thread per link (bounded): the detaches' grace periods overlap only when they
+        // all wait at once.
+        const THREADS: usize = 1024;
+        let links = std::mem::take(&mut self.links);
+        if links.is_empty() {
+            return;
+        }
+        let per = links.len().div_ceil(THREADS);
+        let mut chunks: Vec<Vec<UProbeLink>> = Vec::new();
+        let mut it = links.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(per).collect());
+        }
+        std::thread::scope(|s| {
+            for chunk in chunks {
+                s.spawn(move || drop(chunk));
+            }
+        });
+    }
+}
 
 /// Go functions probed at entry only: (symbol, program).
 pub const GO_ENTRY_PROBES: [(&str, &str); 1] =
@@ -282,6 +309,7 @@ impl Loader {
         let go_procs = BpfHashMap::try_from(take_map(&mut ebpf, names::GO_PROCS)?)?;
         Ok((
             Loader {
+                links: Vec::new(),
                 ebpf,
                 counters,
                 go_procs,
@@ -311,20 +339,8 @@ impl Loader {
                 &["ssl_ret", entry]
             };
             for &prog in progs {
-                let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
-                p.attach(
-                    UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                    &target.path,
-                    UProbeScope::AllProcesses,
-                )
-                .with_context(|| {
-                    format!(
-                        "attaching {prog} to {} in {} at offset {:#x}",
-                        point.symbol,
-                        target.path.display(),
-                        point.file_offset
-                    )
-                })?;
+                self.uprobe(prog, point.file_offset, &target.path)
+                    .with_context(|| format!("probing {}", point.symbol))?;
             }
             attached += 1;
         }
@@ -345,18 +361,8 @@ impl Loader {
             // Return sites first: an entry without its returns would leave calls in flight.
             let sites = rets.iter().map(|r| (ret, r.file_offset));
             for (prog, offset) in sites.chain([(entry, f.file_offset)]) {
-                let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
-                p.attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
-                    path,
-                    UProbeScope::AllProcesses,
-                )
-                .with_context(|| {
-                    format!(
-                        "attaching {prog} to {symbol} in {} at offset {offset:#x}",
-                        path.display()
-                    )
-                })?;
+                self.uprobe(prog, offset, path)
+                    .with_context(|| format!("probing {symbol}"))?;
             }
             probed.push(symbol);
         }
@@ -367,16 +373,31 @@ impl Loader {
             let Some(f) = go.function(symbol) else {
                 continue;
             };
-            let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
-            p.attach(
-                UProbeAttachLocation::AbsoluteOffset(f.file_offset),
-                path,
-                UProbeScope::AllProcesses,
-            )
-            .with_context(|| format!("attaching {prog} to {symbol} in {}", path.display()))?;
+            self.uprobe(prog, f.file_offset, path)
+                .with_context(|| format!("probing {symbol}"))?;
             probed.push(symbol);
         }
         Ok(probed)
+    }
+
+    /// Attaches `prog` at `offset` of the file, for every process that maps it, and keeps the
+    /// link so that shutdown can detach all links at once (see `Drop`).
+    fn uprobe(&mut self, prog: &str, offset: u64, path: &Path) -> anyhow::Result<()> {
+        let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
+        let id = p
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                path,
+                UProbeScope::AllProcesses,
+            )
+            .with_context(|| {
+                format!(
+                    "attaching {prog} to {} at offset {offset:#x}",
+                    path.display()
+                )
+            })?;
+        self.links.push(p.take_link(id)?);
+        Ok(())
     }
 
     /// Tells the Go probes where process `tgid` keeps what they read.

@@ -3,5 +3,6 @@
 
 pub mod flat;
 pub mod gobuild;
+pub mod gosvc;
 pub mod procs;
 pub mod receiver;

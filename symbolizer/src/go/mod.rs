@@ -29,7 +29,7 @@ const fn probe(symbol: &'static str, returns: bool) -> GoProbe {
 
 pub const GO_FUNCTIONS: &[GoProbe] = &[
     probe("net/http.serverHandler.ServeHTTP", true),
-    probe("net/http.(*Transport).roundTrip", true),
+    probe("net/http.(*Transport).RoundTrip", true),
     probe("net/http.(*persistConn).roundTrip", false),
     probe("net/http.Header.writeSubset", false),
     probe("net/http.(*http2serverConn).processHeaders", false),

@@ -343,6 +343,8 @@ pub struct GoHttpRecord {
     pub parent_start_ns: u64,
     /// Server: the ResponseWriter's data pointer, read again at return for the status.
     pub object: u64,
+    /// Server: the `*http.Request`, read again at return for the route the mux chose.
+    pub request: u64,
     pub content_length: i64,
     pub status: u32,
     pub proto_major: u16,
@@ -386,6 +388,7 @@ impl GoHttpRecord {
         parent_goid: 0,
         parent_start_ns: 0,
         object: 0,
+        request: 0,
         content_length: 0,
         status: 0,
         proto_major: 0,
@@ -446,7 +449,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<GoOffsets>(), 29 * 4);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
-            72 + 16
+            80 + 16
                 + 32
                 + GO_METHOD_CAP
                 + GO_PATH_CAP

@@ -112,6 +112,7 @@ fn scratch(role: u32, tgid: u32, goid: u64) -> Option<&'static mut GoHttpRecord>
     rec.parent_goid = 0;
     rec.parent_start_ns = 0;
     rec.object = 0;
+    rec.request = 0;
     rec.content_length = -1;
     rec.status = 0;
     rec.proto_major = 0;
@@ -143,7 +144,6 @@ fn read_request(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
     if rec.role == go_role::SERVER {
         rec.host_len = go_string::<GO_HOST_CAP>(req, off.req_host, &mut rec.host);
         rec.addr_len = go_string::<GO_ADDR_CAP>(req, off.req_remote_addr, &mut rec.addr);
-        rec.pattern_len = go_string::<GO_PATTERN_CAP>(req, off.req_pattern, &mut rec.pattern);
     }
     rec.proto_major = field::<u64>(req, off.req_proto_major).unwrap_or(0) as u16;
     rec.proto_minor = field::<u64>(req, off.req_proto_minor).unwrap_or(0) as u16;
@@ -287,6 +287,7 @@ pub fn go_server_enter(ctx: ProbeContext) -> u32 {
     read_request(&off, r.rdi, rec);
     read_traceparent(&off, r.rdi, rec);
     rec.object = r.rcx;
+    rec.request = r.rdi;
     if rec.proto_major == 1 {
         rec.fd = server_fd(&off, r.rcx, rec.tls != 0);
     }
@@ -325,6 +326,9 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
         if (*rec).proto_major == 1 {
             (*rec).status = field::<u64>((*rec).object, off.response_status).unwrap_or(0) as u32;
         }
+        // ServeMux sets Request.Pattern (Go 1.23+) while routing, after the entry probe ran.
+        (*rec).pattern_len =
+            go_string::<GO_PATTERN_CAP>((*rec).request, off.req_pattern, &mut (*rec).pattern);
         (*rec).end_ns = now();
     }
     send(rec);
@@ -332,7 +336,7 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `net/http.(*Transport).roundTrip(t, req *Request) (*Response, error)`: RAX = t, RBX = req.
+/// `net/http.(*Transport).RoundTrip(t, req *Request) (*Response, error)`: RAX = t, RBX = req.
 #[uprobe]
 pub fn go_client_enter(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -1,0 +1,289 @@
+//! Go net/http end to end, as root: Go services built by every toolchain here in every shape,
+//! started after sightline, called by curl and by each other; a real OTLP receiver checks the
+//! exact spans and the trace relations.
+
+use sightline_e2e::flat::{spans, FlatSpan, Val};
+use sightline_e2e::gobuild::{self, Shape, SHAPES, TOOLCHAINS};
+use sightline_e2e::gosvc::GoService;
+use sightline_e2e::procs::{leftover_programs, require, run, Agent};
+use sightline_e2e::receiver::{self, Received};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Each test loads the probes, which see the whole host: run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn s(v: Option<&Val>) -> String {
+    match v {
+        Some(Val::S(s)) => s.clone(),
+        Some(Val::I(i)) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn agent_with_receiver() -> (Agent, Received) {
+    let (addr, rec) = receiver::start_grpc().await.unwrap();
+    let agent = Agent::start(
+        &["--output", "json"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ],
+    )
+    .unwrap();
+    (agent, rec)
+}
+
+fn curl(args: &[&str]) {
+    run(Command::new("curl")
+        .args(["-sk", "-o", "/dev/null"])
+        .args(args))
+    .unwrap();
+}
+
+async fn wait_spans(rec: &Received, agent: &Agent, pred: impl Fn(&[FlatSpan]) -> bool) {
+    receiver::wait_for(Duration::from_secs(20), || {
+        pred(&spans(&rec.traces.lock().unwrap()))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let got: Vec<String> = spans(&rec.traces.lock().unwrap())
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} {:?}",
+                    s.service(),
+                    s.kind,
+                    s.name,
+                    s.attr("url.path")
+                )
+            })
+            .collect();
+        panic!(
+            "spans missing; got {got:#?}\nagent stderr:\n{}",
+            agent.stderr.lock().unwrap().join("\n")
+        )
+    });
+}
+
+fn one<'a>(all: &'a [FlatSpan], what: &str, f: impl Fn(&FlatSpan) -> bool) -> &'a FlatSpan {
+    let found: Vec<&FlatSpan> = all.iter().filter(|s| f(s)).collect();
+    assert_eq!(found.len(), 1, "one span for {what}: {found:#?}");
+    found[0]
+}
+
+fn server_port_is(s: &FlatSpan, port: u16) -> bool {
+    s.kind == 2 && s.attr("server.port") == Some(&Val::I(port as i64))
+}
+
+/// Sixteen Go servers (four toolchains, four shapes) started after sightline: each request
+/// becomes one SERVER span with the exact attributes, an incoming traceparent is continued,
+/// and Go 1.23's ServeMux pattern names the route.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_servers_of_every_toolchain_and_shape() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("curl");
+    let bins: Vec<(String, Shape, std::path::PathBuf)> = TOOLCHAINS
+        .iter()
+        .flat_map(|v| SHAPES.iter().map(move |s| (v.to_string(), *s)))
+        .map(|(v, s)| {
+            let b = gobuild::build("probe", &v, s, false);
+            (v, s, b)
+        })
+        .collect();
+    let (mut agent, rec) = agent_with_receiver().await;
+    let svcs: Vec<GoService> = bins
+        .iter()
+        .map(|(_, _, b)| GoService::start(b, &[]))
+        .collect();
+    // New processes are covered within 1 s of their start.
+    std::thread::sleep(Duration::from_millis(1000));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    for (i, svc) in svcs.iter().enumerate() {
+        let mut args = vec!["--http1.1".to_string()];
+        if i % 2 == 0 {
+            args.push("-H".into());
+            args.push(format!("traceparent: 00-{trace_id}-{parent}-01"));
+        }
+        args.push(svc.url("http", "/items/42?token=sekrit&page=2"));
+        curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        curl(&["-X", "POST", "-d", "x", &svc.url("http", "/status/503")]);
+    }
+    wait_spans(&rec, &agent, |all| {
+        svcs.iter()
+            .all(|svc| all.iter().filter(|s| server_port_is(s, svc.port)).count() >= 2)
+    })
+    .await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    assert_eq!(leftover_programs(), Vec::<String>::new());
+
+    let all = spans(&rec.traces.lock().unwrap());
+    for (i, ((version, shape, bin), svc)) in bins.iter().zip(&svcs).enumerate() {
+        let what = format!("go{version} {}", shape.name());
+        let mine: Vec<FlatSpan> = all
+            .iter()
+            .filter(|s| server_port_is(s, svc.port))
+            .cloned()
+            .collect();
+        assert_eq!(mine.len(), 2, "{what}: {mine:#?}");
+        let items = one(&mine, &what, |s| {
+            s.attr("url.path") == Some(&Val::S("/items/42".into()))
+        });
+        let routed = version.as_str() >= "1.23";
+        let route = if routed { Some("/items/") } else { None };
+        assert_eq!(
+            items.name,
+            if routed { "GET /items/" } else { "GET" },
+            "{what}"
+        );
+        assert_eq!(items.attr("http.route").map(Val::s), route, "{what}");
+        assert_eq!(s(items.attr("http.request.method")), "GET", "{what}");
+        assert_eq!(s(items.attr("http.response.status_code")), "200", "{what}");
+        assert_eq!(s(items.attr("url.scheme")), "http", "{what}");
+        assert_eq!(
+            s(items.attr("url.query")),
+            "token=REDACTED&page=REDACTED",
+            "{what}"
+        );
+        assert_eq!(s(items.attr("network.protocol.version")), "1.1", "{what}");
+        assert_eq!(s(items.attr("server.address")), "127.0.0.1", "{what}");
+        assert_eq!(s(items.attr("client.address")), "127.0.0.1", "{what}");
+        assert_eq!(
+            s(items.attr("network.local.port")),
+            svc.port.to_string(),
+            "{what}"
+        );
+        assert!(items.attr("network.peer.port").is_some(), "{what}");
+        assert_eq!(items.status, 0, "{what}");
+        assert_eq!(
+            items.service(),
+            bin.file_name().unwrap().to_str().unwrap(),
+            "{what}"
+        );
+        if i % 2 == 0 {
+            assert_eq!(items.trace_id, trace_id, "{what}");
+            assert_eq!(items.parent_span_id, parent, "{what}");
+        } else {
+            assert_ne!(items.trace_id, trace_id, "{what}");
+            assert_eq!(items.parent_span_id, "", "{what}");
+        }
+        let failed = one(&mine, &what, |s| {
+            s.attr("url.path") == Some(&Val::S("/status/503".into()))
+        });
+        assert_eq!(s(failed.attr("http.request.method")), "POST", "{what}");
+        assert_eq!(s(failed.attr("http.response.status_code")), "503", "{what}");
+        assert_eq!(s(failed.attr("error.type")), "503", "{what}");
+        assert_eq!(failed.status, 2, "{what}");
+    }
+}
+
+/// A → B → C, three Go services by three toolchains in three shapes, A calling B over HTTPS
+/// from a goroutine its handler spawns, B calling C over plain HTTP on the handler's own
+/// goroutine: every hop's CLIENT span is the child of the SERVER span that made it, every
+/// SERVER span the child of the CLIENT span that called it, all in one trace, which continues
+/// the traceparent curl sent. No header is written into any process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_of_go_services_is_one_trace() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("curl");
+    let a_bin = gobuild::build("probe", "1.19", Shape::Plain, false);
+    let b_bin = gobuild::build("probe", "1.21", Shape::StrippedPie, false);
+    let c_bin = gobuild::build("probe", "1.23", Shape::Cgo, false);
+    let (mut agent, rec) = agent_with_receiver().await;
+    let c = GoService::start(&c_bin, &[]);
+    let c_url = c.url("http", "/items/from-b?k=v");
+    let b = GoService::start(&b_bin, &["-tls", "-h1", "-next", &c_url]);
+    let b_url = b.url("https", "/chain/from-a");
+    let a = GoService::start(&a_bin, &["-next", &b_url]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    curl(&[
+        "--http1.1",
+        "-H",
+        &format!("traceparent: 00-{trace_id}-{parent}-01"),
+        &a.url("http", "/spawn/start"),
+    ]);
+    // Without a traceparent the chain is still one trace, rooted at A.
+    curl(&["--http1.1", &a.url("http", "/chain/again")]);
+    wait_spans(&rec, &agent, |all| {
+        all.iter()
+            .filter(|s| {
+                [a.port, b.port, c.port]
+                    .iter()
+                    .any(|p| server_port_is(s, *p))
+            })
+            .count()
+            >= 6
+            && all.iter().filter(|s| s.kind == 3).count() >= 4
+    })
+    .await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    let path_is = |s: &FlatSpan, p: &str| s.attr("url.path") == Some(&Val::S(p.into()));
+    let full_is = |s: &FlatSpan, u: &str| s.attr("url.full") == Some(&Val::S(u.into()));
+
+    let a_srv = one(&all, "A server", |s| {
+        server_port_is(s, a.port) && path_is(s, "/spawn/start")
+    });
+    let a_cli = one(&all, "A client", |s| {
+        s.kind == 3 && full_is(s, &b_url) && s.parent_span_id == a_srv.span_id
+    });
+    let b_srv = one(&all, "B server", |s| {
+        server_port_is(s, b.port) && s.parent_span_id == a_cli.span_id
+    });
+    let b_cli = one(&all, "B client", |s| {
+        s.kind == 3 && s.parent_span_id == b_srv.span_id
+    });
+    let c_srv = one(&all, "C server", |s| {
+        server_port_is(s, c.port) && s.parent_span_id == b_cli.span_id
+    });
+    for sp in [a_srv, a_cli, b_srv, b_cli, c_srv] {
+        assert_eq!(sp.trace_id, trace_id, "{sp:#?}");
+    }
+    assert_eq!(a_srv.parent_span_id, parent);
+    // Exact attributes of each hop.
+    assert_eq!(s(a_cli.attr("server.address")), "127.0.0.1");
+    assert_eq!(s(a_cli.attr("server.port")), b.port.to_string());
+    assert_eq!(s(a_cli.attr("http.response.status_code")), "200");
+    assert_eq!(s(a_cli.attr("http.request.method")), "GET");
+    assert_eq!(s(b_srv.attr("url.scheme")), "https");
+    assert_eq!(s(b_srv.attr("url.path")), "/chain/from-a");
+    assert_eq!(
+        s(b_cli.attr("url.full")),
+        c.url("http", "/items/from-b?k=REDACTED")
+    );
+    assert_eq!(s(c_srv.attr("url.query")), "k=REDACTED");
+    assert_eq!(s(c_srv.attr("http.route")), "/items/");
+    assert_eq!(c_srv.name, "GET /items/");
+    assert_eq!(
+        a_srv.service(),
+        a_bin.file_name().unwrap().to_str().unwrap()
+    );
+    assert_eq!(
+        b_srv.service(),
+        b_bin.file_name().unwrap().to_str().unwrap()
+    );
+    // Each server span's peer is its caller's socket.
+    assert_eq!(
+        s(b_srv.attr("network.peer.port")),
+        s(a_cli.attr("network.local.port"))
+    );
+    assert_eq!(
+        s(c_srv.attr("network.peer.port")),
+        s(b_cli.attr("network.local.port"))
+    );
+
+    // The second request, without traceparent: one fresh trace over the same three hops.
+    let a2 = one(&all, "A server 2", |s| {
+        server_port_is(s, a.port) && path_is(s, "/chain/again")
+    });
+    assert_eq!(a2.parent_span_id, "");
+    let in_trace: Vec<&FlatSpan> = all.iter().filter(|s| s.trace_id == a2.trace_id).collect();
+    assert_eq!(in_trace.len(), 5, "{in_trace:#?}");
+}
