@@ -8,11 +8,10 @@ use sightline_e2e::gosvc::GoService;
 use sightline_e2e::procs::{leftover_programs, require, run, Agent};
 use sightline_e2e::receiver::{self, Received};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Each test loads the probes, which see the whole host: run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn s(v: Option<&Val>) -> String {
     match v {
@@ -83,7 +82,7 @@ fn server_port_is(s: &FlatSpan, port: u16) -> bool {
 /// and Go 1.23's ServeMux pattern names the route.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_servers_of_every_toolchain_and_shape() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     require("curl");
     let bins: Vec<(String, Shape, std::path::PathBuf)> = TOOLCHAINS
         .iter()
@@ -182,21 +181,21 @@ async fn go_servers_of_every_toolchain_and_shape() {
 }
 
 /// A → B → C, three Go services by three toolchains in three shapes, A calling B over HTTPS
-/// from a goroutine its handler spawns, B calling C over plain HTTP on the handler's own
-/// goroutine: every hop's CLIENT span is the child of the SERVER span that made it, every
+/// (HTTP/1.1) from a goroutine its handler spawns, B calling C over HTTPS with HTTP/2 on the
+/// handler's own goroutine: every hop's CLIENT span is the child of the SERVER span that made it, every
 /// SERVER span the child of the CLIENT span that called it, all in one trace, which continues
 /// the traceparent curl sent. No header is written into any process.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chain_of_go_services_is_one_trace() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     require("curl");
     let a_bin = gobuild::build("probe", "1.19", Shape::Plain, false);
     let b_bin = gobuild::build("probe", "1.21", Shape::StrippedPie, false);
     let c_bin = gobuild::build("probe", "1.23", Shape::Cgo, false);
     let (mut agent, rec) = agent_with_receiver().await;
-    let c = GoService::start(&c_bin, &[]);
-    let c_url = c.url("http", "/items/from-b?k=v");
-    let b = GoService::start(&b_bin, &["-tls", "-h1", "-next", &c_url]);
+    let c = GoService::start(&c_bin, &["-tls"]);
+    let c_url = c.url("https", "/items/from-b?k=v");
+    let b = GoService::start(&b_bin, &["-tls", "-h1", "-client-h2", "-next", &c_url]);
     let b_url = b.url("https", "/chain/from-a");
     let a = GoService::start(&a_bin, &["-next", &b_url]);
     std::thread::sleep(Duration::from_millis(1000));
@@ -210,6 +209,7 @@ async fn a_chain_of_go_services_is_one_trace() {
     ]);
     // Without a traceparent the chain is still one trace, rooted at A.
     curl(&["--http1.1", &a.url("http", "/chain/again")]);
+    curl(&["--http2", &c.url("https", "/status/404")]);
     wait_spans(&rec, &agent, |all| {
         all.iter()
             .filter(|s| {
@@ -218,7 +218,7 @@ async fn a_chain_of_go_services_is_one_trace() {
                     .any(|p| server_port_is(s, *p))
             })
             .count()
-            >= 6
+            >= 7
             && all.iter().filter(|s| s.kind == 3).count() >= 4
     })
     .await;
@@ -256,8 +256,14 @@ async fn a_chain_of_go_services_is_one_trace() {
     assert_eq!(s(b_srv.attr("url.path")), "/chain/from-a");
     assert_eq!(
         s(b_cli.attr("url.full")),
-        c.url("http", "/items/from-b?k=REDACTED")
+        c.url("https", "/items/from-b?k=REDACTED")
     );
+    assert_eq!(s(b_cli.attr("network.protocol.version")), "2");
+    assert_eq!(s(c_srv.attr("network.protocol.version")), "2");
+    assert_eq!(s(c_srv.attr("url.scheme")), "https");
+    assert_eq!(s(c_srv.attr("http.response.status_code")), "200");
+    assert_eq!(s(a_cli.attr("network.protocol.version")), "1.1");
+    assert_eq!(s(b_srv.attr("network.protocol.version")), "1.1");
     assert_eq!(s(c_srv.attr("url.query")), "k=REDACTED");
     assert_eq!(s(c_srv.attr("http.route")), "/items/");
     assert_eq!(c_srv.name, "GET /items/");
@@ -278,6 +284,13 @@ async fn a_chain_of_go_services_is_one_trace() {
         s(c_srv.attr("network.peer.port")),
         s(b_cli.attr("network.local.port"))
     );
+    // An HTTP/2 request from curl straight to C: its own SERVER span with the status.
+    let c404 = one(&all, "C 404", |s| {
+        server_port_is(s, c.port) && path_is(s, "/status/404")
+    });
+    assert_eq!(s(c404.attr("network.protocol.version")), "2");
+    assert_eq!(s(c404.attr("http.response.status_code")), "404");
+    assert_eq!(c404.parent_span_id, "");
 
     // The second request, without traceparent: one fresh trace over the same three hops.
     let a2 = one(&all, "A server 2", |s| {

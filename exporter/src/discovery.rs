@@ -285,6 +285,9 @@ pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
         hmap_buckets: get("runtime.hmap", "buckets"),
         pconn_conn: get("net/http.persistConn", "conn"),
         pconn_tls_state: get("net/http.persistConn", "tlsState"),
+        h2rw_rws: get("net/http.http2responseWriter", "rws"),
+        h2rws_status: get("net/http.http2responseWriterState", "status"),
+        h2cc_tconn: get("net/http.http2ClientConn", "tconn"),
         _pad: 0,
     };
     for (ty, f, v) in [

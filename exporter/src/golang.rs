@@ -178,9 +178,13 @@ impl GoCalls {
                 parent: Some(tp.span_id),
             });
         }
+        // HTTP/2 requests carry no socket to follow; the Host header's port is the server's.
         let here = match (call.peer, conn.local) {
             (Some(p), Some(l)) => Some((p.ip(), p.port(), l.port()))
                 .filter(|_| p.ip().is_loopback() || p.ip() == l.ip()),
+            (Some(p), None) if p.ip().is_loopback() => {
+                call.host_port.map(|port| (p.ip(), p.port(), port))
+            }
             _ => None,
         };
         let settled = ctx.settled.is_some();

@@ -233,9 +233,11 @@ impl Agent {
                 }
                 return Ok((took, st));
             }
-            if t0.elapsed() > Duration::from_secs(15) {
+            // Detaching costs the kernel ~0.1 s per uprobe (serialised), so many Go binaries
+            // take a while; tests that care about the time assert it themselves.
+            if t0.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
-                bail!("sightline did not exit within 15 s of SIGTERM");
+                bail!("sightline did not exit within 60 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

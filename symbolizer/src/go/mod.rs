@@ -35,6 +35,8 @@ pub const GO_FUNCTIONS: &[GoProbe] = &[
     probe("net/http.(*http2serverConn).processHeaders", false),
     probe("net/http.(*http2serverConn).runHandler", true),
     probe("net/http.(*http2ClientConn).RoundTrip", true),
+    // Go 1.23 moved the body here and inlines RoundTrip into its caller.
+    probe("net/http.(*http2ClientConn).roundTrip", false),
     probe("net/http.(*http2Framer).WriteHeaders", false),
     probe("golang.org/x/net/http2.(*serverConn).processHeaders", false),
     probe("golang.org/x/net/http2.(*serverConn).runHandler", true),

@@ -268,6 +268,9 @@ pub struct GoOffsets {
     pub hmap_buckets: u32,
     pub pconn_conn: u32,
     pub pconn_tls_state: u32,
+    pub h2rw_rws: u32,
+    pub h2rws_status: u32,
+    pub h2cc_tconn: u32,
     pub _pad: u32,
 }
 
@@ -302,6 +305,9 @@ impl Default for GoOffsets {
             hmap_buckets: GO_NO_OFFSET,
             pconn_conn: GO_NO_OFFSET,
             pconn_tls_state: GO_NO_OFFSET,
+            h2rw_rws: GO_NO_OFFSET,
+            h2rws_status: GO_NO_OFFSET,
+            h2cc_tconn: GO_NO_OFFSET,
             _pad: 0,
         }
     }
@@ -446,7 +452,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 29 * 4);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 32 * 4);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
             80 + 16

@@ -323,9 +323,13 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: this goroutine's map value; only this goroutine's probes touch it.
     unsafe {
-        if (*rec).proto_major == 1 {
-            (*rec).status = field::<u64>((*rec).object, off.response_status).unwrap_or(0) as u32;
-        }
+        (*rec).status = if (*rec).proto_major == 2 {
+            // *http2responseWriter → its state → the status WriteHeader recorded.
+            let rws = field::<u64>((*rec).object, off.h2rw_rws).unwrap_or(0);
+            field::<u64>(rws, off.h2rws_status).unwrap_or(0) as u32
+        } else {
+            field::<u64>((*rec).object, off.response_status).unwrap_or(0) as u32
+        };
         // ServeMux sets Request.Pattern (Go 1.23+) while routing, after the entry probe ran.
         (*rec).pattern_len =
             go_string::<GO_PATTERN_CAP>((*rec).request, off.req_pattern, &mut (*rec).pattern);
@@ -422,6 +426,51 @@ pub fn go_pconn_enter(ctx: ProbeContext) -> u32 {
     unsafe {
         (*rec).fd = fd;
         (*rec).tls = tls as u8;
+    }
+    0
+}
+
+/// `net/http.(*http2ClientConn).RoundTrip(cc, req)`: RAX = cc, on the caller's goroutine,
+/// inside `Transport.RoundTrip`; its `tconn` is the (TLS) connection.
+#[uprobe]
+pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: as above.
+    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = goid(&off, r.r14) else {
+        return 0;
+    };
+    let key = GoKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    let Some(rec) = GO_CLIENT.get_ptr_mut(&key) else {
+        return 0;
+    };
+    let Some(mut c) = field::<u64>(r.rax, off.h2cc_tconn.wrapping_add(8)) else {
+        return 0;
+    };
+    // HTTP/2 from Go's Transport is TLS (h2c goes through the same type only when asked for).
+    // SAFETY: this goroutine's map value.
+    let (scheme, scheme_len) = unsafe { ((*rec).scheme, (*rec).scheme_len) };
+    let tls = scheme_len == 5 && scheme[..5] == *b"https";
+    if tls {
+        match field::<u64>(c, off.tls_conn_conn.wrapping_add(8)) {
+            Some(inner) => c = inner,
+            None => return 0,
+        }
+    }
+    let fd = conn_fd(&off, c);
+    // SAFETY: this goroutine's map value.
+    unsafe {
+        (*rec).fd = fd;
+        (*rec).tls = tls as u8;
+        (*rec).proto_major = 2;
+        (*rec).proto_minor = 0;
     }
     0
 }
