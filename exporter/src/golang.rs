@@ -10,6 +10,7 @@ use crate::telemetry::redact::redact_query;
 use crate::telemetry::trace_context::{new_span_id, new_trace_id, parse_traceparent};
 use rustc_hash::FxHashMap;
 use sightline_common::go_role;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ type ConnKey = (IpAddr, u16, u16);
 pub const JOIN_GRACE: Duration = Duration::from_millis(150);
 /// Contexts older than this are settled as they are: their server request never ended.
 const CONTEXT_TTL: Duration = Duration::from_secs(120);
+/// How long a settled request's context is kept for late client calls.
+const SETTLED_KEEP: Duration = Duration::from_secs(2);
 /// Calls held at once; past this the oldest contexts are settled early (joins are lost,
 /// never memory).
 const MAX_HELD: usize = 65_536;
@@ -86,6 +89,12 @@ pub struct GoCalls {
     /// Server requests waiting for their caller, by where that caller would be.
     waiting: FxHashMap<ConnKey, Vec<(ServerKey, u64, u64)>>,
     recent_clients: FxHashMap<ConnKey, Vec<RecentClient>>,
+    /// Time-ordered queues, so that expiry costs what expires, not what is kept: server
+    /// requests waiting for a caller, contexts by birth, settled contexts, recent clients.
+    due: VecDeque<(Instant, ServerKey)>,
+    born: VecDeque<(Instant, ServerKey)>,
+    retire: VecDeque<(Instant, ServerKey)>,
+    recent: VecDeque<(Instant, ConnKey)>,
     held: usize,
     ready: Vec<Call>,
 }
@@ -125,7 +134,7 @@ impl GoCalls {
                 let trace;
                 match owner {
                     Some(k) => {
-                        let ctx = self.contexts.entry(k).or_insert_with(Ctx::new);
+                        let ctx = ctx_entry(&mut self.contexts, &mut self.born, k);
                         call.parent_span_id = Some(ctx.span_id);
                         // The caller's own trace, when it arrived with one.
                         if let Some(tp) = parse_traceparent(&r.traceparent) {
@@ -168,7 +177,7 @@ impl GoCalls {
 
     fn add_server(&mut self, r: &GoRecord, mut call: Call, conn: GoConn) {
         let key = (r.tgid, r.goid, r.start_ns);
-        let ctx = self.contexts.entry(key).or_insert_with(Ctx::new);
+        let ctx = ctx_entry(&mut self.contexts, &mut self.born, key);
         call.span_id = ctx.span_id;
         // An incoming traceparent is what the caller itself said: it wins.
         if let Some(tp) = parse_traceparent(&r.traceparent) {
@@ -208,8 +217,10 @@ impl GoCalls {
             return;
         }
         if let Some(ctx) = self.contexts.get_mut(&key) {
-            ctx.deadline = Some(Instant::now() + JOIN_GRACE);
+            let at = Instant::now() + JOIN_GRACE;
+            ctx.deadline = Some(at);
             ctx.awaiting = Some(ck);
+            self.due.push_back((at, key));
         }
         self.waiting
             .entry(ck)
@@ -229,6 +240,7 @@ impl GoCalls {
             self.join(server, c);
         } else {
             self.recent_clients.entry(ck).or_default().push(c);
+            self.recent.push_back((c.seen, ck));
         }
     }
 
@@ -271,7 +283,7 @@ impl GoCalls {
     }
 
     fn hold(&mut self, key: ServerKey, call: Call) {
-        let ctx = self.contexts.entry(key).or_insert_with(Ctx::new);
+        let ctx = ctx_entry(&mut self.contexts, &mut self.born, key);
         match ctx.settled {
             Some(s) if ctx.held.is_empty() && call.role == Role::Client => {
                 let mut call = call;
@@ -311,6 +323,9 @@ impl GoCalls {
                     parent: None,
                 },
             };
+            if ctx.settled.is_none() {
+                self.retire.push_back((Instant::now(), key));
+            }
             ctx.settled = Some(s);
             ctx.deadline = None;
             if let Some(ck) = ctx.awaiting.take() {
@@ -318,7 +333,8 @@ impl GoCalls {
                     v.retain(|(k, _, _)| *k != key);
                 }
             }
-            for mut call in ctx.held.drain(..) {
+            // Taken, not drained: a settled context is kept a while, its buffers need not be.
+            for mut call in std::mem::take(&mut ctx.held) {
                 call.trace_id = s.trace_id;
                 call.trace_flags = s.flags;
                 if call.role == Role::Server {
@@ -327,7 +343,7 @@ impl GoCalls {
                 self.held -= 1;
                 self.ready.push(call);
             }
-            for (dep, parent) in ctx.dependents.drain(..) {
+            for (dep, parent) in std::mem::take(&mut ctx.dependents) {
                 stack.push((
                     dep,
                     Some(Settled {
@@ -341,34 +357,82 @@ impl GoCalls {
     }
 
     /// Settles requests that waited long enough for a caller, and forgets old state. Called
-    /// after every batch.
+    /// after every batch; costs what expires.
     pub fn expire(&mut self, force: bool) {
         let now = Instant::now();
-        let due: Vec<ServerKey> = self
-            .contexts
-            .iter()
-            .filter(|(_, c)| {
-                c.settled.is_none()
-                    && (force
-                        || c.deadline.is_some_and(|d| now >= d)
-                        || now.duration_since(c.born) > CONTEXT_TTL)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for k in due {
-            self.settle(k, None);
+        if force {
+            let all: Vec<ServerKey> = self.contexts.keys().copied().collect();
+            for k in all {
+                self.settle(k, None);
+            }
         }
-        // Settled contexts with nothing held are kept a while for late client calls.
-        self.contexts.retain(|_, c| {
-            !(c.settled.is_some() && c.held.is_empty() && c.dependents.is_empty())
-                || now.duration_since(c.born) < CONTEXT_TTL.min(Duration::from_secs(10))
-        });
-        self.recent_clients.retain(|_, v| {
-            v.retain(|c| now.duration_since(c.seen) < JOIN_GRACE * 4);
-            !v.is_empty()
-        });
-        self.waiting.retain(|_, v| !v.is_empty());
+        while let Some(&(at, key)) = self.due.front() {
+            if at > now {
+                break;
+            }
+            self.due.pop_front();
+            let waiting = self
+                .contexts
+                .get(&key)
+                .is_some_and(|c| c.settled.is_none() && c.deadline.is_some_and(|d| d <= now));
+            if waiting {
+                self.settle(key, None);
+            }
+        }
+        // A context whose server request never ended (or whose record was lost).
+        while let Some(&(at, key)) = self.born.front() {
+            if now.duration_since(at) < CONTEXT_TTL {
+                break;
+            }
+            self.born.pop_front();
+            if self.contexts.get(&key).is_some_and(|c| c.settled.is_none()) {
+                self.settle(key, None);
+            }
+        }
+        // Settled contexts stay a moment for client calls that outlive their request (a
+        // goroutine the handler left running), then go.
+        while let Some(&(at, key)) = self.retire.front() {
+            if now.duration_since(at) < SETTLED_KEEP {
+                break;
+            }
+            self.retire.pop_front();
+            if self.contexts.get(&key).is_some_and(|c| {
+                c.settled.is_some() && c.held.is_empty() && c.dependents.is_empty()
+            }) {
+                self.contexts.remove(&key);
+            }
+        }
+        while let Some(&(at, ck)) = self.recent.front() {
+            if now.duration_since(at) < JOIN_GRACE * 4 {
+                break;
+            }
+            self.recent.pop_front();
+            if let Some(v) = self.recent_clients.get_mut(&ck) {
+                v.retain(|c| now.duration_since(c.seen) < JOIN_GRACE * 4);
+                if v.is_empty() {
+                    self.recent_clients.remove(&ck);
+                }
+            }
+        }
+        if self.born.len() > 2 * self.contexts.len() + 1024 {
+            // Contexts removed once settled leave stale entries; compacting when they outnumber
+            // the live ones keeps this amortised O(1).
+            let contexts = &self.contexts;
+            self.born.retain(|(_, k)| contexts.contains_key(k));
+        }
     }
+}
+
+fn ctx_entry<'a>(
+    contexts: &'a mut FxHashMap<ServerKey, Ctx>,
+    born: &mut VecDeque<(Instant, ServerKey)>,
+    key: ServerKey,
+) -> &'a mut Ctx {
+    contexts.entry(key).or_insert_with(|| {
+        let c = Ctx::new();
+        born.push_back((c.born, key));
+        c
+    })
 }
 
 fn base_call(

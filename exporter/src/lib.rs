@@ -12,6 +12,7 @@ pub mod events;
 pub mod golang;
 pub mod loader;
 pub mod pipeline;
+pub mod probe_cmd;
 pub mod processes;
 pub mod protocols;
 pub mod sinks;

@@ -202,10 +202,15 @@ pub const GO_PROBES: [(&str, &str, &str); 3] = [
 
 impl Drop for Loader {
     fn drop(&mut self) {
+        detach_links(std::mem::take(&mut self.links));
+    }
+}
+
+fn detach_links(links: Vec<UProbeLink>) {
+    {
         // The kernel serialises most of each detach (about 0.1 s per uprobe on 6.18, under its
         // perf event mutex), so threads only overlap the rest.
         const THREADS: usize = 64;
-        let links = std::mem::take(&mut self.links);
         if links.is_empty() {
             return;
         }
@@ -270,6 +275,7 @@ impl Loader {
             "go_newproc_ret",
             "go_pconn_enter",
             "go_h2cc_enter",
+            "go_empty",
         ] {
             let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
             p.load()
@@ -361,6 +367,17 @@ impl Loader {
     /// Attaches the Go probes to a Go binary: an entry uprobe on each function and one on each
     /// of its RET instructions (never a uretprobe). Returns the functions probed.
     pub fn attach_go(&mut self, path: &Path, go: &GoInfo) -> anyhow::Result<Vec<&'static str>> {
+        self.attach_go_as(path, go, None)
+    }
+
+    /// [`Self::attach_go`], with every program replaced by `instead` when given (benchmarks
+    /// attach the empty probe at the same points).
+    pub fn attach_go_as(
+        &mut self,
+        path: &Path,
+        go: &GoInfo,
+        instead: Option<&'static str>,
+    ) -> anyhow::Result<Vec<&'static str>> {
         let mut probed = Vec::new();
         for (symbol, entry, ret) in GO_PROBES {
             let Some(f) = go.function(symbol) else {
@@ -370,6 +387,7 @@ impl Loader {
                 continue;
             };
             // Return sites first: an entry without its returns would leave calls in flight.
+            let (entry, ret) = instead.map_or((entry, ret), |p| (p, p));
             let sites = rets.iter().map(|r| (ret, r.file_offset));
             for (prog, offset) in sites.chain([(entry, f.file_offset)]) {
                 self.uprobe(prog, offset, path)
@@ -385,11 +403,16 @@ impl Loader {
             else {
                 continue;
             };
-            self.uprobe(prog, f.file_offset, path)
+            self.uprobe(instead.unwrap_or(prog), f.file_offset, path)
                 .with_context(|| format!("probing {symbol}"))?;
             probed.push(symbol);
         }
         Ok(probed)
+    }
+
+    /// Detaches every uprobe attached so far.
+    pub fn detach_all(&mut self) {
+        detach_links(std::mem::take(&mut self.links));
     }
 
     /// Attaches `prog` at `offset` of the file, for every process that maps it, and keeps the

@@ -58,6 +58,20 @@ enum Command {
         #[arg(long, default_value = "/usr/lib/debug")]
         debug_root: std::path::PathBuf,
     },
+    /// For benchmarks and tests: the Go probes on one executable, outside the pipeline.
+    #[command(hide = true)]
+    ProbeGo {
+        target: std::path::PathBuf,
+        /// Attach an empty probe at the same points instead, and print its hits at exit.
+        #[arg(long)]
+        empty: bool,
+        /// Attach and detach this many times, then exit.
+        #[arg(long)]
+        cycles: Option<u32>,
+        /// Give the probes this process's offsets, so they do their full work.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +116,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 offset_sources,
             },
         ),
+        Some(Command::ProbeGo {
+            target,
+            empty,
+            cycles,
+            pid,
+        }) => sightline::probe_cmd::run(&target, empty, cycles, pid),
         None | Some(Command::Run) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
             if let Some(o) = cli.output {

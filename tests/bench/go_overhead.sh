@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Throughput overhead of sightline on a Go net/http server (HTTP/1.1 keep-alive, tiny
 # responses), three ways in one run: no probes, empty probes on exactly the points sightline
-# uses (the same entry and RET-site uprobes, via bpftrace), and sightline. Also the probe hits
-# per request, counted by the empty probes.
+# uses (the same entry and RET-site uprobes, attached by `sightline probe-go --empty`: bpftrace
+# refuses uprobes inside functions), and sightline. Also the probe hits per request, counted
+# by the empty probes.
 #
 #   sudo tests/bench/go_overhead.sh [seconds-per-run] [runs]
 set -euo pipefail
@@ -12,7 +13,7 @@ runs=${2:-3}
 conns=${CONNS:-16}
 bin=target/release/sightline
 [ -x "$bin" ] || cargo build --release --bin sightline
-for t in wrk bpftrace python3; do command -v $t >/dev/null || { echo "missing $t: run tests/prereqs.sh" >&2; exit 1; }; done
+for t in wrk; do command -v $t >/dev/null || { echo "missing $t: run tests/prereqs.sh" >&2; exit 1; }; done
 go=/usr/lib/go-1.23/bin/go
 [ -x "$go" ] || { echo "missing Go 1.23: run tests/prereqs.sh" >&2; exit 1; }
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
@@ -28,20 +29,6 @@ cleanup() { kill "$svc_pid" "${probe_pid:-}" 2>/dev/null || true; rm -rf "$dir";
 trap cleanup EXIT
 sleep 0.5
 
-# The empty probes sit where sightline's do: each probed function's entry and its RET sites.
-"$bin" symbols "$svc" --json | python3 -c '
-import json, sys
-a = json.load(sys.stdin)[0]
-probed = {"net/http.serverHandler.ServeHTTP", "net/http.(*Transport).RoundTrip",
-          "runtime.newproc1", "net/http.(*persistConn).roundTrip"}
-pts = []
-for f in a["go"]["functions"]:
-    if f["symbol"] in probed:
-        pts.append(f["address"])
-        pts += [r["address"] for r in f.get("returns") or []]
-print(" ".join("uprobe:%s:0x%x { @hits = count(); }" % (a["file"], p) for p in pts))
-' >"$dir/probes.bt"
-
 measure() {
   taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$port/items/1" 2>/dev/null |
     awk '/Requests\/sec/ {print $2} /requests in/ {print "total", $1 > "/dev/stderr"}'
@@ -52,13 +39,13 @@ none=(); empty=(); with=(); hits_per_req=
 for i in $(seq "$runs"); do
   none+=("$(measure 2>/dev/null)")
 
-  bpftrace -e "$(cat "$dir/probes.bt")" >"$dir/bt.out" 2>&1 &
+  "$bin" probe-go --empty "$svc" >"$dir/empty.out" 2>&1 &
   probe_pid=$!
-  sleep 3
+  sleep 2
   empty+=("$(measure 2>"$dir/wrk.err")")
   kill -INT "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
   total=$(awk '/total/ {print $2}' "$dir/wrk.err")
-  hits=$(awk -F': ' '/@hits/ {print $2}' "$dir/bt.out")
+  hits=$(awk '/^hits/ {print $2}' "$dir/empty.out")
   hits_per_req=$(awk -v h="${hits:-0}" -v t="${total:-1}" 'BEGIN {printf "%.2f", h / t}')
 
   "$bin" --output none >/dev/null 2>&1 &
@@ -76,4 +63,4 @@ printf '%-26s %12s\n' "setup" "requests/s"
 printf '%-26s %12s\n' "no probes" "$n" "empty probes (bpftrace)" "$e" "sightline" "$w"
 awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
   printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
-echo "probe hits per request: $hits_per_req"
+echo "probe hits per request: $hits_per_req (empty probes, last run)"

@@ -89,7 +89,9 @@ pub mod counter {
     pub const READ_FAILED: u32 = 2;
     /// A return probe fired with no matching entry (attached mid-call).
     pub const ORPHAN_RETURN: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Hits of the empty Go probe that benchmarks attach in place of the real ones.
+    pub const EMPTY_PROBE_HITS: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Header of a [`kind::DATA`] record. `captured` payload bytes follow it directly.

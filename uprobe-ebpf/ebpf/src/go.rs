@@ -560,3 +560,11 @@ pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
     }
     0
 }
+
+/// Does nothing but count: benchmarks attach it at exactly the points the Go probes use, to
+/// measure what the uprobes themselves cost and how many fire per request.
+#[uprobe]
+pub fn go_empty(_ctx: ProbeContext) -> u32 {
+    bump(counter::EMPTY_PROBE_HITS);
+    0
+}

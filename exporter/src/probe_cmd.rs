@@ -1,0 +1,55 @@
+//! `sightline probe-go <executable>`: the Go probes (or empty ones in their place) on one
+//! executable, outside the pipeline. The Go overhead benchmark uses it for its empty-probe
+//! floor and hits per request; the safety test uses it to attach and detach in a loop while
+//! a server is under load.
+
+use crate::discovery::go_offsets;
+use crate::loader::{preflight, Loader};
+use anyhow::Context;
+use sightline_common::{counter, DEFAULT_CAPTURE};
+use sightline_symbolizer::{analyze, Options};
+use std::path::Path;
+use std::time::Duration;
+
+pub fn run(
+    target: &Path,
+    empty: bool,
+    cycles: Option<u32>,
+    pid: Option<u32>,
+) -> anyhow::Result<()> {
+    preflight()?;
+    let a = analyze(target, &Options::default())?;
+    let go =
+        a.go.with_context(|| format!("{} is not a Go executable", target.display()))?;
+    let (mut loader, _channels) = Loader::load(DEFAULT_CAPTURE)?;
+    if let Some(pid) = pid {
+        let offsets = go_offsets(&go).map_err(anyhow::Error::msg)?;
+        loader.set_go_process(pid, &offsets)?;
+    }
+    let instead = empty.then_some("go_empty");
+    if let Some(n) = cycles {
+        for _ in 0..n {
+            loader.attach_go_as(target, &go, instead)?;
+            std::thread::sleep(Duration::from_millis(20));
+            loader.detach_all();
+        }
+        println!("cycles {n}");
+        return Ok(());
+    }
+    let probed = loader.attach_go_as(target, &go, instead)?;
+    println!("attached {}", probed.join(" "));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        })?;
+    let hits = loader.counters()[counter::EMPTY_PROBE_HITS as usize];
+    println!("hits {hits}");
+    Ok(())
+}
