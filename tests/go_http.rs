@@ -181,8 +181,9 @@ async fn go_servers_of_every_toolchain_and_shape() {
 }
 
 /// A → B → C, three Go services by three toolchains in three shapes, A calling B over HTTPS
-/// (HTTP/1.1) from a goroutine its handler spawns, B calling C over HTTPS with HTTP/2 on the
-/// handler's own goroutine: every hop's CLIENT span is the child of the SERVER span that made it, every
+/// (HTTP/1.1) and B calling C over HTTPS with HTTP/2, each from a goroutine its handler
+/// spawns (Go 1.19 through the newproc1 probes, Go 1.21 through `g.parentGoid`), and A's
+/// second request calling on the handler's own goroutine: every hop's CLIENT span is the child of the SERVER span that made it, every
 /// SERVER span the child of the CLIENT span that called it, all in one trace, which continues
 /// the traceparent curl sent. No header is written into any process.
 #[tokio::test(flavor = "multi_thread")]
@@ -196,7 +197,7 @@ async fn a_chain_of_go_services_is_one_trace() {
     let c = GoService::start(&c_bin, &["-tls"]);
     let c_url = c.url("https", "/items/from-b?k=v");
     let b = GoService::start(&b_bin, &["-tls", "-h1", "-client-h2", "-next", &c_url]);
-    let b_url = b.url("https", "/chain/from-a");
+    let b_url = b.url("https", "/spawn/from-a");
     let a = GoService::start(&a_bin, &["-next", &b_url]);
     std::thread::sleep(Duration::from_millis(1000));
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
@@ -253,7 +254,7 @@ async fn a_chain_of_go_services_is_one_trace() {
     assert_eq!(s(a_cli.attr("http.response.status_code")), "200");
     assert_eq!(s(a_cli.attr("http.request.method")), "GET");
     assert_eq!(s(b_srv.attr("url.scheme")), "https");
-    assert_eq!(s(b_srv.attr("url.path")), "/chain/from-a");
+    assert_eq!(s(b_srv.attr("url.path")), "/spawn/from-a");
     assert_eq!(
         s(b_cli.attr("url.full")),
         c.url("https", "/items/from-b?k=REDACTED")

@@ -288,6 +288,7 @@ pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
         h2rw_rws: get("net/http.http2responseWriter", "rws"),
         h2rws_status: get("net/http.http2responseWriterState", "status"),
         h2cc_tconn: get("net/http.http2ClientConn", "tconn"),
+        g_parent_goid: get("runtime.g", "parentGoid"),
         _pad: 0,
     };
     for (ty, f, v) in [

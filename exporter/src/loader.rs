@@ -379,7 +379,14 @@ impl Loader {
         instead: Option<&'static str>,
     ) -> anyhow::Result<Vec<&'static str>> {
         let mut probed = Vec::new();
+        // Where g records its creator (Go 1.21+), no probe on every goroutine start is needed.
+        let parent_in_g = go
+            .field("runtime.g", "parentGoid")
+            .is_some_and(|f| f.offset.is_some());
         for (symbol, entry, ret) in GO_PROBES {
+            if symbol == "runtime.newproc1" && parent_in_g {
+                continue;
+            }
             let Some(f) = go.function(symbol) else {
                 continue;
             };

@@ -60,7 +60,7 @@ e=$(printf '%s\n' "${empty[@]}" | median)
 w=$(printf '%s\n' "${with[@]}" | median)
 echo "runs: $runs x ${secs}s, wrk -t1 -c$conns, Go 1.23 server GOMAXPROCS=1 pinned to CPU 0, wrk on CPU 1"
 printf '%-26s %12s\n' "setup" "requests/s"
-printf '%-26s %12s\n' "no probes" "$n" "empty probes (bpftrace)" "$e" "sightline" "$w"
+printf '%-26s %12s\n' "no probes" "$n" "empty probes (same points)" "$e" "sightline" "$w"
 awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
   printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
 echo "probe hits per request: $hits_per_req (empty probes, last run)"

@@ -273,6 +273,9 @@ pub struct GoOffsets {
     pub h2rw_rws: u32,
     pub h2rws_status: u32,
     pub h2cc_tconn: u32,
+    /// `runtime.g.parentGoid` (Go 1.21+): a goroutine's creator, without probing
+    /// `runtime.newproc1` on every goroutine start.
+    pub g_parent_goid: u32,
     pub _pad: u32,
 }
 
@@ -310,6 +313,7 @@ impl Default for GoOffsets {
             h2rw_rws: GO_NO_OFFSET,
             h2rws_status: GO_NO_OFFSET,
             h2cc_tconn: GO_NO_OFFSET,
+            g_parent_goid: GO_NO_OFFSET,
             _pad: 0,
         }
     }
@@ -454,7 +458,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 32 * 4);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 33 * 4);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
             80 + 16

@@ -356,8 +356,20 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         return 0;
     };
     read_request(&off, r.rbx, rec);
-    // The server request this call serves: on this goroutine, or on the one that started it.
+    // The server request this call serves: on this goroutine, or on the one that started it
+    // (from `g.parentGoid` where Go records it, else from the newproc1 probes' table).
     let mut g = goid;
+    let key = GoKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    // SAFETY: map lookup.
+    if unsafe { GO_SERVER.get(&key) }.is_none() {
+        if let Some(p) = field::<u64>(r.r14, off.g_parent_goid).filter(|p| *p != 0) {
+            g = p;
+        }
+    }
     for _ in 0..ANCESTORS {
         let key = GoKey {
             tgid,
