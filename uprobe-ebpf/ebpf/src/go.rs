@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     macros::{map, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
 use sightline_common::{
@@ -23,13 +23,35 @@ use sightline_common::{
 #[map]
 static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(4096, 0);
 
+/// What an entry probe keeps for the return: pointers to read then, not the values. Reading
+/// everything once at return, straight into the ring buffer, costs a third of copying a whole
+/// record into a map at entry and out again.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InFlight {
+    start_ns: u64,
+    /// The `*http.Request`.
+    req: u64,
+    /// Server: the ResponseWriter's data pointer.
+    obj: u64,
+    /// Client: the server request (goroutine, entry time) whose handling made the call.
+    parent_goid: u64,
+    parent_start_ns: u64,
+    /// Client: the socket, learnt inside the round trip, or -1.
+    fd: i32,
+    tls: u8,
+    /// Client: 2 once the HTTP/2 connection code ran, else 0.
+    proto_major: u8,
+    _pad: [u8; 2],
+}
+
 /// Server requests being handled, by goroutine.
 #[map]
-static GO_SERVER: HashMap<GoKey, GoHttpRecord> = HashMap::with_max_entries(16384, 0);
+static GO_SERVER: HashMap<GoKey, InFlight> = HashMap::with_max_entries(16384, 0);
 
 /// Client round trips in flight, by goroutine.
 #[map]
-static GO_CLIENT: HashMap<GoKey, GoHttpRecord> = HashMap::with_max_entries(16384, 0);
+static GO_CLIENT: HashMap<GoKey, InFlight> = HashMap::with_max_entries(16384, 0);
 
 /// The goroutine that started each goroutine, so a call made from a goroutine a handler
 /// spawned still finds its request.
@@ -39,9 +61,6 @@ static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0
 /// `runtime.newproc1`'s caller goroutine, from entry to return, by thread.
 #[map]
 static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
-
-#[map]
-static GO_SCRATCH: PerCpuArray<GoHttpRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// How many goroutine generations a client call looks up for its server request.
 const ANCESTORS: usize = 4;
@@ -96,19 +115,16 @@ fn goid(off: &GoOffsets, g: u64) -> Option<u64> {
     field::<u64>(g, off.g_goid)
 }
 
-/// The per-CPU record to build, with every length cleared.
+/// Sets every scalar of a freshly reserved record (its strings are bounded by their lengths).
 #[inline(always)]
-fn scratch(role: u32, tgid: u32, goid: u64) -> Option<&'static mut GoHttpRecord> {
-    let rec = GO_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot, used by one program run at a time.
-    let rec = unsafe { &mut *rec };
+fn init(rec: &mut GoHttpRecord, role: u32, tgid: u32, goid: u64, start_ns: u64) {
     rec.kind = kind::GO_HTTP;
     rec.role = role;
     rec.tgid = tgid;
     rec.fd = -1;
     rec.goid = goid;
-    rec.start_ns = now();
-    rec.end_ns = 0;
+    rec.start_ns = start_ns;
+    rec.end_ns = now();
     rec.parent_goid = 0;
     rec.parent_start_ns = 0;
     rec.object = 0;
@@ -118,6 +134,7 @@ fn scratch(role: u32, tgid: u32, goid: u64) -> Option<&'static mut GoHttpRecord>
     rec.proto_major = 0;
     rec.proto_minor = 0;
     rec.tls = 0;
+    rec._pad = [0; 7];
     rec.method_len = 0;
     rec.path_len = 0;
     rec.query_len = 0;
@@ -126,7 +143,6 @@ fn scratch(role: u32, tgid: u32, goid: u64) -> Option<&'static mut GoHttpRecord>
     rec.pattern_len = 0;
     rec.scheme_len = 0;
     rec.traceparent_len = 0;
-    Some(rec)
 }
 
 /// Reads what a `*http.Request` says about the call.
@@ -252,118 +268,101 @@ fn server_fd(off: &GoOffsets, response: u64, tls: bool) -> i32 {
 }
 
 #[inline(always)]
-fn send(rec: *mut GoHttpRecord) {
-    // SAFETY: `rec` points at a map value of exactly this size.
-    let r = unsafe {
-        generated::bpf_ringbuf_output(
-            core::ptr::addr_of!(EVENTS) as *mut core::ffi::c_void,
-            rec.cast(),
-            core::mem::size_of::<GoHttpRecord>() as u64,
-            wakeup_flags(),
-        )
-    };
-    if r != 0 {
-        bump(counter::RINGBUF_FULL);
+fn in_flight(start_ns: u64, req: u64, obj: u64) -> InFlight {
+    InFlight {
+        start_ns,
+        req,
+        obj,
+        parent_goid: 0,
+        parent_start_ns: 0,
+        fd: -1,
+        tls: 0,
+        proto_major: 0,
+        _pad: [0; 2],
     }
+}
+
+/// The current goroutine's key, with the process's offsets.
+#[inline(always)]
+fn current(ctx: &ProbeContext) -> Option<(GoOffsets, GoKey)> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: map lookup; the value is copied at once.
+    let off = (unsafe { GO_PROCS.get(&tgid) }).copied()?;
+    let goid = goid(&off, regs(ctx).r14)?;
+    Some((
+        off,
+        GoKey {
+            tgid,
+            _pad: 0,
+            goid,
+        },
+    ))
 }
 
 /// `net/http.serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request)`: RAX = sh.srv,
 /// RBX/RCX = rw (itab, data), RDI = req. HTTP/2 requests pass here too.
 #[uprobe]
 pub fn go_server_enter(ctx: ProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    // SAFETY: map lookup; the value is copied at once.
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+    let Some((_, key)) = current(&ctx) else {
         return 0;
     };
     let r = regs(&ctx);
-    let Some(goid) = goid(&off, r.r14) else {
-        return 0;
-    };
-    let Some(rec) = scratch(go_role::SERVER, tgid, goid) else {
-        return 0;
-    };
-    read_request(&off, r.rdi, rec);
-    read_traceparent(&off, r.rdi, rec);
-    rec.object = r.rcx;
-    rec.request = r.rdi;
-    if rec.proto_major == 1 {
-        rec.fd = server_fd(&off, r.rcx, rec.tls != 0);
-    }
-    let key = GoKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
-    if GO_SERVER.insert(&key, rec, 0).is_err() {
+    if GO_SERVER
+        .insert(&key, &in_flight(now(), r.rdi, r.rcx), 0)
+        .is_err()
+    {
         bump(counter::ACTIVE_FULL);
     }
     0
 }
 
-/// A RET of `serverHandler.ServeHTTP`: the handler is done and the status is set.
+/// A RET of `serverHandler.ServeHTTP`: the handler is done, the status is set, and ServeMux
+/// has set `Request.Pattern` (Go 1.23+).
 #[uprobe]
 pub fn go_server_ret(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: as above.
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+    let Some((off, key)) = current(&ctx) else {
         return 0;
     };
-    let Some(goid) = goid(&off, regs(&ctx).r14) else {
+    // SAFETY: map lookup, copied at once.
+    let Some(call) = (unsafe { GO_SERVER.get(&key) }).copied() else {
         return 0;
     };
-    let key = GoKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
-    let Some(rec) = GO_SERVER.get_ptr_mut(&key) else {
-        return 0;
-    };
-    // SAFETY: this goroutine's map value; only this goroutine's probes touch it.
-    unsafe {
-        (*rec).status = if (*rec).proto_major == 2 {
-            // *http2responseWriter → its state → the status WriteHeader recorded.
-            let rws = field::<u64>((*rec).object, off.h2rw_rws).unwrap_or(0);
-            field::<u64>(rws, off.h2rws_status).unwrap_or(0) as u32
-        } else {
-            field::<u64>((*rec).object, off.response_status).unwrap_or(0) as u32
-        };
-        // ServeMux sets Request.Pattern (Go 1.23+) while routing, after the entry probe ran.
-        (*rec).pattern_len =
-            go_string::<GO_PATTERN_CAP>((*rec).request, off.req_pattern, &mut (*rec).pattern);
-        (*rec).end_ns = now();
-    }
-    send(rec);
     let _ = GO_SERVER.remove(&key);
+    let Some(mut entry) = EVENTS.reserve::<GoHttpRecord>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return 0;
+    };
+    // SAFETY: reserved ring memory of the record's size; every scalar is set by `init`.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    init(rec, go_role::SERVER, key.tgid, key.goid, call.start_ns);
+    read_request(&off, call.req, rec);
+    read_traceparent(&off, call.req, rec);
+    rec.object = call.obj;
+    rec.request = call.req;
+    rec.status = if rec.proto_major == 2 {
+        // *http2responseWriter → its state → the status WriteHeader recorded.
+        let rws = field::<u64>(call.obj, off.h2rw_rws).unwrap_or(0);
+        field::<u64>(rws, off.h2rws_status).unwrap_or(0) as u32
+    } else {
+        rec.fd = server_fd(&off, call.obj, rec.tls != 0);
+        field::<u64>(call.obj, off.response_status).unwrap_or(0) as u32
+    };
+    rec.pattern_len = go_string::<GO_PATTERN_CAP>(call.req, off.req_pattern, &mut rec.pattern);
+    entry.submit(wakeup_flags());
     0
 }
 
 /// `net/http.(*Transport).RoundTrip(t, req *Request) (*Response, error)`: RAX = t, RBX = req.
 #[uprobe]
 pub fn go_client_enter(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: as above.
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+    let Some((off, key)) = current(&ctx) else {
         return 0;
     };
     let r = regs(&ctx);
-    let Some(goid) = goid(&off, r.r14) else {
-        return 0;
-    };
-    let Some(rec) = scratch(go_role::CLIENT, tgid, goid) else {
-        return 0;
-    };
-    read_request(&off, r.rbx, rec);
+    let mut call = in_flight(now(), r.rbx, 0);
     // The server request this call serves: on this goroutine, or on the one that started it
     // (from `g.parentGoid` where Go records it, else from the newproc1 probes' table).
-    let mut g = goid;
-    let key = GoKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
+    let mut g = key.goid;
     // SAFETY: map lookup.
     if unsafe { GO_SERVER.get(&key) }.is_none() {
         if let Some(p) = field::<u64>(r.r14, off.g_parent_goid).filter(|p| *p != 0) {
@@ -371,57 +370,40 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         }
     }
     for _ in 0..ANCESTORS {
-        let key = GoKey {
-            tgid,
+        let k = GoKey {
+            tgid: key.tgid,
             _pad: 0,
             goid: g,
         };
-        // SAFETY: map lookup, fields copied at once.
-        if let Some(server) = unsafe { GO_SERVER.get(&key) } {
-            rec.parent_goid = g;
-            rec.parent_start_ns = server.start_ns;
-            rec.traceparent = server.traceparent;
-            rec.traceparent_len = server.traceparent_len;
+        // SAFETY: map lookup, copied at once.
+        if let Some(server) = unsafe { GO_SERVER.get(&k) } {
+            call.parent_goid = g;
+            call.parent_start_ns = server.start_ns;
             break;
         }
         // SAFETY: as above.
-        match unsafe { GO_PARENT.get(&key) } {
+        match unsafe { GO_PARENT.get(&k) } {
             Some(p) if *p != 0 => g = *p,
             _ => break,
         }
     }
-    let key = GoKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
-    if GO_CLIENT.insert(&key, rec, 0).is_err() {
+    if GO_CLIENT.insert(&key, &call, 0).is_err() {
         bump(counter::ACTIVE_FULL);
     }
     0
 }
 
-/// `net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc. Runs inside `Transport.roundTrip`
+/// `net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc. Runs inside `Transport.RoundTrip`
 /// on the same goroutine for HTTP/1; tells that call which socket carries it.
 #[uprobe]
 pub fn go_pconn_enter(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: as above.
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+    let Some((off, key)) = current(&ctx) else {
+        return 0;
+    };
+    let Some(call) = GO_CLIENT.get_ptr_mut(&key) else {
         return 0;
     };
     let r = regs(&ctx);
-    let Some(goid) = goid(&off, r.r14) else {
-        return 0;
-    };
-    let key = GoKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
-    let Some(rec) = GO_CLIENT.get_ptr_mut(&key) else {
-        return 0;
-    };
     let tls = field::<u64>(r.rax, off.pconn_tls_state).unwrap_or(0) != 0;
     // persistConn.conn is a net.Conn: its data word follows the itab word.
     let Some(mut c) = field::<u64>(r.rax, off.pconn_conn.wrapping_add(8)) else {
@@ -436,40 +418,32 @@ pub fn go_pconn_enter(ctx: ProbeContext) -> u32 {
     let fd = conn_fd(&off, c);
     // SAFETY: this goroutine's map value.
     unsafe {
-        (*rec).fd = fd;
-        (*rec).tls = tls as u8;
+        (*call).fd = fd;
+        (*call).tls = tls as u8;
     }
     0
 }
 
-/// `net/http.(*http2ClientConn).RoundTrip(cc, req)`: RAX = cc, on the caller's goroutine,
-/// inside `Transport.RoundTrip`; its `tconn` is the (TLS) connection.
+/// `net/http.(*http2ClientConn).RoundTrip(cc, req)` (or `roundTrip` on Go 1.23+): RAX = cc, on
+/// the caller's goroutine inside `Transport.RoundTrip`; its `tconn` is the connection, TLS
+/// whenever the request's scheme is https.
 #[uprobe]
 pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: as above.
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+    let Some((off, key)) = current(&ctx) else {
+        return 0;
+    };
+    let Some(call) = GO_CLIENT.get_ptr_mut(&key) else {
         return 0;
     };
     let r = regs(&ctx);
-    let Some(goid) = goid(&off, r.r14) else {
-        return 0;
-    };
-    let key = GoKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
-    let Some(rec) = GO_CLIENT.get_ptr_mut(&key) else {
-        return 0;
-    };
     let Some(mut c) = field::<u64>(r.rax, off.h2cc_tconn.wrapping_add(8)) else {
         return 0;
     };
-    // HTTP/2 from Go's Transport is TLS (h2c goes through the same type only when asked for).
     // SAFETY: this goroutine's map value.
-    let (scheme, scheme_len) = unsafe { ((*rec).scheme, (*rec).scheme_len) };
-    let tls = scheme_len == 5 && scheme[..5] == *b"https";
+    let req = unsafe { (*call).req };
+    let url = field::<u64>(req, off.req_url).unwrap_or(0);
+    let scheme = field::<[u64; 2]>(url, off.url_scheme).unwrap_or([0, 0]);
+    let tls = scheme[1] == 5;
     if tls {
         match field::<u64>(c, off.tls_conn_conn.wrapping_add(8)) {
             Some(inner) => c = inner,
@@ -479,10 +453,9 @@ pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
     let fd = conn_fd(&off, c);
     // SAFETY: this goroutine's map value.
     unsafe {
-        (*rec).fd = fd;
-        (*rec).tls = tls as u8;
-        (*rec).proto_major = 2;
-        (*rec).proto_minor = 0;
+        (*call).fd = fd;
+        (*call).tls = tls as u8;
+        (*call).proto_major = 2;
     }
     0
 }
@@ -501,33 +474,36 @@ fn conn_fd(off: &GoOffsets, c: u64) -> i32 {
         .unwrap_or(-1)
 }
 
-/// A RET of `Transport.roundTrip`: RAX = *Response (nil on error).
+/// A RET of `Transport.RoundTrip`: RAX = *Response (nil on error).
 #[uprobe]
 pub fn go_client_ret(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: as above.
-    let Some(off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+    let Some((off, key)) = current(&ctx) else {
         return 0;
     };
-    let r = regs(&ctx);
-    let Some(goid) = goid(&off, r.r14) else {
+    // SAFETY: map lookup, copied at once.
+    let Some(call) = (unsafe { GO_CLIENT.get(&key) }).copied() else {
         return 0;
     };
-    let key = GoKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
-    let Some(rec) = GO_CLIENT.get_ptr_mut(&key) else {
-        return 0;
-    };
-    // SAFETY: this goroutine's map value.
-    unsafe {
-        (*rec).status = field::<u64>(r.rax, off.resp_status_code).unwrap_or(0) as u32;
-        (*rec).end_ns = now();
-    }
-    send(rec);
     let _ = GO_CLIENT.remove(&key);
+    let resp = regs(&ctx).rax;
+    let Some(mut entry) = EVENTS.reserve::<GoHttpRecord>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return 0;
+    };
+    // SAFETY: reserved ring memory of the record's size; every scalar is set by `init`.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    init(rec, go_role::CLIENT, key.tgid, key.goid, call.start_ns);
+    read_request(&off, call.req, rec);
+    rec.parent_goid = call.parent_goid;
+    rec.parent_start_ns = call.parent_start_ns;
+    rec.fd = call.fd;
+    rec.tls = call.tls;
+    if call.proto_major == 2 {
+        rec.proto_major = 2;
+        rec.proto_minor = 0;
+    }
+    rec.status = field::<u64>(resp, off.resp_status_code).unwrap_or(0) as u32;
+    entry.submit(wakeup_flags());
     0
 }
 
