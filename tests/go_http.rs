@@ -301,3 +301,47 @@ async fn a_chain_of_go_services_is_one_trace() {
     let in_trace: Vec<&FlatSpan> = all.iter().filter(|s| s.trace_id == a2.trace_id).collect();
     assert_eq!(in_trace.len(), 5, "{in_trace:#?}");
 }
+
+/// Safety: the probes attached and detached 100 times, doing their full work (the process's
+/// offsets are loaded), while the server is under keep-alive load. Breakpoints come and go
+/// under running goroutines; the server must keep serving every request correctly.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_and_detach_100_times_under_load() {
+    let _g = SERIAL.lock().await;
+    require("wrk");
+    let bin = gobuild::build("probe", "1.22", Shape::StrippedPie, false);
+    let svc = GoService::start(&bin, &[]);
+    let url = svc.url("http", "/items/load");
+    let wrk = Command::new("wrk")
+        .args(["-t1", "-c8", "-d600s", &url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wrk runs");
+    std::thread::sleep(Duration::from_millis(500));
+    let cycles = run(Command::new(sightline_e2e::procs::sightline_bin())
+        .args(["probe-go", "--cycles", "100", "--pid", &svc.pid.to_string()])
+        .arg(&bin))
+    .unwrap();
+    assert_eq!(cycles.trim(), "cycles 100");
+    // wrk prints its report on SIGINT.
+    Command::new("kill")
+        .args(["-INT", &wrk.id().to_string()])
+        .status()
+        .unwrap();
+    let out = wrk.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let served: u64 = report
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("wrk report: {report}"));
+    assert!(served > 10_000, "the server kept serving: {report}");
+    assert!(!report.contains("Socket errors"), "{report}");
+    assert!(!report.contains("Non-2xx"), "{report}");
+    // Still alive and still right.
+    let body = run(Command::new("curl").args(["-s", &svc.url("http", "/items/after")])).unwrap();
+    assert_eq!(body.trim(), "GET /items/after HTTP/1.1");
+}

@@ -187,6 +187,10 @@ fn read_traceparent(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
     let Some(hmap) = field::<u64>(req, off.req_header) else {
         return;
     };
+    // Most requests carry a few headers, some none: an empty map costs one read.
+    if field::<u64>(hmap, off.hmap_count).unwrap_or(0) == 0 {
+        return;
+    }
     let Some(b) = field::<u8>(hmap, off.hmap_b) else {
         return;
     };
