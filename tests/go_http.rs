@@ -345,3 +345,107 @@ async fn attach_and_detach_100_times_under_load() {
     let body = run(Command::new("curl").args(["-s", &svc.url("http", "/items/after")])).unwrap();
     assert_eq!(body.trim(), "GET /items/after HTTP/1.1");
 }
+
+/// Real third-party Go servers as Debian ships them (stripped, Go 1.19, offsets from the
+/// table): caddy as a reverse proxy in front of prometheus-node-exporter, called by curl over
+/// HTTPS with HTTP/1.1 and HTTP/2. Each request is caddy's SERVER span, its CLIENT span to the
+/// exporter, and the exporter's SERVER span, in one trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn debian_caddy_in_front_of_node_exporter() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let root = std::path::Path::new("/var/cache/sightline-tests/debs/root/usr/bin");
+    let (exporter, caddy) = (root.join("prometheus-node-exporter"), root.join("caddy"));
+    assert!(
+        exporter.is_file() && caddy.is_file(),
+        "Debian's caddy and prometheus-node-exporter are missing: run tests/prereqs.sh"
+    );
+    let (mut agent, rec) = agent_with_receiver().await;
+    let home = sightline_e2e::procs::tempdir("caddy");
+    let (ne_port, caddy_port) = (
+        sightline_e2e::procs::free_port(),
+        sightline_e2e::procs::free_port(),
+    );
+    let mut ne = Command::new(&exporter)
+        .arg(format!("--web.listen-address=127.0.0.1:{ne_port}"))
+        .args(["--collector.disable-defaults", "--collector.cpu"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut cd = Command::new(&caddy)
+        .args(["reverse-proxy", "--from"])
+        .arg(format!("127.0.0.1:{caddy_port}"))
+        .arg("--to")
+        .arg(format!("127.0.0.1:{ne_port}"))
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", &home)
+        .env("XDG_CONFIG_HOME", &home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Both up (caddy issues itself a certificate first).
+    let url = format!("https://127.0.0.1:{caddy_port}/metrics");
+    let mut up = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let ok = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .map(|o| o.stdout == b"200")
+            .unwrap_or(false);
+        if ok {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "caddy proxies to node-exporter");
+    curl(&[
+        "--http1.1",
+        &format!("https://127.0.0.1:{caddy_port}/metrics?h=1"),
+    ]);
+    curl(&[
+        "--http2",
+        &format!("https://127.0.0.1:{caddy_port}/metrics?h=2"),
+    ]);
+    let q = |s: &FlatSpan, v: &str| s.attr("url.query") == Some(&Val::S(format!("h={v}")));
+    wait_spans(&rec, &agent, |all| {
+        all.iter().filter(|s| q(s, "REDACTED")).count() >= 4
+            && all.iter().filter(|s| server_port_is(s, caddy_port)).count() >= 3
+    })
+    .await;
+    let (_, status) = agent.stop().unwrap();
+    let _ = (ne.kill(), cd.kill(), ne.wait(), cd.wait());
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    for (version, curl_proto) in [("1.1", "1.1"), ("2", "2")] {
+        let front = one(&all, "caddy server", |s| {
+            server_port_is(s, caddy_port)
+                && s.attr("network.protocol.version") == Some(&Val::S(curl_proto.into()))
+                && s.service() == "caddy"
+                && s.attr("url.query").is_some()
+        });
+        assert_eq!(s(front.attr("url.scheme")), "https", "{version}");
+        assert_eq!(s(front.attr("url.path")), "/metrics");
+        assert_eq!(s(front.attr("http.response.status_code")), "200");
+        let hop = one(&all, "caddy client", |s| {
+            s.kind == 3 && s.parent_span_id == front.span_id
+        });
+        assert_eq!(hop.service(), "caddy");
+        assert_eq!(s(hop.attr("server.port")), ne_port.to_string());
+        assert_eq!(s(hop.attr("http.response.status_code")), "200");
+        // caddy forwards the client's Host header, so the exporter's server.port is caddy's;
+        // its socket says where it listens.
+        let back = one(&all, "node-exporter server", |s| {
+            s.kind == 2
+                && s.attr("network.local.port") == Some(&Val::I(ne_port as i64))
+                && s.parent_span_id == hop.span_id
+        });
+        assert_eq!(back.service(), "prometheus-node-exporter");
+        assert_eq!(s(back.attr("url.path")), "/metrics");
+        assert_eq!(s(back.attr("network.protocol.version")), "1.1");
+        assert_eq!(front.trace_id, hop.trace_id);
+        assert_eq!(hop.trace_id, back.trace_id);
+    }
+}

@@ -186,7 +186,7 @@ pub struct Loader {
 
 /// Go functions sightline probes: (symbol, program at entry, program at each RET). Each needs
 /// its return sites; a function without them is not probed at all.
-pub const GO_PROBES: [(&str, &str, &str); 3] = [
+pub const GO_PROBES: [(&str, &str, &str); 4] = [
     (
         "net/http.serverHandler.ServeHTTP",
         "go_server_enter",
@@ -194,6 +194,12 @@ pub const GO_PROBES: [(&str, &str, &str); 3] = [
     ),
     (
         "net/http.(*Transport).RoundTrip",
+        "go_client_enter",
+        "go_client_ret",
+    ),
+    // Inlined into callers that hold a *Transport; the first of the two to run owns the call.
+    (
+        "net/http.(*Transport).roundTrip",
         "go_client_enter",
         "go_client_ret",
     ),

@@ -30,6 +30,9 @@ const fn probe(symbol: &'static str, returns: bool) -> GoProbe {
 pub const GO_FUNCTIONS: &[GoProbe] = &[
     probe("net/http.serverHandler.ServeHTTP", true),
     probe("net/http.(*Transport).RoundTrip", true),
+    // RoundTrip is small enough to be inlined where callers hold a *Transport (caddy's proxy),
+    // so its body is probed too.
+    probe("net/http.(*Transport).roundTrip", true),
     probe("net/http.(*persistConn).roundTrip", false),
     probe("net/http.Header.writeSubset", false),
     probe("net/http.(*http2serverConn).processHeaders", false),

@@ -356,12 +356,19 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `net/http.(*Transport).RoundTrip(t, req *Request) (*Response, error)`: RAX = t, RBX = req.
+/// `net/http.(*Transport).RoundTrip(t, req *Request) (*Response, error)` and its body
+/// `roundTrip`, same arguments: RAX = t, RBX = req.
 #[uprobe]
 pub fn go_client_enter(ctx: ProbeContext) -> u32 {
     let Some((off, key)) = current(&ctx) else {
         return 0;
     };
+    // Transport.RoundTrip and its body roundTrip are both probed (the first may be inlined
+    // away); when both run, the outer one owns the call and the inner one's return ends it.
+    // SAFETY: map lookup.
+    if unsafe { GO_CLIENT.get(&key) }.is_some() {
+        return 0;
+    }
     let r = regs(&ctx);
     let mut call = in_flight(now(), r.rbx, 0);
     // The server request this call serves: on this goroutine, or on the one that started it
