@@ -87,6 +87,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.redaction.query_values,
         mono_to_unix,
     );
+    // Writing a traceparent into a Go request needs bpf_probe_write_user; say once why it is
+    // not done, and what still holds.
+    match crate::loader::lockdown_mode().as_deref() {
+        Some(mode @ ("integrity" | "confidentiality")) => tracing::info!(
+            lockdown = mode,
+            "kernel lockdown forbids writing into processes (bpf_probe_write_user), so no traceparent is injected into outgoing requests; every span is still correct, and calls between services on this host are joined into one trace by their connections"
+        ),
+        _ => tracing::info!(
+            "outgoing traceparent is not injected (sightline never writes into a process); calls between services on this host are joined into one trace by their connections"
+        ),
+    }
     tracing::info!("sightline is running; Ctrl-C to stop");
     if output == OutputFormat::Text {
         println!(

@@ -95,6 +95,31 @@ fn ensure_tracefs() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`), from securityfs,
+/// mounted if the host left it unmounted. `None` when the kernel has no lockdown support.
+pub fn lockdown_mode() -> Option<String> {
+    let path = Path::new("/sys/kernel/security/lockdown");
+    if !path.exists() {
+        let target = c"/sys/kernel/security";
+        let fstype = c"securityfs";
+        // SAFETY: static NUL-terminated strings; a null data pointer is allowed.
+        let _ = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    // "none [integrity] confidentiality": the bracketed one is in force.
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_string())
+}
+
 /// Field offsets of a tracepoint, from its tracefs format description.
 fn tracepoint_fields(category: &str, name: &str, fields: &[&str]) -> Option<Vec<u32>> {
     let text = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
