@@ -258,15 +258,12 @@ fn server_fd(off: &GoOffsets, response: u64, tls: bool) -> i32 {
         return -1;
     };
     // An interface is (itab, data); the data word follows the itab word.
-    let Some(mut c) = field::<u64>(conn, off.conn_rwc.wrapping_add(8)) else {
+    let Some(c) = field::<u64>(conn, off.conn_rwc.wrapping_add(8)) else {
         return -1;
     };
-    if tls {
-        match field::<u64>(c, off.tls_conn_conn.wrapping_add(8)) {
-            Some(inner) => c = inner,
-            None => return -1,
-        }
-    }
+    let Some(c) = below_tls(off, c, tls) else {
+        return -1;
+    };
     // *net.TCPConn (and *net.UnixConn) embed net.conn first, whose fd is a *netFD.
     conn_fd(off, c)
 }
@@ -417,15 +414,12 @@ pub fn go_pconn_enter(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let tls = field::<u64>(r.rax, off.pconn_tls_state).unwrap_or(0) != 0;
     // persistConn.conn is a net.Conn: its data word follows the itab word.
-    let Some(mut c) = field::<u64>(r.rax, off.pconn_conn.wrapping_add(8)) else {
+    let Some(c) = field::<u64>(r.rax, off.pconn_conn.wrapping_add(8)) else {
         return 0;
     };
-    if tls {
-        match field::<u64>(c, off.tls_conn_conn.wrapping_add(8)) {
-            Some(inner) => c = inner,
-            None => return 0,
-        }
-    }
+    let Some(c) = below_tls(&off, c, tls) else {
+        return 0;
+    };
     let fd = conn_fd(&off, c);
     // SAFETY: this goroutine's map value.
     unsafe {
@@ -447,7 +441,7 @@ pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let r = regs(&ctx);
-    let Some(mut c) = field::<u64>(r.rax, off.h2cc_tconn.wrapping_add(8)) else {
+    let Some(c) = field::<u64>(r.rax, off.h2cc_tconn.wrapping_add(8)) else {
         return 0;
     };
     // SAFETY: this goroutine's map value.
@@ -455,12 +449,9 @@ pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
     let url = field::<u64>(req, off.req_url).unwrap_or(0);
     let scheme = field::<[u64; 2]>(url, off.url_scheme).unwrap_or([0, 0]);
     let tls = scheme[1] == 5;
-    if tls {
-        match field::<u64>(c, off.tls_conn_conn.wrapping_add(8)) {
-            Some(inner) => c = inner,
-            None => return 0,
-        }
-    }
+    let Some(c) = below_tls(&off, c, tls) else {
+        return 0;
+    };
     let fd = conn_fd(&off, c);
     // SAFETY: this goroutine's map value.
     unsafe {
@@ -469,6 +460,17 @@ pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
         (*call).proto_major = 2;
     }
     0
+}
+
+/// The connection under a `*tls.Conn` (its `conn`, a net.Conn whose data word follows the
+/// itab word) when `tls`, else `c` itself.
+#[inline(always)]
+fn below_tls(off: &GoOffsets, c: u64, tls: bool) -> Option<u64> {
+    if tls {
+        field::<u64>(c, off.tls_conn_conn.wrapping_add(8))
+    } else {
+        Some(c)
+    }
 }
 
 /// The fd of a *net.TCPConn (or *net.UnixConn): net.conn.fd → netFD.pfd.Sysfd.
