@@ -86,6 +86,11 @@ impl<'data, R: ReadRef<'data>> Image<'data, R> {
             .map_err(|e| format!("{name}: cannot decompress: {e}"))
     }
 
+    /// Whether the file still has section headers (stripping tools can remove them all).
+    pub fn has_section_headers(&self) -> bool {
+        self.elf.elf_section_table().len() > 1
+    }
+
     pub fn has_section(&self, name: &str) -> bool {
         self.elf.section_by_name(name).is_some()
     }

@@ -200,7 +200,7 @@ pub fn analyze<'d, R: ReadRef<'d>>(
         Some(Err(e)) => info.problems.push(format!("build information: {e}")),
         None => {}
     }
-    let table = find_pclntab(img);
+    let table = find_pclntab(img, info.build.is_some());
     if info.build.is_none() && table.is_none() {
         return None;
     }
@@ -493,6 +493,11 @@ fn find_buildinfo<'d, R: ReadRef<'d>>(
     if let Some((_, blob)) = img.section(&[".go.buildinfo"]) {
         return Some(buildinfo::parse(blob, img));
     }
+    // Every Go toolchain since 1.13 names the section; searching the data is only for files
+    // whose section headers are gone, not for every other binary discovery looks at.
+    if img.has_section_headers() {
+        return None;
+    }
     for (_, data) in img.data_segments() {
         let magic = b"\xff Go buildinf:";
         for at in memchr::memmem::find_iter(data, magic) {
@@ -504,9 +509,14 @@ fn find_buildinfo<'d, R: ReadRef<'d>>(
     None
 }
 
-fn find_pclntab<'d, R: ReadRef<'d>>(img: &Image<'d, R>) -> Option<(u64, &'d [u8])> {
+/// The pclntab: its section, or, for a binary known to be Go (an external PIE link merges the
+/// section away) or one without section headers, the validated magic in its data.
+fn find_pclntab<'d, R: ReadRef<'d>>(img: &Image<'d, R>, is_go: bool) -> Option<(u64, &'d [u8])> {
     if let Some(found) = img.section(&[".gopclntab", ".data.rel.ro.gopclntab"]) {
         return Some(found);
+    }
+    if !is_go && img.has_section_headers() {
+        return None;
     }
     img.data_segments().find_map(|(addr, data)| {
         let at = pclntab::find_pclntab(data)?;
