@@ -614,3 +614,41 @@ fn an_untabled_go_release_falls_back_to_disassembly_and_explains_the_rest() {
     // The functions and their return sites do not depend on the version at all.
     assert_eq!(g["functions"], real["go"]["functions"]);
 }
+
+/// The human form is the JSON's content as a table: the same functions, addresses, offsets
+/// and sources.
+#[test]
+fn the_table_form_shows_what_the_json_says() {
+    let bin = gobuild::build("probe", "1.23", Shape::Stripped, false);
+    let j = symbols(&bin, &[]);
+    let text = run(Command::new(sightline_bin()).arg("symbols").arg(&bin));
+    let g = &j["go"];
+    assert!(
+        text.contains(&format!("Go: {}", g["version"].as_str().unwrap())),
+        "{text}"
+    );
+    for f in g["functions"].as_array().unwrap() {
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == f["symbol"].as_str())
+            .unwrap_or_else(|| panic!("a row for {f}: {text}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[1], format!("{:#x}", f["address"].as_u64().unwrap()));
+        assert_eq!(
+            cols[2],
+            format!("{:#x}", f["file_offset"].as_u64().unwrap())
+        );
+        assert_eq!(cols[3], "pclntab");
+    }
+    let url = field(g, "net/http.Request", "URL");
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("net/http.Request.URL "))
+        .expect("a row for Request.URL");
+    assert!(
+        row.contains(&format!(" {} ", url["offset"].as_u64().unwrap())),
+        "{row}"
+    );
+    assert!(row.contains("table"), "{row}");
+    assert!(row.contains(url["detail"].as_str().unwrap()), "{row}");
+}
