@@ -4,10 +4,9 @@
 
 use crate::analysis::{analyze, Analysis, Options};
 use crate::elf::AttachPoint;
-use crate::image::Image;
+use crate::image::with_image;
 use crate::openssl::openssl_targets;
 use crate::SymbolizeError;
-use object::ReadCache;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -29,26 +28,26 @@ pub struct Cache {
 
 /// The identity of the binary at `path`, reading only its notes.
 fn key_of(path: &Path) -> Result<Key, SymbolizeError> {
-    let file = std::fs::File::open(path).map_err(|source| SymbolizeError::Open {
-        path: path.to_owned(),
-        source,
+    let ids = with_image(path, |img| {
+        (
+            object::Object::build_id(&img.elf)
+                .ok()
+                .flatten()
+                .map(<[u8]>::to_vec),
+            img.go_build_id(),
+        )
     })?;
-    let meta = file.metadata().map_err(|source| SymbolizeError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let cache = ReadCache::new(file);
-    let img = Image::parse(&cache).map_err(|reason| SymbolizeError::NotElf {
-        path: path.to_owned(),
-        reason,
-    })?;
-    if let Ok(Some(id)) = object::Object::build_id(&img.elf) {
-        return Ok(Key::BuildId(id.to_vec()));
-    }
-    if let Some(id) = img.go_build_id() {
-        return Ok(Key::GoBuildId(id));
-    }
-    Ok(Key::Inode(meta.dev(), meta.ino()))
+    Ok(match ids {
+        (Some(id), _) => Key::BuildId(id),
+        (None, Some(id)) => Key::GoBuildId(id),
+        (None, None) => {
+            let meta = std::fs::metadata(path).map_err(|source| SymbolizeError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+            Key::Inode(meta.dev(), meta.ino())
+        }
+    })
 }
 
 impl Cache {

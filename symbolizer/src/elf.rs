@@ -1,9 +1,8 @@
 //! ELF symbol tables: function name → address → file offset, which is what a uprobe needs.
 
-use crate::image::Image;
+use crate::image::{with_image, Image};
 use crate::SymbolizeError;
-use object::{Object, ReadCache, ReadRef};
-use std::fs::File;
+use object::{Object, ReadRef};
 use std::path::Path;
 
 /// Which table an answer came from, shown to people by `sightline symbols`.
@@ -38,19 +37,12 @@ pub struct AttachPoint {
 /// Finds each of `names` that the file defines as a function. Names it lacks are simply absent
 /// from the result: the caller decides whether that matters.
 pub fn function_offsets(path: &Path, names: &[&str]) -> Result<Vec<AttachPoint>, SymbolizeError> {
-    let file = File::open(path).map_err(|source| SymbolizeError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let cache = ReadCache::new(file);
-    let img = Image::parse(&cache).map_err(|reason| SymbolizeError::NotElf {
-        path: path.to_owned(),
-        reason,
-    })?;
-    find_functions(&img, names).map_err(|(symbol, address)| SymbolizeError::NoSegment {
-        path: path.to_owned(),
-        symbol,
-        address,
+    with_image(path, |img| find_functions(img, names))?.map_err(|(symbol, address)| {
+        SymbolizeError::NoSegment {
+            path: path.to_owned(),
+            symbol,
+            address,
+        }
     })
 }
 
@@ -94,22 +86,13 @@ pub fn find_functions<'d, R: ReadRef<'d>>(
 
 /// The GNU build-id: the identity of a binary's contents, whatever its path or inode.
 pub fn build_id(path: &Path) -> Result<Option<Vec<u8>>, SymbolizeError> {
-    let file = File::open(path).map_err(|source| SymbolizeError::Open {
+    with_image(path, |img| {
+        img.elf.build_id().map(|id| id.map(<[u8]>::to_vec))
+    })?
+    .map_err(|e| SymbolizeError::NotElf {
         path: path.to_owned(),
-        source,
-    })?;
-    let cache = ReadCache::new(file);
-    let img = Image::parse(&cache).map_err(|reason| SymbolizeError::NotElf {
-        path: path.to_owned(),
-        reason,
-    })?;
-    img.elf
-        .build_id()
-        .map(|id| id.map(<[u8]>::to_vec))
-        .map_err(|e| SymbolizeError::NotElf {
-            path: path.to_owned(),
-            reason: format!("unreadable build-id note: {e}"),
-        })
+        reason: format!("unreadable build-id note: {e}"),
+    })
 }
 
 #[cfg(test)]

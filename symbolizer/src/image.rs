@@ -204,6 +204,24 @@ impl<'data, R: ReadRef<'data>> Image<'data, R> {
     }
 }
 
+/// Opens `path` as an ELF file read through a `ReadCache` and hands it to `f`: the one place
+/// that turns a path into an [`Image`] with the errors a user is shown.
+pub fn with_image<T>(
+    path: &std::path::Path,
+    f: impl for<'a> FnOnce(&Image<'a, &'a object::ReadCache<std::fs::File>>) -> T,
+) -> Result<T, crate::SymbolizeError> {
+    let file = std::fs::File::open(path).map_err(|source| crate::SymbolizeError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cache = object::ReadCache::new(file);
+    let img = Image::parse(&cache).map_err(|reason| crate::SymbolizeError::NotElf {
+        path: path.to_owned(),
+        reason,
+    })?;
+    Ok(f(&img))
+}
+
 pub fn c_str_at(strings: &[u8], at: usize) -> Option<&[u8]> {
     let tail = strings.get(at..)?;
     let end = memchr::memchr(0, tail)?;
