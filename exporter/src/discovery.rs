@@ -8,7 +8,7 @@
 
 use crate::loader::Loader;
 use crate::telemetry::stats::Stats;
-use sightline_common::{GoOffsets, GO_NO_OFFSET};
+use sightline_common::{go_window, GoOffsets, GO_NO_OFFSET, GO_REQ_WINDOW, GO_URL_WINDOW};
 use sightline_symbolizer::go::GoInfo;
 use sightline_symbolizer::{Cache, OpensslTarget, Options};
 use std::collections::{HashMap, HashSet};
@@ -256,7 +256,7 @@ pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
             .and_then(|o| u32::try_from(o).ok())
             .unwrap_or(GO_NO_OFFSET)
     };
-    let o = GoOffsets {
+    let mut o = GoOffsets {
         g_goid: get("runtime.g", "goid"),
         req_method: get("net/http.Request", "Method"),
         req_url: get("net/http.Request", "URL"),
@@ -289,8 +289,34 @@ pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
         h2rws_status: get("net/http.http2responseWriterState", "status"),
         h2cc_tconn: get("net/http.http2ClientConn", "tconn"),
         g_parent_goid: get("runtime.g", "parentGoid"),
-        _pad: 0,
+        req_window: 0,
+        url_window: 0,
     };
+    let (word, string) = (8, 16);
+    o.req_window = go_window(
+        &[
+            (o.req_method, string),
+            (o.req_url, word),
+            (o.req_proto_major, word),
+            (o.req_proto_minor, word),
+            (o.req_header, word),
+            (o.req_content_length, word),
+            (o.req_host, string),
+            (o.req_remote_addr, string),
+            (o.req_tls, word),
+            (o.req_pattern, string),
+        ],
+        GO_REQ_WINDOW - 8,
+    );
+    o.url_window = go_window(
+        &[
+            (o.url_scheme, string),
+            (o.url_host, string),
+            (o.url_path, string),
+            (o.url_raw_query, string),
+        ],
+        GO_URL_WINDOW - 8,
+    );
     for (ty, f, v) in [
         ("runtime.g", "goid", o.g_goid),
         ("net/http.Request", "Method", o.req_method),

@@ -40,6 +40,8 @@ pub struct GoRecord {
     pub proto_major: u16,
     pub proto_minor: u16,
     pub tls: bool,
+    /// With `fd`, names the connection (0: unknown).
+    pub sock_gen: u64,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -188,6 +190,7 @@ fn decode_go(b: &[u8]) -> Result<GoRecord, DecodeError> {
         proto_major: u16_(offset_of!(GoHttpRecord, proto_major)),
         proto_minor: u16_(offset_of!(GoHttpRecord, proto_minor)),
         tls: b[offset_of!(GoHttpRecord, tls)] != 0,
+        sock_gen: u64_(offset_of!(GoHttpRecord, sock_gen)),
         method,
         path,
         query,

@@ -32,6 +32,11 @@ const SETTLED_KEEP: Duration = Duration::from_secs(2);
 /// Calls held at once; past this the oldest contexts are settled early (joins are lost,
 /// never memory).
 const MAX_HELD: usize = 65_536;
+/// How long a connection whose caller never showed up is remembered as having none. Its later
+/// requests are then settled at once instead of each waiting out [`JOIN_GRACE`]: a busy
+/// keep-alive connection from an untraced client (a load balancer, wrk) would otherwise hold
+/// every request it carries.
+const NO_CALLER_KEEP: Duration = Duration::from_secs(60);
 
 /// The trace a server request belongs to, once known.
 #[derive(Debug, Clone, Copy)]
@@ -83,9 +88,19 @@ struct RecentClient {
     seen: Instant,
 }
 
+/// What client calls read after their server request settled need of it.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    span_id: u64,
+    s: Settled,
+}
+
 #[derive(Default)]
 pub struct GoCalls {
+    /// Server requests whose trace is not settled yet.
     contexts: FxHashMap<ServerKey, Ctx>,
+    /// Settled server requests, for [`SETTLED_KEEP`].
+    done: FxHashMap<ServerKey, Done>,
     /// Server requests waiting for their caller, by where that caller would be.
     waiting: FxHashMap<ConnKey, Vec<(ServerKey, u64, u64)>>,
     recent_clients: FxHashMap<ConnKey, Vec<RecentClient>>,
@@ -95,6 +110,9 @@ pub struct GoCalls {
     born: VecDeque<(Instant, ServerKey)>,
     retire: VecDeque<(Instant, ServerKey)>,
     recent: VecDeque<(Instant, ConnKey)>,
+    /// Connections on this host whose caller is not traced, with when that was last relied on.
+    no_caller: FxHashMap<ConnKey, Instant>,
+    no_caller_swept: Option<Instant>,
     held: usize,
     ready: Vec<Call>,
 }
@@ -131,8 +149,16 @@ impl GoCalls {
                 call.span_id = new_span_id();
                 let owner =
                     (r.parent_goid != 0).then_some((r.tgid, r.parent_goid, r.parent_start_ns));
-                let trace;
-                match owner {
+                let mut release = true;
+                let trace = match owner {
+                    // The request that made the call is over (the call outlived it).
+                    Some(k) if self.done.contains_key(&k) => {
+                        let d = &self.done[&k];
+                        call.parent_span_id = Some(d.span_id);
+                        call.trace_id = d.s.trace_id;
+                        call.trace_flags = d.s.flags;
+                        Some((d.s.trace_id, d.s.flags))
+                    }
                     Some(k) => {
                         let ctx = ctx_entry(&mut self.contexts, &mut self.born, k);
                         call.parent_span_id = Some(ctx.span_id);
@@ -146,14 +172,15 @@ impl GoCalls {
                                 });
                             }
                         }
-                        trace = ctx.settled.map(|s| (s.trace_id, s.flags));
+                        release = false;
+                        ctx.settled.map(|s| (s.trace_id, s.flags))
                     }
                     None => {
                         call.trace_id = new_trace_id();
                         call.trace_flags = 1;
-                        trace = Some((call.trace_id, 1));
+                        Some((call.trace_id, 1))
                     }
-                }
+                };
                 if let (Some(local), Some(peer)) = (conn.local, conn.peer) {
                     self.client_seen(
                         (local.ip(), local.port(), peer.port()),
@@ -168,8 +195,8 @@ impl GoCalls {
                     );
                 }
                 match owner {
-                    Some(k) => self.hold(k, call),
-                    None => self.ready.push(call),
+                    Some(k) if !release => self.hold(k, call),
+                    _ => self.ready.push(call),
                 }
             }
         }
@@ -177,15 +204,18 @@ impl GoCalls {
 
     fn add_server(&mut self, r: &GoRecord, mut call: Call, conn: GoConn) {
         let key = (r.tgid, r.goid, r.start_ns);
-        let ctx = ctx_entry(&mut self.contexts, &mut self.born, key);
-        call.span_id = ctx.span_id;
         // An incoming traceparent is what the caller itself said: it wins.
-        if let Some(tp) = parse_traceparent(&r.traceparent) {
-            ctx.settled = Some(Settled {
-                trace_id: tp.trace_id,
-                flags: tp.flags,
-                parent: Some(tp.span_id),
-            });
+        let given = parse_traceparent(&r.traceparent).map(|tp| Settled {
+            trace_id: tp.trace_id,
+            flags: tp.flags,
+            parent: Some(tp.span_id),
+        });
+        if let Some(d) = self.done.get(&key) {
+            // Settled before its own record was read (its client calls waited too long).
+            call.span_id = d.span_id;
+            release(&mut call, d.s);
+            self.ready.push(call);
+            return;
         }
         // HTTP/2 requests carry no socket to follow; the Host header's port is the server's.
         let here = match (call.peer, conn.local) {
@@ -196,22 +226,65 @@ impl GoCalls {
             }
             _ => None,
         };
-        let settled = ctx.settled.is_some();
+        // The caller may already have been read.
+        let found = here.and_then(|ck| {
+            self.recent_clients.get(&ck).and_then(|v| {
+                v.iter()
+                    .find(|c| c.start_ns <= r.start_ns && r.end_ns <= c.end_ns)
+                    .copied()
+            })
+        });
+        let no_caller = found.is_none()
+            && here.is_some_and(|ck| match self.no_caller.get_mut(&ck) {
+                Some(seen) => {
+                    *seen = Instant::now();
+                    true
+                }
+                None => false,
+            });
+        let Some(ctx) = self.contexts.get_mut(&key) else {
+            if found.is_none() && (given.is_some() || here.is_none() || no_caller) {
+                // Nothing to wait for and nothing waits for it: the common case costs no
+                // context, only the record of its trace for client calls read after it.
+                let s = given.unwrap_or_else(|| Settled {
+                    trace_id: new_trace_id(),
+                    flags: 1,
+                    parent: None,
+                });
+                call.span_id = new_span_id();
+                release(&mut call, s);
+                self.retire(key, call.span_id, s);
+                self.ready.push(call);
+                return;
+            }
+            // A context of its own, settled below or by its deadline (so not in `born`).
+            let ctx = self.contexts.entry(key).or_insert_with(Ctx::new);
+            call.span_id = ctx.span_id;
+            ctx.settled = given.or(ctx.settled);
+            return self.wait_or_settle(key, call, here, found, no_caller, r.end_ns);
+        };
+        call.span_id = ctx.span_id;
+        ctx.settled = given.or(ctx.settled);
+        self.wait_or_settle(key, call, here, found, no_caller, r.end_ns)
+    }
+
+    /// Holds a server request's call, then settles it unless it waits for a caller on this
+    /// host.
+    fn wait_or_settle(
+        &mut self,
+        key: ServerKey,
+        call: Call,
+        here: Option<ConnKey>,
+        found: Option<RecentClient>,
+        no_caller: bool,
+        end_ns: u64,
+    ) {
+        let settled = self.contexts.get(&key).is_some_and(|c| c.settled.is_some());
         self.hold(key, call);
-        if settled {
-            self.settle(key, None);
-            return;
-        }
-        let Some(ck) = here else {
+        let Some(ck) = here.filter(|_| !settled && !no_caller) else {
             self.settle(key, None);
             return;
         };
-        // The caller may already have been read.
-        let found = self.recent_clients.get(&ck).and_then(|v| {
-            v.iter()
-                .find(|c| c.start_ns <= r.start_ns && r.end_ns <= c.end_ns)
-                .copied()
-        });
         if let Some(c) = found {
             self.join(key, c);
             return;
@@ -225,11 +298,12 @@ impl GoCalls {
         self.waiting
             .entry(ck)
             .or_default()
-            .push((key, r.start_ns, r.end_ns));
+            .push((key, key.2, end_ns));
     }
 
     /// A client call on this host: if a server request waits for it, that request joins it.
     fn client_seen(&mut self, ck: ConnKey, c: RecentClient) {
+        self.no_caller.remove(&ck);
         let matched = self.waiting.get_mut(&ck).and_then(|v| {
             let i = v
                 .iter()
@@ -261,7 +335,11 @@ impl GoCalls {
             ),
             (None, Some(owner)) => {
                 // The caller's own trace is not known yet: follow it when it is.
-                let resolved = self.contexts.get(&owner).and_then(|o| o.settled);
+                let resolved = self
+                    .done
+                    .get(&owner)
+                    .map(|d| d.s)
+                    .or_else(|| self.contexts.get(&owner).and_then(|o| o.settled));
                 match resolved {
                     Some(s) => self.settle(
                         server,
@@ -271,11 +349,10 @@ impl GoCalls {
                             parent: Some(c.span_id),
                         }),
                     ),
-                    None => {
-                        if let Some(o) = self.contexts.get_mut(&owner) {
-                            o.dependents.push((server, c.span_id));
-                        }
-                    }
+                    None => match self.contexts.get_mut(&owner) {
+                        Some(o) => o.dependents.push((server, c.span_id)),
+                        None => self.settle(server, None),
+                    },
                 }
             }
             (None, None) => self.settle(server, None),
@@ -307,11 +384,12 @@ impl GoCalls {
     }
 
     /// Fixes a server request's trace (`how`, or its own when `None`), releases its calls, and
-    /// settles the requests that joined it.
+    /// settles the requests that joined it. Its context goes; what late client calls need of
+    /// it is kept a while.
     fn settle(&mut self, key: ServerKey, how: Option<Settled>) {
         let mut stack = vec![(key, how)];
         while let Some((key, how)) = stack.pop() {
-            let Some(ctx) = self.contexts.get_mut(&key) else {
+            let Some(ctx) = self.contexts.remove(&key) else {
                 continue;
             };
             let s = match (how, ctx.settled) {
@@ -323,27 +401,17 @@ impl GoCalls {
                     parent: None,
                 },
             };
-            if ctx.settled.is_none() {
-                self.retire.push_back((Instant::now(), key));
-            }
-            ctx.settled = Some(s);
-            ctx.deadline = None;
-            if let Some(ck) = ctx.awaiting.take() {
+            if let Some(ck) = ctx.awaiting {
                 if let Some(v) = self.waiting.get_mut(&ck) {
                     v.retain(|(k, _, _)| *k != key);
                 }
             }
-            // Taken, not drained: a settled context is kept a while, its buffers need not be.
-            for mut call in std::mem::take(&mut ctx.held) {
-                call.trace_id = s.trace_id;
-                call.trace_flags = s.flags;
-                if call.role == Role::Server {
-                    call.parent_span_id = s.parent;
-                }
+            for mut call in ctx.held {
+                release(&mut call, s);
                 self.held -= 1;
                 self.ready.push(call);
             }
-            for (dep, parent) in std::mem::take(&mut ctx.dependents) {
+            for (dep, parent) in ctx.dependents {
                 stack.push((
                     dep,
                     Some(Settled {
@@ -353,7 +421,14 @@ impl GoCalls {
                     }),
                 ));
             }
+            self.retire(key, ctx.span_id, s);
         }
+    }
+
+    /// Keeps a settled request's span and trace for [`SETTLED_KEEP`].
+    fn retire(&mut self, key: ServerKey, span_id: u64, s: Settled) {
+        self.done.insert(key, Done { span_id, s });
+        self.retire.push_back((Instant::now(), key));
     }
 
     /// Settles requests that waited long enough for a caller, and forgets old state. Called
@@ -374,8 +449,11 @@ impl GoCalls {
             let waiting = self
                 .contexts
                 .get(&key)
-                .is_some_and(|c| c.settled.is_none() && c.deadline.is_some_and(|d| d <= now));
-            if waiting {
+                .filter(|c| c.settled.is_none() && c.deadline.is_some_and(|d| d <= now));
+            if let Some(c) = waiting {
+                if let Some(ck) = c.awaiting {
+                    self.no_caller.insert(ck, now);
+                }
                 self.settle(key, None);
             }
         }
@@ -385,22 +463,26 @@ impl GoCalls {
                 break;
             }
             self.born.pop_front();
-            if self.contexts.get(&key).is_some_and(|c| c.settled.is_none()) {
+            if self.contexts.contains_key(&key) {
                 self.settle(key, None);
             }
         }
-        // Settled contexts stay a moment for client calls that outlive their request (a
-        // goroutine the handler left running), then go.
+        // Settled requests stay a moment for client calls that outlive them (a goroutine the
+        // handler left running), then go.
         while let Some(&(at, key)) = self.retire.front() {
             if now.duration_since(at) < SETTLED_KEEP {
                 break;
             }
             self.retire.pop_front();
-            if self.contexts.get(&key).is_some_and(|c| {
-                c.settled.is_some() && c.held.is_empty() && c.dependents.is_empty()
-            }) {
-                self.contexts.remove(&key);
-            }
+            self.done.remove(&key);
+        }
+        if self
+            .no_caller_swept
+            .is_none_or(|t| now.duration_since(t) > NO_CALLER_KEEP / 4)
+        {
+            self.no_caller
+                .retain(|_, seen| now.duration_since(*seen) < NO_CALLER_KEEP);
+            self.no_caller_swept = Some(now);
         }
         while let Some(&(at, ck)) = self.recent.front() {
             if now.duration_since(at) < JOIN_GRACE * 4 {
@@ -415,11 +497,20 @@ impl GoCalls {
             }
         }
         if self.born.len() > 2 * self.contexts.len() + 1024 {
-            // Contexts removed once settled leave stale entries; compacting when they outnumber
-            // the live ones keeps this amortised O(1).
+            // Contexts settled before their TTL leave stale entries; compacting when they
+            // outnumber the live ones keeps this amortised O(1).
             let contexts = &self.contexts;
             self.born.retain(|(_, k)| contexts.contains_key(k));
         }
+    }
+}
+
+/// Gives a call its request's trace.
+fn release(call: &mut Call, s: Settled) {
+    call.trace_id = s.trace_id;
+    call.trace_flags = s.flags;
+    if call.role == Role::Server {
+        call.parent_span_id = s.parent;
     }
 }
 
@@ -576,6 +667,28 @@ mod tests {
     }
 
     #[test]
+    fn a_client_call_that_outlives_its_server_request_is_still_its_child() {
+        let mut g = GoCalls::default();
+        let mut server = rec(go_role::SERVER, 7, 5, 100, 200);
+        server.addr = "10.0.0.9:5555".into();
+        server.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into();
+        g.add(process(7), &server, GoConn::default(), true, 0);
+        let s: Vec<Call> = g.take_ready().collect();
+        assert_eq!(s.len(), 1, "nothing to wait for");
+        // A goroutine the handler started calls out after the handler returned.
+        let mut client = rec(go_role::CLIENT, 7, 9, 150, 900);
+        client.parent_goid = 5;
+        client.parent_start_ns = 100;
+        g.add(process(7), &client, GoConn::default(), true, 0);
+        let c: Vec<Call> = g.take_ready().collect();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].parent_span_id, Some(s[0].span_id));
+        assert_eq!(c[0].trace_id, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(s[0].parent_span_id, Some(0xb7ad6b7169203331));
+        assert_eq!(g.held(), 0);
+    }
+
+    #[test]
     fn an_incoming_traceparent_is_continued_by_server_and_children() {
         let mut g = GoCalls::default();
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -695,6 +808,43 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].parent_span_id, None);
         assert_ne!(out[0].trace_id, 0);
+    }
+
+    #[test]
+    fn a_connection_whose_caller_never_showed_up_stops_waiting_until_a_caller_does() {
+        let mut g = GoCalls::default();
+        let conn = GoConn {
+            local: Some(addr("127.0.0.1:8080")),
+            peer: None,
+        };
+        let server = |goid, start, end| {
+            let mut s = rec(go_role::SERVER, 1, goid, start, end);
+            s.addr = "127.0.0.1:4444".into();
+            s
+        };
+        g.add(process(1), &server(1, 100, 200), conn, true, 0);
+        std::thread::sleep(JOIN_GRACE + Duration::from_millis(20));
+        g.expire(false);
+        assert_eq!(g.take_ready().count(), 1);
+        // The same connection again: settled at once.
+        g.add(process(1), &server(2, 300, 400), conn, true, 0);
+        assert_eq!(g.take_ready().count(), 1);
+        // Its caller shows up after all (a client call from 127.0.0.1:4444 to port 8080): the
+        // next request waits for, and joins, the call that carried it.
+        let mut c = rec(go_role::CLIENT, 2, 7, 450, 700);
+        c.host = "127.0.0.1:8080".into();
+        let cconn = GoConn {
+            local: Some(addr("127.0.0.1:4444")),
+            peer: Some(addr("127.0.0.1:8080")),
+        };
+        g.add(process(2), &c, cconn, true, 0);
+        let client: Vec<Call> = g.take_ready().collect();
+        assert_eq!(client.len(), 1);
+        g.add(process(1), &server(3, 500, 600), conn, true, 0);
+        let out: Vec<Call> = g.take_ready().collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].parent_span_id, Some(client[0].span_id));
+        assert_eq!(out[0].trace_id, client[0].trace_id);
     }
 
     #[test]

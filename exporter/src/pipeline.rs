@@ -90,6 +90,9 @@ pub struct Pipeline {
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
     conns: HashMap<(u32, u64), Conn>,
     go: GoCalls,
+    /// Go connections' ends by (pid, fd), with the socket stamp they were resolved for: a
+    /// keep-alive connection is looked up once, not once per request.
+    go_socks: HashMap<(u32, i32), (u64, GoConn)>,
     lookup: Box<dyn SockLookup>,
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<Stats>,
@@ -118,6 +121,7 @@ impl Pipeline {
             listeners: HashMap::default(),
             conns: HashMap::default(),
             go: GoCalls::default(),
+            go_socks: HashMap::default(),
             lookup,
             sinks,
             stats,
@@ -377,21 +381,47 @@ impl Pipeline {
         if !self.selection.matches(process.pid, &process.exe_name) {
             return;
         }
-        let mut conn = GoConn::default();
-        if r.fd > 0 {
-            let s = resolve(&*self.lookup, r.tgid, r.fd, self.use_proc);
-            conn.peer = s.peer;
-            conn.local = s.local;
-            if let (None, Some(lfd), true) = (conn.local, s.listen_fd, self.use_proc) {
-                conn.local = *self
-                    .listeners
-                    .entry((r.tgid, lfd))
-                    .or_insert_with(|| tcp_addrs(r.tgid, lfd).map(|(local, _)| local));
-            }
-        }
+        let conn = if r.fd > 0 {
+            self.go_conn(r)
+        } else {
+            GoConn::default()
+        };
         self.go
             .add(process, r, conn, self.redact_query, self.mono_to_unix_ns);
         self.release_go();
+    }
+
+    /// The ends of a Go call's socket. Only a stamped socket is remembered: an fd number alone
+    /// is reused by the next connection.
+    fn go_conn(&mut self, r: &GoRecord) -> GoConn {
+        let key = (r.tgid, r.fd);
+        if r.sock_gen != 0 {
+            if let Some((gen, conn)) = self.go_socks.get(&key) {
+                if *gen == r.sock_gen {
+                    return *conn;
+                }
+            }
+        }
+        let s = resolve(&*self.lookup, r.tgid, r.fd, self.use_proc);
+        let mut conn = GoConn {
+            peer: s.peer,
+            local: s.local,
+        };
+        if let (None, Some(lfd), true) = (conn.local, s.listen_fd, self.use_proc) {
+            conn.local = *self
+                .listeners
+                .entry((r.tgid, lfd))
+                .or_insert_with(|| tcp_addrs(r.tgid, lfd).map(|(local, _)| local));
+        }
+        if r.sock_gen != 0 {
+            // Stale entries are harmless (their stamp never matches again); the bound is what
+            // keeps them from piling up.
+            if self.go_socks.len() >= GO_SOCKS_MAX {
+                self.go_socks.clear();
+            }
+            self.go_socks.insert(key, (r.sock_gen, conn));
+        }
+        conn
     }
 
     /// Go calls whose trace is now known, to the sinks.
@@ -494,6 +524,9 @@ fn sock_addr(family: u16, addr: [u8; 16], port: u16) -> Option<SocketAddr> {
     };
     Some(SocketAddr::new(ip, port))
 }
+
+/// Go connections whose ends are remembered at once.
+const GO_SOCKS_MAX: usize = 65_536;
 
 /// The role, peer and local address of a socket: from the kernel's connect/accept record, or
 /// from /proc for connections older than sightline.

@@ -5,12 +5,18 @@
 # refuses uprobes inside functions), and sightline. Also the probe hits per request, counted
 # by the empty probes.
 #
+# The server runs on CPU 0 and the load generator on CPU 1. sightline's own user-space work
+# (reading records, building spans) runs on CPU 1 too, as it would on any core the service
+# does not saturate, so the ratio is what the probes cost the service; that work is reported
+# separately, as CPU time per request. AGENT_CPU=0 puts it on the server's core instead.
+#
 #   sudo tests/bench/go_overhead.sh [seconds-per-run] [runs]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-8}
 runs=${2:-3}
 conns=${CONNS:-16}
+agent_cpu=${AGENT_CPU:-1}
 bin=target/release/sightline
 [ -x "$bin" ] || cargo build --release --bin sightline
 for t in wrk; do command -v $t >/dev/null || { echo "missing $t: run tests/prereqs.sh" >&2; exit 1; }; done
@@ -35,7 +41,8 @@ measure() {
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-none=(); empty=(); with=(); hits_per_req=
+none=(); empty=(); with=(); hits_per_req=; agent_us=()
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for i in $(seq "$runs"); do
   none+=("$(measure 2>/dev/null)")
 
@@ -48,19 +55,26 @@ for i in $(seq "$runs"); do
   hits=$(awk '/^hits/ {print $2}' "$dir/empty.out")
   hits_per_req=$(awk -v h="${hits:-0}" -v t="${total:-1}" 'BEGIN {printf "%.2f", h / t}')
 
-  "$bin" --output none >/dev/null 2>&1 &
+  taskset -c "$agent_cpu" "$bin" --output none >/dev/null 2>&1 &
   probe_pid=$!
   sleep 3
-  with+=("$(measure 2>/dev/null)")
+  t0=$(cpu_ticks "$probe_pid")
+  with+=("$(measure 2>"$dir/wrk.err")")
+  t1=$(cpu_ticks "$probe_pid")
+  total=$(awk '/total/ {print $2}' "$dir/wrk.err")
+  agent_us+=("$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="${total:-1}" \
+    'BEGIN {printf "%.2f", t / hz * 1e6 / n}')")
   kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
 done
 
 n=$(printf '%s\n' "${none[@]}" | median)
 e=$(printf '%s\n' "${empty[@]}" | median)
 w=$(printf '%s\n' "${with[@]}" | median)
-echo "runs: $runs x ${secs}s, wrk -t1 -c$conns, Go 1.23 server GOMAXPROCS=1 pinned to CPU 0, wrk on CPU 1"
+a=$(printf '%s\n' "${agent_us[@]}" | median)
+echo "runs: $runs x ${secs}s, wrk -t1 -c$conns, Go 1.23 server GOMAXPROCS=1 pinned to CPU 0, wrk on CPU 1, sightline on CPU $agent_cpu"
 printf '%-26s %12s\n' "setup" "requests/s"
 printf '%-26s %12s\n' "no probes" "$n" "empty probes (same points)" "$e" "sightline" "$w"
 awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
   printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
 echo "probe hits per request: $hits_per_req (empty probes, last run)"
+echo "sightline user-space CPU per request: $a us (median)"

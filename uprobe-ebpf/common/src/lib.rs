@@ -276,7 +276,29 @@ pub struct GoOffsets {
     /// `runtime.g.parentGoid` (Go 1.21+): a goroutine's creator, without probing
     /// `runtime.newproc1` on every goroutine start.
     pub g_parent_goid: u32,
-    pub _pad: u32,
+    /// Bytes of `http.Request` (at most [`GO_REQ_WINDOW`]) and of `url.URL` (at most
+    /// [`GO_URL_WINDOW`]) that hold every field the probes read: each is copied in one read,
+    /// not a read per field. 0: read field by field.
+    pub req_window: u32,
+    pub url_window: u32,
+}
+
+/// Room for the first bytes of an `http.Request`, copied in one read; a window ends at least
+/// a word before it (Go 1.23's `Pattern` ends at 248).
+pub const GO_REQ_WINDOW: u32 = 256;
+/// The same for a `url.URL` (`RawQuery` ends at 112).
+pub const GO_URL_WINDOW: u32 = 128;
+
+/// The window of a struct whose fields at `fields` (offset, size) are read: the bytes up to
+/// the end of the last field that fits in `cap`. Fields past it are read one by one.
+pub fn go_window(fields: &[(u32, u32)], cap: u32) -> u32 {
+    fields
+        .iter()
+        .filter(|(off, _)| *off != GO_NO_OFFSET)
+        .map(|(off, size)| off.saturating_add(*size))
+        .filter(|end| *end <= cap)
+        .max()
+        .unwrap_or(0)
 }
 
 impl Default for GoOffsets {
@@ -314,7 +336,8 @@ impl Default for GoOffsets {
             h2rws_status: GO_NO_OFFSET,
             h2cc_tconn: GO_NO_OFFSET,
             g_parent_goid: GO_NO_OFFSET,
-            _pad: 0,
+            req_window: 0,
+            url_window: 0,
         }
     }
 }
@@ -363,6 +386,9 @@ pub struct GoHttpRecord {
     pub proto_minor: u16,
     pub tls: u8,
     pub _pad: [u8; 7],
+    /// When the fd became this socket (its `SockGen` stamp), or 0: with the fd, it names the
+    /// connection, so user space resolves its addresses once per connection, not per request.
+    pub sock_gen: u64,
     pub method_len: u32,
     pub path_len: u32,
     pub query_len: u32,
@@ -407,6 +433,7 @@ impl GoHttpRecord {
         proto_minor: 0,
         tls: 0,
         _pad: [0; 7],
+        sock_gen: 0,
         method_len: 0,
         path_len: 0,
         query_len: 0,
@@ -458,10 +485,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 33 * 4);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 34 * 4);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
             80 + 16
+                + 8
                 + 32
                 + GO_METHOD_CAP
                 + GO_PATH_CAP

@@ -6,18 +6,17 @@
 //! goroutine's `g` is in R14. Struct offsets come from `GO_PROCS`, per process, as the
 //! symbolizer established them; an unknown offset is never read.
 
-use crate::{bump, now, wakeup_flags, EVENTS};
+use crate::{bump, now, wakeup_flags, EVENTS, SOCK_GEN};
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     macros::{map, uprobe},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use sightline_common::{
-    counter, go_role, kind, GoHttpRecord, GoKey, GoOffsets, GO_ADDR_CAP, GO_HOST_CAP,
-    GO_METHOD_CAP, GO_NO_OFFSET, GO_PATH_CAP, GO_PATTERN_CAP, GO_QUERY_CAP, GO_SCHEME_CAP,
-    GO_TRACEPARENT_CAP,
+    counter, go_role, kind, sock_gen_slot, GoHttpRecord, GoKey, GoOffsets, GO_NO_OFFSET,
+    GO_REQ_WINDOW, GO_TRACEPARENT_CAP, GO_URL_WINDOW,
 };
 
 #[map]
@@ -45,9 +44,16 @@ struct InFlight {
     _pad: [u8; 2],
 }
 
-/// Server requests being handled, by goroutine.
+/// Server requests being handled, by goroutine. An HTTP/1 connection keeps one goroutine for
+/// all its requests, so its entry is kept between them (idle: `start_ns` 0) with the socket
+/// found for the first: updating an entry in place costs a fraction of inserting and
+/// deleting one, and the fd is followed once per connection. Goroutine ids are never reused;
+/// the LRU drops the entries of finished connections.
 #[map]
-static GO_SERVER: HashMap<GoKey, InFlight> = HashMap::with_max_entries(16384, 0);
+static GO_SERVER: LruHashMap<GoKey, InFlight> = LruHashMap::with_max_entries(65536, 0);
+
+/// `InFlight::fd` of a server connection whose socket was not followed yet.
+const FD_UNKNOWN: i32 = -2;
 
 /// Client round trips in flight, by goroutine.
 #[map]
@@ -92,7 +98,12 @@ fn go_string<const N: usize>(base: u64, off: u32, dst: &mut [u8; N]) -> u32 {
     let Some(hdr) = field::<[u64; 2]>(base, off) else {
         return 0;
     };
-    let (ptr, len) = (hdr[0], hdr[1]);
+    copy_string(hdr[0], hdr[1], dst)
+}
+
+/// Copies `len` bytes at `ptr` into `dst`, cut to its capacity; returns `len`.
+#[inline(always)]
+fn copy_string<const N: usize>(ptr: u64, len: u64, dst: &mut [u8; N]) -> u32 {
     let n = if len < N as u64 { len } else { N as u64 - 1 };
     let n = (n as u32) & (N as u32 - 1);
     if n > 0 && ptr != 0 {
@@ -108,6 +119,75 @@ fn go_string<const N: usize>(base: u64, off: u32, dst: &mut [u8; N]) -> u32 {
     } else {
         len as u32
     }
+}
+
+/// The first bytes of the structs a return probe reads, each copied in one helper call rather
+/// than a call per field (a call costs about as much as copying 256 bytes). Too big for the
+/// stack, so per CPU.
+#[repr(C)]
+struct Windows {
+    req: [u64; (GO_REQ_WINDOW / 8) as usize],
+    url: [u64; (GO_URL_WINDOW / 8) as usize],
+    /// One header map bucket: 8 top hashes, 8 keys, 8 values, the overflow pointer.
+    bucket: [u64; BUCKET_WORDS],
+}
+
+#[map]
+static GO_WINDOWS: PerCpuArray<Windows> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies `len` bytes at `base` into `dst`; returns how many are there to use (0 if none).
+#[inline(always)]
+fn load<const N: usize>(dst: &mut [u64; N], base: u64, len: u32) -> u32 {
+    // A mask, not a range check: the verifier follows it where LLVM folds a range check into
+    // arithmetic it cannot. Windows end before `N * 8` (see `go_window`'s cap).
+    let len = len & ((N * 8) as u32 - 1);
+    if base == 0 || len == 0 {
+        return 0;
+    }
+    // SAFETY: `len` is at most the destination's size; the helper checks the source.
+    let r =
+        unsafe { generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), len, base as *const _) };
+    if r == 0 {
+        len
+    } else {
+        0
+    }
+}
+
+/// The 8-byte field at `off` of the struct at `base`, from its window `w` (of which `len` bytes
+/// hold it) when it is there, else read on its own; 0 when unknown.
+#[inline(always)]
+fn word<const N: usize>(w: &[u64; N], len: u32, base: u64, off: u32) -> u64 {
+    if off == GO_NO_OFFSET || base == 0 {
+        return 0;
+    }
+    let i = (off / 8) as usize;
+    if off % 8 == 0 && off.wrapping_add(8) <= len && i < N {
+        // LLVM would drop a mask it can prove redundant, and check the bound on a copy of the
+        // index the verifier cannot relate to this one; after a volatile copy the mask stays,
+        // and bounds the index by itself (windows are powers of two).
+        // SAFETY: a read of a local.
+        let i = unsafe { core::ptr::read_volatile(&i) } & (N - 1);
+        return w[i];
+    }
+    read::<u64>(base + off as u64).unwrap_or(0)
+}
+
+/// The Go string at `off` of the struct at `base`, windowed as for [`word`], into `dst`.
+#[inline(always)]
+fn wstring<const N: usize, const M: usize>(
+    w: &[u64; N],
+    len: u32,
+    base: u64,
+    off: u32,
+    dst: &mut [u8; M],
+) -> u32 {
+    if off == GO_NO_OFFSET || base == 0 {
+        return 0;
+    }
+    let ptr = word(w, len, base, off);
+    let n = word(w, len, base, off + 8);
+    copy_string(ptr, n, dst)
 }
 
 #[inline(always)]
@@ -135,6 +215,7 @@ fn init(rec: &mut GoHttpRecord, role: u32, tgid: u32, goid: u64, start_ns: u64) 
     rec.proto_minor = 0;
     rec.tls = 0;
     rec._pad = [0; 7];
+    rec.sock_gen = 0;
     rec.method_len = 0;
     rec.path_len = 0;
     rec.query_len = 0;
@@ -145,34 +226,43 @@ fn init(rec: &mut GoHttpRecord, role: u32, tgid: u32, goid: u64, start_ns: u64) 
     rec.traceparent_len = 0;
 }
 
-/// Reads what a `*http.Request` says about the call.
+/// Reads what a `*http.Request` says about the call; returns how much of the request's window
+/// `w.req` holds.
 #[inline(always)]
-fn read_request(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
-    rec.method_len = go_string::<GO_METHOD_CAP>(req, off.req_method, &mut rec.method);
-    if let Some(url) = field::<u64>(req, off.req_url) {
-        rec.path_len = go_string::<GO_PATH_CAP>(url, off.url_path, &mut rec.path);
-        rec.query_len = go_string::<GO_QUERY_CAP>(url, off.url_raw_query, &mut rec.query);
-        rec.scheme_len = go_string::<GO_SCHEME_CAP>(url, off.url_scheme, &mut rec.scheme);
+fn read_request(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord, w: &mut Windows) -> u32 {
+    let rl = load(&mut w.req, req, off.req_window);
+    rec.method_len = wstring(&w.req, rl, req, off.req_method, &mut rec.method);
+    let url = word(&w.req, rl, req, off.req_url);
+    if url != 0 {
+        let ul = load(&mut w.url, url, off.url_window);
+        rec.path_len = wstring(&w.url, ul, url, off.url_path, &mut rec.path);
+        rec.query_len = wstring(&w.url, ul, url, off.url_raw_query, &mut rec.query);
+        rec.scheme_len = wstring(&w.url, ul, url, off.url_scheme, &mut rec.scheme);
         if rec.role == go_role::CLIENT {
-            rec.host_len = go_string::<GO_HOST_CAP>(url, off.url_host, &mut rec.host);
+            rec.host_len = wstring(&w.url, ul, url, off.url_host, &mut rec.host);
         }
     }
     if rec.role == go_role::SERVER {
-        rec.host_len = go_string::<GO_HOST_CAP>(req, off.req_host, &mut rec.host);
-        rec.addr_len = go_string::<GO_ADDR_CAP>(req, off.req_remote_addr, &mut rec.addr);
+        rec.host_len = wstring(&w.req, rl, req, off.req_host, &mut rec.host);
     }
-    rec.proto_major = field::<u64>(req, off.req_proto_major).unwrap_or(0) as u16;
-    rec.proto_minor = field::<u64>(req, off.req_proto_minor).unwrap_or(0) as u16;
-    rec.content_length = field::<i64>(req, off.req_content_length).unwrap_or(-1);
-    rec.tls = (field::<u64>(req, off.req_tls).unwrap_or(0) != 0) as u8;
+    rec.proto_major = word(&w.req, rl, req, off.req_proto_major) as u16;
+    rec.proto_minor = word(&w.req, rl, req, off.req_proto_minor) as u16;
+    rec.content_length = if off.req_content_length == GO_NO_OFFSET {
+        -1
+    } else {
+        word(&w.req, rl, req, off.req_content_length) as i64
+    };
+    rec.tls = (word(&w.req, rl, req, off.req_tls) != 0) as u8;
+    rl
 }
 
 /// Go's classic map layout (every release this supports, up to 1.23) for the `http.Header`
 /// type `map[string][]string`: a bucket is 8 top hashes, 8 string keys, 8 slices and an
-/// overflow pointer.
-const BUCKET_KEYS: u64 = 8;
-const BUCKET_ELEMS: u64 = 8 + 8 * 16;
-const BUCKET_OVERFLOW: u64 = 8 + 8 * 16 + 8 * 24;
+/// overflow pointer, in 8-byte words.
+const BUCKET_KEYS: usize = 1;
+const BUCKET_ELEMS: usize = 1 + 8 * 2;
+const BUCKET_OVERFLOW: usize = 1 + 8 * 2 + 8 * 3;
+const BUCKET_WORDS: usize = BUCKET_OVERFLOW + 1;
 /// Top hashes below this mark empty or evacuated slots.
 const MIN_TOP_HASH: u8 = 5;
 /// Buckets looked at: 2^3, enough for 52 headers at Go's load factor.
@@ -180,13 +270,14 @@ const MAX_BUCKETS_LOG2: u8 = 3;
 
 /// Copies the first `Traceparent` value of a request's headers (Go canonicalises the name).
 #[inline(always)]
-fn read_traceparent(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
+fn read_traceparent(off: &GoOffsets, req: u64, rl: u32, rec: &mut GoHttpRecord, w: &mut Windows) {
     if off.hmap_buckets == GO_NO_OFFSET || off.hmap_b == GO_NO_OFFSET {
         return;
     }
-    let Some(hmap) = field::<u64>(req, off.req_header) else {
+    let hmap = word(&w.req, rl, req, off.req_header);
+    if hmap == 0 {
         return;
-    };
+    }
     // Most requests carry a few headers, some none: an empty map costs one read.
     if field::<u64>(hmap, off.hmap_count).unwrap_or(0) == 0 {
         return;
@@ -204,50 +295,54 @@ fn read_traceparent(off: &GoOffsets, req: u64, rec: &mut GoHttpRecord) {
         return;
     }
     let n = 1u64 << b;
-    let size = BUCKET_OVERFLOW + 8;
+    let size = BUCKET_WORDS as u64 * 8;
     for i in 0..(1u64 << MAX_BUCKETS_LOG2) {
         if i >= n {
             break;
         }
-        let bucket = buckets + i * size;
-        if let Some(found) = traceparent_in_bucket(bucket, rec) {
-            if found {
-                return;
-            }
-        }
+        let mut bucket = buckets + i * size;
         // One overflow bucket, for a crowded first one.
-        if let Some(ov) = read::<u64>(bucket + BUCKET_OVERFLOW) {
-            if ov != 0 && traceparent_in_bucket(ov, rec) == Some(true) {
+        for _ in 0..2 {
+            if bucket == 0 || load(&mut w.bucket, bucket, size as u32) == 0 {
+                break;
+            }
+            if traceparent_in_bucket(&w.bucket, rec) {
                 return;
             }
+            bucket = w.bucket[BUCKET_OVERFLOW];
         }
     }
 }
 
 #[inline(always)]
-fn traceparent_in_bucket(bucket: u64, rec: &mut GoHttpRecord) -> Option<bool> {
-    let tophash = read::<[u8; 8]>(bucket)?;
-    for j in 0..8u64 {
-        if tophash[j as usize] < MIN_TOP_HASH {
+fn traceparent_in_bucket(bucket: &[u64; BUCKET_WORDS], rec: &mut GoHttpRecord) -> bool {
+    let tophash = bucket[0].to_ne_bytes();
+    for j in 0..8usize {
+        if tophash[j] < MIN_TOP_HASH {
             continue;
         }
-        let key = read::<[u64; 2]>(bucket + BUCKET_KEYS + j * 16)?;
-        if key[1] != 11 {
+        let (ptr, len) = (bucket[BUCKET_KEYS + 2 * j], bucket[BUCKET_KEYS + 2 * j + 1]);
+        if len != 11 {
             continue;
         }
-        let name = read::<[u8; 11]>(key[0])?;
+        let Some(name) = read::<[u8; 11]>(ptr) else {
+            continue;
+        };
         if &name != b"Traceparent" {
             continue;
         }
         // []string: the first element's string header.
-        let slice = read::<[u64; 3]>(bucket + BUCKET_ELEMS + j * 24)?;
-        if slice[1] == 0 {
-            return Some(false);
+        let (elems, count) = (
+            bucket[BUCKET_ELEMS + 3 * j],
+            bucket[BUCKET_ELEMS + 3 * j + 1],
+        );
+        if count == 0 || elems == 0 {
+            return false;
         }
-        rec.traceparent_len = go_string::<GO_TRACEPARENT_CAP>(slice[0], 0, &mut rec.traceparent);
-        return Some(true);
+        rec.traceparent_len = go_string::<GO_TRACEPARENT_CAP>(elems, 0, &mut rec.traceparent);
+        return true;
     }
-    Some(false)
+    false
 }
 
 /// The socket fd under an HTTP/1 server response: response.conn.rwc (a net.Conn), through
@@ -285,11 +380,12 @@ fn in_flight(start_ns: u64, req: u64, obj: u64) -> InFlight {
 
 /// The current goroutine's key, with the process's offsets.
 #[inline(always)]
-fn current(ctx: &ProbeContext) -> Option<(GoOffsets, GoKey)> {
+fn current(ctx: &ProbeContext) -> Option<(&'static GoOffsets, GoKey)> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: map lookup; the value is copied at once.
-    let off = (unsafe { GO_PROCS.get(&tgid) }).copied()?;
-    let goid = goid(&off, regs(ctx).r14)?;
+    // SAFETY: map lookup; the value stays valid while the program runs (RCU), and is used in
+    // place: copying it costs more than the fields read from it.
+    let off = unsafe { GO_PROCS.get(&tgid) }?;
+    let goid = goid(off, regs(ctx).r14)?;
     Some((
         off,
         GoKey {
@@ -308,10 +404,19 @@ pub fn go_server_enter(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let r = regs(&ctx);
-    if GO_SERVER
-        .insert(&key, &in_flight(now(), r.rdi, r.rcx), 0)
-        .is_err()
-    {
+    let start = now();
+    if let Some(p) = GO_SERVER.get_ptr_mut(&key) {
+        // SAFETY: this goroutine's map value.
+        unsafe {
+            (*p).start_ns = start;
+            (*p).req = r.rdi;
+            (*p).obj = r.rcx;
+        }
+        return 0;
+    }
+    let mut call = in_flight(start, r.rdi, r.rcx);
+    call.fd = FD_UNKNOWN;
+    if GO_SERVER.insert(&key, &call, 0).is_err() {
         bump(counter::ACTIVE_FULL);
     }
     0
@@ -324,11 +429,16 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     let Some((off, key)) = current(&ctx) else {
         return 0;
     };
-    // SAFETY: map lookup, copied at once.
-    let Some(call) = (unsafe { GO_SERVER.get(&key) }).copied() else {
+    let Some(p) = GO_SERVER.get_ptr_mut(&key) else {
         return 0;
     };
-    let _ = GO_SERVER.remove(&key);
+    // SAFETY: this goroutine's map value, copied at once and marked idle.
+    let call = unsafe { *p };
+    if call.start_ns == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*p).start_ns = 0 };
     let Some(mut entry) = EVENTS.reserve::<GoHttpRecord>(0) else {
         bump(counter::RINGBUF_FULL);
         return 0;
@@ -336,8 +446,14 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     // SAFETY: reserved ring memory of the record's size; every scalar is set by `init`.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
     init(rec, go_role::SERVER, key.tgid, key.goid, call.start_ns);
-    read_request(&off, call.req, rec);
-    read_traceparent(&off, call.req, rec);
+    let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
+        entry.discard(0);
+        return 0;
+    };
+    // SAFETY: this CPU's scratch, used by this program run only.
+    let w = unsafe { &mut *w };
+    let rl = read_request(&off, call.req, rec, w);
+    read_traceparent(&off, call.req, rl, rec, w);
     rec.object = call.obj;
     rec.request = call.req;
     rec.status = if rec.proto_major == 2 {
@@ -345,10 +461,23 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
         let rws = field::<u64>(call.obj, off.h2rw_rws).unwrap_or(0);
         field::<u64>(rws, off.h2rws_status).unwrap_or(0) as u32
     } else {
-        rec.fd = server_fd(&off, call.obj, rec.tls != 0);
+        rec.fd = if call.fd == FD_UNKNOWN {
+            let fd = server_fd(&off, call.obj, rec.tls != 0);
+            // SAFETY: this goroutine's map value.
+            unsafe { (*p).fd = fd };
+            fd
+        } else {
+            call.fd
+        };
         field::<u64>(call.obj, off.response_status).unwrap_or(0) as u32
     };
-    rec.pattern_len = go_string::<GO_PATTERN_CAP>(call.req, off.req_pattern, &mut rec.pattern);
+    rec.pattern_len = wstring(&w.req, rl, call.req, off.req_pattern, &mut rec.pattern);
+    rec.sock_gen = sock_gen(key.tgid, rec.fd);
+    // The peer's address, when the socket table cannot give it (no socket, or one older than
+    // sightline).
+    if rec.sock_gen == 0 {
+        rec.addr_len = wstring(&w.req, rl, call.req, off.req_remote_addr, &mut rec.addr);
+    }
     entry.submit(wakeup_flags());
     0
 }
@@ -372,7 +501,7 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
     // (from `g.parentGoid` where Go records it, else from the newproc1 probes' table).
     let mut g = key.goid;
     // SAFETY: map lookup.
-    if unsafe { GO_SERVER.get(&key) }.is_none() {
+    if !unsafe { GO_SERVER.get(&key) }.is_some_and(|s| s.start_ns != 0) {
         if let Some(p) = field::<u64>(r.r14, off.g_parent_goid).filter(|p| *p != 0) {
             g = p;
         }
@@ -384,7 +513,7 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
             goid: g,
         };
         // SAFETY: map lookup, copied at once.
-        if let Some(server) = unsafe { GO_SERVER.get(&k) } {
+        if let Some(server) = unsafe { GO_SERVER.get(&k) }.filter(|s| s.start_ns != 0) {
             call.parent_goid = g;
             call.parent_start_ns = server.start_ns;
             break;
@@ -487,6 +616,18 @@ fn conn_fd(off: &GoOffsets, c: u64) -> i32 {
         .unwrap_or(-1)
 }
 
+/// The stamp of the socket `fd` of `tgid`, or 0 when the table does not know it.
+#[inline(always)]
+fn sock_gen(tgid: u32, fd: i32) -> u64 {
+    if fd < 0 {
+        return 0;
+    }
+    match SOCK_GEN.get(sock_gen_slot(tgid, fd)) {
+        Some(g) if g.tgid == tgid && g.fd == fd => g.ts_ns,
+        _ => 0,
+    }
+}
+
 /// A RET of `Transport.RoundTrip`: RAX = *Response (nil on error).
 #[uprobe]
 pub fn go_client_ret(ctx: ProbeContext) -> u32 {
@@ -506,10 +647,16 @@ pub fn go_client_ret(ctx: ProbeContext) -> u32 {
     // SAFETY: reserved ring memory of the record's size; every scalar is set by `init`.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
     init(rec, go_role::CLIENT, key.tgid, key.goid, call.start_ns);
-    read_request(&off, call.req, rec);
+    let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
+        entry.discard(0);
+        return 0;
+    };
+    // SAFETY: this CPU's scratch, used by this program run only.
+    read_request(&off, call.req, rec, unsafe { &mut *w });
     rec.parent_goid = call.parent_goid;
     rec.parent_start_ns = call.parent_start_ns;
     rec.fd = call.fd;
+    rec.sock_gen = sock_gen(key.tgid, call.fd);
     rec.tls = call.tls;
     if call.proto_major == 2 {
         rec.proto_major = 2;
