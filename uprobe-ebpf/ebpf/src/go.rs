@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     macros::{map, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{ring_buf::RingBufEntry, HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use sightline_common::{
@@ -378,6 +378,18 @@ fn in_flight(start_ns: u64, req: u64, obj: u64) -> InFlight {
     }
 }
 
+/// A record's room in the ring buffer, and this CPU's scratch windows to fill it from.
+#[inline(always)]
+fn reserve() -> Option<(RingBufEntry<GoHttpRecord>, &'static mut Windows)> {
+    // SAFETY: this CPU's scratch, used by this program run only.
+    let w = unsafe { &mut *GO_WINDOWS.get_ptr_mut(0)? };
+    let Some(entry) = EVENTS.reserve::<GoHttpRecord>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return None;
+    };
+    Some((entry, w))
+}
+
 /// The current goroutine's key, with the process's offsets.
 #[inline(always)]
 fn current(ctx: &ProbeContext) -> Option<(&'static GoOffsets, GoKey)> {
@@ -439,19 +451,12 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: as above.
     unsafe { (*p).start_ns = 0 };
-    let Some(mut entry) = EVENTS.reserve::<GoHttpRecord>(0) else {
-        bump(counter::RINGBUF_FULL);
+    let Some((mut entry, w)) = reserve() else {
         return 0;
     };
     // SAFETY: reserved ring memory of the record's size; every scalar is set by `init`.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
     init(rec, go_role::SERVER, key.tgid, key.goid, call.start_ns);
-    let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
-        entry.discard(0);
-        return 0;
-    };
-    // SAFETY: this CPU's scratch, used by this program run only.
-    let w = unsafe { &mut *w };
     let rl = read_request(&off, call.req, rec, w);
     read_traceparent(&off, call.req, rl, rec, w);
     rec.object = call.obj;
@@ -640,19 +645,13 @@ pub fn go_client_ret(ctx: ProbeContext) -> u32 {
     };
     let _ = GO_CLIENT.remove(&key);
     let resp = regs(&ctx).rax;
-    let Some(mut entry) = EVENTS.reserve::<GoHttpRecord>(0) else {
-        bump(counter::RINGBUF_FULL);
+    let Some((mut entry, w)) = reserve() else {
         return 0;
     };
     // SAFETY: reserved ring memory of the record's size; every scalar is set by `init`.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
     init(rec, go_role::CLIENT, key.tgid, key.goid, call.start_ns);
-    let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
-        entry.discard(0);
-        return 0;
-    };
-    // SAFETY: this CPU's scratch, used by this program run only.
-    read_request(&off, call.req, rec, unsafe { &mut *w });
+    read_request(off, call.req, rec, w);
     rec.parent_goid = call.parent_goid;
     rec.parent_start_ns = call.parent_start_ns;
     rec.fd = call.fd;
