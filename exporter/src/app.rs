@@ -87,17 +87,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.redaction.query_values,
         mono_to_unix,
     );
-    // Writing a traceparent into a Go request needs bpf_probe_write_user; say once why it is
-    // not done, and what still holds.
-    match crate::loader::lockdown_mode().as_deref() {
-        Some(mode @ ("integrity" | "confidentiality")) => tracing::info!(
-            lockdown = mode,
-            "kernel lockdown forbids writing into processes (bpf_probe_write_user), so no traceparent is injected into outgoing requests; every span is still correct, and calls between services on this host are joined into one trace by their connections"
-        ),
-        _ => tracing::info!(
-            "outgoing traceparent is not injected (sightline never writes into a process); calls between services on this host are joined into one trace by their connections"
-        ),
-    }
+    report_propagation(
+        loader.attach_injection(),
+        crate::loader::lockdown_mode().as_deref(),
+    );
     tracing::info!("sightline is running; Ctrl-C to stop");
     if output == OutputFormat::Text {
         println!(
@@ -133,6 +126,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 stats.kernel_active_full.store(k[counter::ACTIVE_FULL as usize], Relaxed);
                 stats.kernel_read_failed.store(k[counter::READ_FAILED as usize], Relaxed);
                 stats.kernel_orphan_returns.store(k[counter::ORPHAN_RETURN as usize], Relaxed);
+                stats.traceparent_injected.store(k[counter::INJECTED as usize], Relaxed);
+                stats.traceparent_skipped.store(k[counter::INJECT_SKIPPED as usize], Relaxed);
+                stats.traceparent_sockets_full.store(k[counter::INJECT_SOCKS_FULL as usize], Relaxed);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -160,6 +156,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     stats
         .events_lost
         .store(k[counter::RINGBUF_FULL as usize], Relaxed);
+    stats
+        .traceparent_injected
+        .store(k[counter::INJECTED as usize], Relaxed);
+    stats
+        .traceparent_skipped
+        .store(k[counter::INJECT_SKIPPED as usize], Relaxed);
     drop(ring);
     drop(loader);
     pipeline.close_all();
@@ -206,4 +208,22 @@ fn drain_ring(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, notices: &mut 
         }
     }
     pipeline.flush();
+}
+
+/// Says once how trace context reaches other services, and why not further. sightline never
+/// writes into a process (`bpf_probe_write_user`, which lockdown forbids anyway); it writes
+/// `traceparent` into plaintext HTTP/1.x requests as the kernel sends them, which no
+/// lockdown mode forbids, and joins calls between services on this host by connection.
+fn report_propagation(injection: anyhow::Result<()>, lockdown: Option<&str>) {
+    let lockdown = lockdown.unwrap_or("none");
+    match injection {
+        Ok(()) => tracing::info!(
+            lockdown,
+            "traceparent propagation: written into Go clients' plaintext HTTP/1.x requests at the socket (sk_msg), with no write into any process; HTTPS and HTTP/2 requests carry none (that needs a write into the process, which sightline never makes), so a hop over them to another host starts a new trace there; calls between services on this host are joined into one trace by their connections"
+        ),
+        Err(e) => tracing::warn!(
+            lockdown,
+            "traceparent propagation is off: {e:#}; every span is still correct, and calls between services on this host are joined into one trace by their connections, but a call to another host starts a new trace there"
+        ),
+    }
 }

@@ -49,7 +49,15 @@ pub struct GoRecord {
     pub addr: String,
     pub pattern: String,
     pub scheme: String,
-    pub traceparent: String,
+    /// The kernel's ids for this call (see `GoHttpRecord`); 0 when none were set.
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_span_id: u64,
+    pub trace_flags: u8,
+    /// Server: `trace_id` and `parent_span_id` are an incoming traceparent's.
+    pub trace_given: bool,
+    /// Client: the request carried a `traceparent` naming this call.
+    pub injected: bool,
     /// Some string was longer than the record holds and is cut.
     pub truncated: bool,
 }
@@ -175,7 +183,8 @@ fn decode_go(b: &[u8]) -> Result<GoRecord, DecodeError> {
     let addr = s!(addr_len, addr);
     let pattern = s!(pattern_len, pattern);
     let scheme = s!(scheme_len, scheme);
-    let traceparent = s!(traceparent_len, traceparent);
+    let at = offset_of!(GoHttpRecord, trace_id);
+    let trace_id = u128::from_be_bytes(b[at..at + 16].try_into().map_err(|_| DecodeError::Short)?);
     Ok(GoRecord {
         role: u32_(offset_of!(GoHttpRecord, role)),
         tgid: u32_(offset_of!(GoHttpRecord, tgid)),
@@ -198,7 +207,12 @@ fn decode_go(b: &[u8]) -> Result<GoRecord, DecodeError> {
         addr,
         pattern,
         scheme,
-        traceparent,
+        trace_id,
+        span_id: u64_(offset_of!(GoHttpRecord, span_id)),
+        parent_span_id: u64_(offset_of!(GoHttpRecord, parent_span_id)),
+        trace_flags: b[offset_of!(GoHttpRecord, trace_flags)],
+        trace_given: b[offset_of!(GoHttpRecord, trace_given)] != 0,
+        injected: b[offset_of!(GoHttpRecord, injected)] != 0,
         truncated,
     })
 }

@@ -7,7 +7,7 @@ use crate::processes::ProcessInfo;
 use crate::protocols::Role;
 use crate::telemetry::call::{split_host, Call};
 use crate::telemetry::redact::redact_query;
-use crate::telemetry::trace_context::{new_span_id, new_trace_id, parse_traceparent};
+use crate::telemetry::trace_context::{new_span_id, new_trace_id};
 use rustc_hash::FxHashMap;
 use sightline_common::go_role;
 use std::collections::VecDeque;
@@ -51,7 +51,14 @@ struct Settled {
 /// it into a child of that caller's trace.
 struct Ctx {
     span_id: u64,
+    /// The trace the kernel chose for the request (what its plaintext client calls carried
+    /// onward), used when nothing else settles it.
+    own_trace: u128,
     settled: Option<Settled>,
+    /// An incoming traceparent that may have been written by sightline itself into a call
+    /// from this host (see [`RecentClient::injected`]): the trace holds only if no traced
+    /// caller here turns up, since that caller's trace may have been joined further up.
+    fallback: Option<Settled>,
     held: Vec<Call>,
     /// Server requests in other processes that answer this request's client calls: they join
     /// this trace, under the client span that called them.
@@ -64,10 +71,12 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new() -> Ctx {
+    fn new(span_id: u64, own_trace: u128) -> Ctx {
         Ctx {
-            span_id: new_span_id(),
+            span_id: nonzero_or(span_id, new_span_id),
+            own_trace,
             settled: None,
+            fallback: None,
             held: Vec::new(),
             dependents: Vec::new(),
             deadline: None,
@@ -82,6 +91,8 @@ impl Ctx {
 struct RecentClient {
     owner: Option<ServerKey>,
     span_id: u64,
+    /// Its request carried a traceparent sightline wrote, naming this span.
+    injected: bool,
     trace: Option<(u128, u8)>,
     start_ns: u64,
     end_ns: u64,
@@ -146,7 +157,7 @@ impl GoCalls {
         match call.role {
             Role::Server => self.add_server(r, call, conn),
             Role::Client => {
-                call.span_id = new_span_id();
+                call.span_id = nonzero_or(r.span_id, new_span_id);
                 let owner =
                     (r.parent_goid != 0).then_some((r.tgid, r.parent_goid, r.parent_start_ns));
                 let mut release = true;
@@ -160,25 +171,22 @@ impl GoCalls {
                         Some((d.s.trace_id, d.s.flags))
                     }
                     Some(k) => {
-                        let ctx = ctx_entry(&mut self.contexts, &mut self.born, k);
+                        let ctx = ctx_entry(
+                            &mut self.contexts,
+                            &mut self.born,
+                            k,
+                            r.parent_span_id,
+                            r.trace_id,
+                        );
                         call.parent_span_id = Some(ctx.span_id);
-                        // The caller's own trace, when it arrived with one.
-                        if let Some(tp) = parse_traceparent(&r.traceparent) {
-                            if ctx.settled.is_none() {
-                                ctx.settled = Some(Settled {
-                                    trace_id: tp.trace_id,
-                                    flags: tp.flags,
-                                    parent: Some(tp.span_id),
-                                });
-                            }
-                        }
                         release = false;
                         ctx.settled.map(|s| (s.trace_id, s.flags))
                     }
                     None => {
-                        call.trace_id = new_trace_id();
-                        call.trace_flags = 1;
-                        Some((call.trace_id, 1))
+                        // The kernel's ids: the ones a traceparent it wrote carried.
+                        call.trace_id = nonzero_or(r.trace_id, new_trace_id);
+                        call.trace_flags = if r.trace_id == 0 { 1 } else { r.trace_flags };
+                        Some((call.trace_id, call.trace_flags))
                     }
                 };
                 if let (Some(local), Some(peer)) = (conn.local, conn.peer) {
@@ -187,6 +195,7 @@ impl GoCalls {
                         RecentClient {
                             owner,
                             span_id: call.span_id,
+                            injected: r.injected,
                             trace,
                             start_ns: r.start_ns,
                             end_ns: r.end_ns,
@@ -204,12 +213,14 @@ impl GoCalls {
 
     fn add_server(&mut self, r: &GoRecord, mut call: Call, conn: GoConn) {
         let key = (r.tgid, r.goid, r.start_ns);
-        // An incoming traceparent is what the caller itself said: it wins.
-        let given = parse_traceparent(&r.traceparent).map(|tp| Settled {
-            trace_id: tp.trace_id,
-            flags: tp.flags,
-            parent: Some(tp.span_id),
-        });
+        // An incoming traceparent is what the caller itself said: it wins, unless sightline
+        // wrote it for a caller on this host (see `Ctx::fallback`).
+        let given =
+            (r.trace_given && r.trace_id != 0 && r.parent_span_id != 0).then_some(Settled {
+                trace_id: r.trace_id,
+                flags: r.trace_flags,
+                parent: Some(r.parent_span_id),
+            });
         if let Some(d) = self.done.get(&key) {
             // Settled before its own record was read (its client calls waited too long).
             call.span_id = d.span_id;
@@ -242,29 +253,46 @@ impl GoCalls {
                 }
                 None => false,
             });
+        // A traceparent from a caller elsewhere is final; one from a caller on this host waits
+        // for that caller, whose trace may differ from what the kernel wrote.
+        let (given, fallback) = match here {
+            Some(_) if !no_caller => (None, given),
+            _ => (given, None),
+        };
         let Some(ctx) = self.contexts.get_mut(&key) else {
-            if found.is_none() && (given.is_some() || here.is_none() || no_caller) {
+            if found.is_none()
+                && fallback.is_none()
+                && (given.is_some() || here.is_none() || no_caller)
+            {
                 // Nothing to wait for and nothing waits for it: the common case costs no
                 // context, only the record of its trace for client calls read after it.
                 let s = given.unwrap_or_else(|| Settled {
-                    trace_id: new_trace_id(),
+                    trace_id: nonzero_or(r.trace_id, new_trace_id),
                     flags: 1,
                     parent: None,
                 });
-                call.span_id = new_span_id();
+                call.span_id = nonzero_or(r.span_id, new_span_id);
                 release(&mut call, s);
                 self.retire(key, call.span_id, s);
                 self.ready.push(call);
                 return;
             }
             // A context of its own, settled below or by its deadline (so not in `born`).
-            let ctx = self.contexts.entry(key).or_insert_with(Ctx::new);
+            let ctx = self
+                .contexts
+                .entry(key)
+                .or_insert_with(|| Ctx::new(r.span_id, r.trace_id));
             call.span_id = ctx.span_id;
             ctx.settled = given.or(ctx.settled);
+            ctx.fallback = fallback;
             return self.wait_or_settle(key, call, here, found, no_caller, r.end_ns);
         };
         call.span_id = ctx.span_id;
+        if r.trace_id != 0 {
+            ctx.own_trace = r.trace_id;
+        }
         ctx.settled = given.or(ctx.settled);
+        ctx.fallback = fallback;
         self.wait_or_settle(key, call, here, found, no_caller, r.end_ns)
     }
 
@@ -323,6 +351,10 @@ impl GoCalls {
         if let Some(ctx) = self.contexts.get_mut(&server) {
             ctx.deadline = None;
             ctx.awaiting = None;
+            // The request carried a traceparent its caller set itself: that one holds.
+            if let Some(f) = ctx.fallback.filter(|_| !c.injected) {
+                return self.settle(server, Some(f));
+            }
         }
         match (c.trace, c.owner) {
             (Some((trace_id, flags)), _) => self.settle(
@@ -360,7 +392,7 @@ impl GoCalls {
     }
 
     fn hold(&mut self, key: ServerKey, call: Call) {
-        let ctx = ctx_entry(&mut self.contexts, &mut self.born, key);
+        let ctx = ctx_entry(&mut self.contexts, &mut self.born, key, 0, 0);
         match ctx.settled {
             Some(s) if ctx.held.is_empty() && call.role == Role::Client => {
                 let mut call = call;
@@ -395,11 +427,11 @@ impl GoCalls {
             let s = match (how, ctx.settled) {
                 (Some(h), None) => h,
                 (_, Some(own)) => own,
-                (None, None) => Settled {
-                    trace_id: new_trace_id(),
+                (None, None) => ctx.fallback.unwrap_or_else(|| Settled {
+                    trace_id: nonzero_or(ctx.own_trace, new_trace_id),
                     flags: 1,
                     parent: None,
-                },
+                }),
             };
             if let Some(ck) = ctx.awaiting {
                 if let Some(v) = self.waiting.get_mut(&ck) {
@@ -514,16 +546,29 @@ fn release(call: &mut Call, s: Settled) {
     }
 }
 
+/// The context of server request `key`, made with the kernel's span and trace ids for it
+/// when it is new.
 fn ctx_entry<'a>(
     contexts: &'a mut FxHashMap<ServerKey, Ctx>,
     born: &mut VecDeque<(Instant, ServerKey)>,
     key: ServerKey,
+    span_id: u64,
+    trace_id: u128,
 ) -> &'a mut Ctx {
     contexts.entry(key).or_insert_with(|| {
-        let c = Ctx::new();
+        let c = Ctx::new(span_id, trace_id);
         born.push_back((c.born, key));
         c
     })
+}
+
+/// `v`, or a fresh id where the kernel gave none (records from before it chose ids, tests).
+fn nonzero_or<T: Default + PartialEq>(v: T, fresh: fn() -> T) -> T {
+    if v == T::default() {
+        fresh()
+    } else {
+        v
+    }
 }
 
 fn base_call(
@@ -628,6 +673,14 @@ mod tests {
         }
     }
 
+    /// The record of a server request that arrived with a traceparent.
+    fn given(r: &mut GoRecord, trace: u128, parent: u64) {
+        r.trace_given = true;
+        r.trace_id = trace;
+        r.parent_span_id = parent;
+        r.trace_flags = 1;
+    }
+
     fn process(pid: u32) -> Arc<ProcessInfo> {
         Arc::new(ProcessInfo::from_parts(
             pid,
@@ -671,7 +724,11 @@ mod tests {
         let mut g = GoCalls::default();
         let mut server = rec(go_role::SERVER, 7, 5, 100, 200);
         server.addr = "10.0.0.9:5555".into();
-        server.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into();
+        given(
+            &mut server,
+            0x0af7651916cd43dd8448eb211c80319c,
+            0xb7ad6b7169203331,
+        );
         g.add(process(7), &server, GoConn::default(), true, 0);
         let s: Vec<Call> = g.take_ready().collect();
         assert_eq!(s.len(), 1, "nothing to wait for");
@@ -691,14 +748,16 @@ mod tests {
     #[test]
     fn an_incoming_traceparent_is_continued_by_server_and_children() {
         let mut g = GoCalls::default();
-        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let mut client = rec(go_role::CLIENT, 7, 5, 120, 130);
         client.parent_goid = 5;
         client.parent_start_ns = 100;
-        client.traceparent = tp.into();
         g.add(process(7), &client, GoConn::default(), true, 0);
         let mut server = rec(go_role::SERVER, 7, 5, 100, 200);
-        server.traceparent = tp.into();
+        given(
+            &mut server,
+            0x0af7651916cd43dd8448eb211c80319c,
+            0xb7ad6b7169203331,
+        );
         g.add(process(7), &server, GoConn::default(), true, 0);
         let out: Vec<Call> = g.take_ready().collect();
         let c = out.iter().find(|c| c.role == Role::Client).unwrap();

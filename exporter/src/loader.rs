@@ -4,9 +4,11 @@
 #![allow(unsafe_code)]
 
 use anyhow::Context;
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{
+    Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SockHash,
+};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
-use aya::programs::{TracePoint, UProbe};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use sightline_common::{counter, names, ConnKey, GoOffsets, SockInfo, SockStateOffsets};
 use sightline_symbolizer::go::GoInfo;
@@ -207,6 +209,8 @@ pub struct Loader {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     go_procs: BpfHashMap<MapData, u32, GoOffsets>,
+    /// The sockhash `go_inject` is attached to, once it is.
+    inject_socks: Option<SockHash<MapData, u64>>,
 }
 
 /// Go functions sightline probes: (symbol, program at entry, program at each RET). Each needs
@@ -361,6 +365,7 @@ impl Loader {
                 ebpf,
                 counters,
                 go_procs,
+                inject_socks: None,
             },
             Channels { events, conn_info },
         ))
@@ -473,6 +478,47 @@ impl Loader {
         Ok(())
     }
 
+    /// Attaches what writes a `traceparent` into Go clients' plaintext HTTP/1.x requests at
+    /// the socket: connect hooks and a sock_ops program on the root cgroup (v2, mounted if the
+    /// host has none), and the sk_msg program on their sockhash. Nothing is written into any
+    /// process, so this works under kernel lockdown. On error, nothing is injected and the
+    /// error says why.
+    pub fn attach_injection(&mut self) -> anyhow::Result<()> {
+        let root = cgroup2_root().context("finding or mounting a cgroup v2 hierarchy")?;
+        let cgroup = std::fs::File::open(&root)
+            .with_context(|| format!("opening the cgroup {}", root.display()))?;
+        let socks: SockHash<MapData, u64> =
+            SockHash::try_from(take_map(&mut self.ebpf, names::INJECT_SOCKS)?)?;
+        let p: &mut SkMsg = program(&mut self.ebpf, "go_inject")?.try_into()?;
+        p.load()
+            .context("the kernel's verifier rejected go_inject")?;
+        p.attach(socks.fd())
+            .context("attaching go_inject to its sockhash")?;
+        self.inject_socks = Some(socks);
+        // Links (kernel 5.7+, which aya uses when it can) always run beside other programs on
+        // the cgroup and take no mode flag: BPF_F_ALLOW_MULTI there is EINVAL.
+        let mode = CgroupAttachMode::Single;
+        let p: &mut SockOps = program(&mut self.ebpf, "go_sockops")?.try_into()?;
+        p.load()
+            .context("the kernel's verifier rejected go_sockops")?;
+        p.attach(&cgroup, mode)
+            .with_context(|| format!("attaching go_sockops to {}", root.display()))?;
+        for name in ["go_connect4", "go_connect6"] {
+            let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+            p.attach(&cgroup, mode)
+                .with_context(|| format!("attaching {name} to {}", root.display()))?;
+        }
+        let mut on: BpfArray<_, u32> = BpfArray::try_from(
+            self.ebpf
+                .map_mut(names::INJECT_ON)
+                .context("map INJECT_ON missing; rebuild sightline")?,
+        )?;
+        on.set(0, 1, 0).context("turning injection on")?;
+        Ok(())
+    }
+
     /// Tells the Go probes where process `tgid` keeps what they read.
     pub fn set_go_process(&mut self, tgid: u32, offsets: &GoOffsets) -> anyhow::Result<()> {
         self.go_procs
@@ -505,6 +551,37 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .with_context(|| format!("map {name} missing from the embedded object; rebuild sightline"))
+}
+
+/// Where a cgroup v2 hierarchy is mounted (its root holds every process of a hybrid or pure
+/// v2 host), mounted under /run when the host has none.
+fn cgroup2_root() -> std::io::Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if let Some(dir) = mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| dir.to_string())
+    }) {
+        return Ok(dir.into());
+    }
+    let dir = Path::new("/run/sightline/cgroup2");
+    std::fs::create_dir_all(dir)?;
+    let target = c"/run/sightline/cgroup2";
+    let fstype = c"cgroup2";
+    // SAFETY: static NUL-terminated strings; a null data pointer is allowed.
+    let r = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dir.into())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

@@ -298,6 +298,20 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
             .with_callback(move |o| o.observe(read(&stats), &[]))
             .build();
     }
+    let injection = stats.clone();
+    let _ = meter
+        .u64_observable_counter("sightline.traceparent.injections")
+        .with_description("Outgoing plaintext HTTP/1.x requests sightline was to write a traceparent into, by outcome: written; skipped (the request's first bytes were not a request line it could extend, so they were sent untouched); no_socket (the connection could not take the program).")
+        .with_callback(move |o| {
+            for (outcome, n) in [
+                ("written", &injection.traceparent_injected),
+                ("skipped", &injection.traceparent_skipped),
+                ("no_socket", &injection.traceparent_sockets_full),
+            ] {
+                o.observe(n.load(Relaxed), &[KeyValue::new("outcome", outcome)]);
+            }
+        })
+        .build();
     let _ = meter
         .u64_observable_counter("sightline.parse.dropped")
         .with_description("Captured bytes given up on, by reason.")

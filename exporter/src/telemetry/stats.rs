@@ -13,6 +13,12 @@ pub struct Stats {
     pub kernel_read_failed: AtomicU64,
     /// Returns with no recorded entry (attached mid-call, or an in-flight slot collision).
     pub kernel_orphan_returns: AtomicU64,
+    /// Outgoing requests a `traceparent` was written into at the socket (copied).
+    pub traceparent_injected: AtomicU64,
+    /// Outgoing requests that waited for one but were sent untouched (copied).
+    pub traceparent_skipped: AtomicU64,
+    /// Client sockets that could not be given the injection program (copied).
+    pub traceparent_sockets_full: AtomicU64,
     pub records: AtomicU64,
     /// Records whose payload was cut at the capture size.
     pub records_truncated: AtomicU64,

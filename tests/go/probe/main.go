@@ -31,6 +31,9 @@ import (
 
 func getg() uintptr
 
+// The body of onward POSTs, long enough that its request is written in more than one piece.
+var onwardBody = strings.Repeat("sightline onward body ", 300)
+
 func main() {
 	offsets := flag.Bool("offsets", false, "print struct field offsets and exit")
 	listen := flag.String("listen", "127.0.0.1:0", "address to serve on")
@@ -38,6 +41,8 @@ func main() {
 	h1only := flag.Bool("h1", false, "with -tls: offer HTTP/1.1 only")
 	next := flag.String("next", "", "URL that /chain/ and /spawn/ call onward")
 	clientH2 := flag.Bool("client-h2", false, "call onward over HTTP/2 when the next hop offers it")
+	onwardMethod := flag.String("onward-method", "GET", "method of the onward call (POST sends onwardBody)")
+	onwardTP := flag.String("onward-traceparent", "", "a traceparent the program itself sets on onward calls")
 	flag.Parse()
 	if *offsets {
 		printOffsets()
@@ -51,7 +56,14 @@ func main() {
 		client.Transport.(*http.Transport).TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
 	onward := func(r *http.Request) int {
-		req, _ := http.NewRequest("GET", *next, nil)
+		var body io.Reader
+		if *onwardMethod == "POST" {
+			body = strings.NewReader(onwardBody)
+		}
+		req, _ := http.NewRequest(*onwardMethod, *next, body)
+		if *onwardTP != "" {
+			req.Header.Set("Traceparent", *onwardTP)
+		}
 		res, err := client.Do(req)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "onward:", err)
@@ -71,6 +83,23 @@ func main() {
 			code = 400
 		}
 		w.WriteHeader(code)
+	})
+	// What a traced caller's request looks like on arrival: exactly one traceparent, and a
+	// POST body byte for byte as sent; echoes the traceparent.
+	mux.HandleFunc("/tp/", func(w http.ResponseWriter, r *http.Request) {
+		tps := r.Header.Values("Traceparent")
+		if len(tps) != 1 {
+			w.WriteHeader(400)
+			return
+		}
+		if r.Method == "POST" {
+			b, _ := io.ReadAll(r.Body)
+			if string(b) != onwardBody {
+				w.WriteHeader(422)
+				return
+			}
+		}
+		fmt.Fprint(w, tps[0])
 	})
 	// The onward call on the handler's own goroutine.
 	mux.HandleFunc("/chain/", func(w http.ResponseWriter, r *http.Request) {

@@ -35,6 +35,10 @@ pub mod names {
     pub const SS_OFFSETS: &str = "SS_OFFSETS";
     /// Struct offsets of each Go process, by tgid ([`super::GoOffsets`]).
     pub const GO_PROCS: &str = "GO_PROCS";
+    /// Client sockets whose outgoing requests get a `traceparent` (a sockhash).
+    pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
+    /// One `u32`: 1 once the injection programs are attached.
+    pub const INJECT_ON: &str = "INJECT_ON";
 }
 
 /// Field offsets of the `sock:inet_sock_set_state` tracepoint, from its tracefs `format`, so
@@ -91,7 +95,14 @@ pub mod counter {
     pub const ORPHAN_RETURN: u32 = 3;
     /// Hits of the empty Go probe that benchmarks attach in place of the real ones.
     pub const EMPTY_PROBE_HITS: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Outgoing requests a `traceparent` was written into at the socket.
+    pub const INJECTED: u32 = 5;
+    /// Outgoing requests that waited for one but whose first bytes were not a request line
+    /// sightline can extend (too long a line, or not HTTP/1.x): sent untouched.
+    pub const INJECT_SKIPPED: u32 = 6;
+    /// Client sockets that could not be added to the injection sockhash (full).
+    pub const INJECT_SOCKS_FULL: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Header of a [`kind::DATA`] record. `captured` payload bytes follow it directly.
@@ -358,7 +369,40 @@ pub const GO_HOST_CAP: usize = 64;
 pub const GO_ADDR_CAP: usize = 64;
 pub const GO_PATTERN_CAP: usize = 128;
 pub const GO_SCHEME_CAP: usize = 8;
+/// Room for an incoming `traceparent` value (version 00 is 55 bytes).
 pub const GO_TRACEPARENT_CAP: usize = 64;
+
+/// The header line written into an outgoing HTTP/1.x request, right after its request line:
+/// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`.
+pub const TRACEPARENT_LINE_LEN: u32 = 13 + 55 + 2;
+
+/// A TCP connection as both its client's uprobes (through the socket table) and the socket
+/// layer see it: the client's local port and the peer's address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InjectKey {
+    /// `AF_INET` or `AF_INET6`; 0 for none.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Peer port, host byte order.
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// Peer address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub remote_addr: [u8; 16],
+}
+
+/// The `traceparent` an outgoing request on a connection waits for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingTrace {
+    pub trace_id: [u8; 16],
+    pub span_id: u64,
+    pub flags: u8,
+    /// 1 once written into the request.
+    pub done: u8,
+    pub _pad: [u8; 6],
+}
 
 /// A Go net/http call, built at the entry probe and sent at a return site.
 #[repr(C)]
@@ -385,7 +429,22 @@ pub struct GoHttpRecord {
     pub proto_major: u16,
     pub proto_minor: u16,
     pub tls: u8,
-    pub _pad: [u8; 7],
+    /// W3C trace flags of `trace_id`.
+    pub trace_flags: u8,
+    /// Server: 1 when `trace_id` and `parent_span_id` came from an incoming `traceparent`.
+    pub trace_given: u8,
+    /// Client: 1 when a `traceparent` naming this call was written into the request.
+    pub injected: u8,
+    pub _pad: [u8; 4],
+    /// The trace the kernel put this call in: an incoming `traceparent`'s, its server
+    /// request's, or a fresh one. Big-endian, as in the header.
+    pub trace_id: [u8; 16],
+    /// This call's span id, chosen in the kernel, so that the id written into an outgoing
+    /// request is the one the CLIENT span is exported with.
+    pub span_id: u64,
+    /// Server: the incoming `traceparent`'s parent id; client: its server request's span id;
+    /// 0 when there is none.
+    pub parent_span_id: u64,
     /// When the fd became this socket (its `SockGen` stamp), or 0: with the fd, it names the
     /// connection, so user space resolves its addresses once per connection, not per request.
     pub sock_gen: u64,
@@ -396,7 +455,7 @@ pub struct GoHttpRecord {
     pub addr_len: u32,
     pub pattern_len: u32,
     pub scheme_len: u32,
-    pub traceparent_len: u32,
+    pub _pad2: u32,
     pub method: [u8; GO_METHOD_CAP],
     pub path: [u8; GO_PATH_CAP],
     pub query: [u8; GO_QUERY_CAP],
@@ -408,9 +467,6 @@ pub struct GoHttpRecord {
     pub pattern: [u8; GO_PATTERN_CAP],
     /// Client: the URL's scheme.
     pub scheme: [u8; GO_SCHEME_CAP],
-    /// Server: the incoming `traceparent` header; client: the one its parent server request
-    /// received, so the client span joins that trace.
-    pub traceparent: [u8; GO_TRACEPARENT_CAP],
 }
 
 impl GoHttpRecord {
@@ -432,7 +488,13 @@ impl GoHttpRecord {
         proto_major: 0,
         proto_minor: 0,
         tls: 0,
-        _pad: [0; 7],
+        trace_flags: 0,
+        trace_given: 0,
+        injected: 0,
+        _pad: [0; 4],
+        trace_id: [0; 16],
+        span_id: 0,
+        parent_span_id: 0,
         sock_gen: 0,
         method_len: 0,
         path_len: 0,
@@ -441,7 +503,7 @@ impl GoHttpRecord {
         addr_len: 0,
         pattern_len: 0,
         scheme_len: 0,
-        traceparent_len: 0,
+        _pad2: 0,
         method: [0; GO_METHOD_CAP],
         path: [0; GO_PATH_CAP],
         query: [0; GO_QUERY_CAP],
@@ -449,7 +511,6 @@ impl GoHttpRecord {
         addr: [0; GO_ADDR_CAP],
         pattern: [0; GO_PATTERN_CAP],
         scheme: [0; GO_SCHEME_CAP],
-        traceparent: [0; GO_TRACEPARENT_CAP],
     };
 }
 
@@ -471,6 +532,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::ActiveCall {}
     unsafe impl aya::Pod for super::SockStateOffsets {}
+    unsafe impl aya::Pod for super::InjectKey {}
 }
 
 #[cfg(test)]
@@ -486,10 +548,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
         assert_eq!(core::mem::size_of::<GoOffsets>(), 34 * 4);
+        assert_eq!(core::mem::size_of::<InjectKey>(), 24);
+        assert_eq!(core::mem::size_of::<PendingTrace>(), 32);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
             80 + 16
                 + 8
+                + 32
                 + 32
                 + GO_METHOD_CAP
                 + GO_PATH_CAP
@@ -498,7 +563,6 @@ mod tests {
                 + GO_ADDR_CAP
                 + GO_PATTERN_CAP
                 + GO_SCHEME_CAP
-                + GO_TRACEPARENT_CAP
         );
     }
 }

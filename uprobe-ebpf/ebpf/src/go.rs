@@ -6,21 +6,21 @@
 //! goroutine's `g` is in R14. Struct offsets come from `GO_PROCS`, per process, as the
 //! symbolizer established them; an unknown offset is never read.
 
-use crate::{bump, now, wakeup_flags, EVENTS, SOCK_GEN};
+use crate::{bump, now, wakeup_flags, CONN_INFO, EVENTS, SOCK_GEN};
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user, generated},
     macros::{map, uprobe},
     maps::{ring_buf::RingBufEntry, HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use sightline_common::{
-    counter, go_role, kind, sock_gen_slot, GoHttpRecord, GoKey, GoOffsets, GO_NO_OFFSET,
-    GO_REQ_WINDOW, GO_TRACEPARENT_CAP, GO_URL_WINDOW,
+    counter, go_role, kind, sock_gen_slot, ConnKey, GoHttpRecord, GoKey, GoOffsets, InjectKey,
+    PendingTrace, GO_NO_OFFSET, GO_REQ_WINDOW, GO_TRACEPARENT_CAP, GO_URL_WINDOW,
 };
 
 #[map]
-static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(4096, 0);
+pub(crate) static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(4096, 0);
 
 /// What an entry probe keeps for the return: pointers to read then, not the values. Reading
 /// everything once at return, straight into the ring buffer, costs a third of copying a whole
@@ -36,13 +36,34 @@ struct InFlight {
     /// Client: the server request (goroutine, entry time) whose handling made the call.
     parent_goid: u64,
     parent_start_ns: u64,
+    /// The trace this call is in and its span id, chosen at entry (see `GoHttpRecord`).
+    trace: [u8; 16],
+    span: u64,
+    /// Server: the incoming traceparent's parent id; client: its server request's span.
+    parent_span: u64,
     /// Client: the socket, learnt inside the round trip, or -1.
     fd: i32,
     tls: u8,
     /// Client: 2 once the HTTP/2 connection code ran, else 0.
     proto_major: u8,
-    _pad: [u8; 2],
+    flags: u8,
+    /// Server: the trace came from an incoming traceparent.
+    given: u8,
+    /// Client: the connection a traceparent waits to be written into (family 0: none).
+    inject: InjectKey,
 }
+
+/// Outgoing HTTP/1.x requests waiting for their `traceparent`, by connection: set by the
+/// client probes before the request is written, filled in by `go_inject` as it is sent.
+#[map]
+pub(crate) static PENDING_TRACE: HashMap<InjectKey, PendingTrace> =
+    HashMap::with_max_entries(16384, 0);
+
+/// Index 0 is 1 once user space attached the injection programs; until then the client
+/// probes leave nothing pending.
+#[map]
+pub(crate) static INJECT_ON: aya_ebpf::maps::Array<u32> =
+    aya_ebpf::maps::Array::with_max_entries(1, 0);
 
 /// Server requests being handled, by goroutine. An HTTP/1 connection keeps one goroutine for
 /// all its requests, so its entry is kept between them (idle: `start_ns` 0) with the socket
@@ -130,6 +151,8 @@ struct Windows {
     url: [u64; (GO_URL_WINDOW / 8) as usize],
     /// One header map bucket: 8 top hashes, 8 keys, 8 values, the overflow pointer.
     bucket: [u64; BUCKET_WORDS],
+    /// A `Traceparent` header value.
+    tp: [u8; GO_TRACEPARENT_CAP],
 }
 
 #[map]
@@ -214,7 +237,13 @@ fn init(rec: &mut GoHttpRecord, role: u32, tgid: u32, goid: u64, start_ns: u64) 
     rec.proto_major = 0;
     rec.proto_minor = 0;
     rec.tls = 0;
-    rec._pad = [0; 7];
+    rec.trace_flags = 0;
+    rec.trace_given = 0;
+    rec.injected = 0;
+    rec._pad = [0; 4];
+    rec.trace_id = [0; 16];
+    rec.span_id = 0;
+    rec.parent_span_id = 0;
     rec.sock_gen = 0;
     rec.method_len = 0;
     rec.path_len = 0;
@@ -223,7 +252,7 @@ fn init(rec: &mut GoHttpRecord, role: u32, tgid: u32, goid: u64, start_ns: u64) 
     rec.addr_len = 0;
     rec.pattern_len = 0;
     rec.scheme_len = 0;
-    rec.traceparent_len = 0;
+    rec._pad2 = 0;
 }
 
 /// Reads what a `*http.Request` says about the call; returns how much of the request's window
@@ -268,31 +297,28 @@ const MIN_TOP_HASH: u8 = 5;
 /// Buckets looked at: 2^3, enough for 52 headers at Go's load factor.
 const MAX_BUCKETS_LOG2: u8 = 3;
 
-/// Copies the first `Traceparent` value of a request's headers (Go canonicalises the name).
+/// Copies the first `Traceparent` value of the header map `hmap` (Go canonicalises the
+/// name) into `w.tp`; returns its length, 0 when there is none.
 #[inline(always)]
-fn read_traceparent(off: &GoOffsets, req: u64, rl: u32, rec: &mut GoHttpRecord, w: &mut Windows) {
-    if off.hmap_buckets == GO_NO_OFFSET || off.hmap_b == GO_NO_OFFSET {
-        return;
-    }
-    let hmap = word(&w.req, rl, req, off.req_header);
-    if hmap == 0 {
-        return;
+fn header_traceparent(off: &GoOffsets, hmap: u64, w: &mut Windows) -> u32 {
+    if off.hmap_buckets == GO_NO_OFFSET || off.hmap_b == GO_NO_OFFSET || hmap == 0 {
+        return 0;
     }
     // Most requests carry a few headers, some none: an empty map costs one read.
     if field::<u64>(hmap, off.hmap_count).unwrap_or(0) == 0 {
-        return;
+        return 0;
     }
     let Some(b) = field::<u8>(hmap, off.hmap_b) else {
-        return;
+        return 0;
     };
     if b > MAX_BUCKETS_LOG2 {
-        return;
+        return 0;
     }
     let Some(buckets) = field::<u64>(hmap, off.hmap_buckets) else {
-        return;
+        return 0;
     };
     if buckets == 0 {
-        return;
+        return 0;
     }
     let n = 1u64 << b;
     let size = BUCKET_WORDS as u64 * 8;
@@ -306,16 +332,20 @@ fn read_traceparent(off: &GoOffsets, req: u64, rl: u32, rec: &mut GoHttpRecord, 
             if bucket == 0 || load(&mut w.bucket, bucket, size as u32) == 0 {
                 break;
             }
-            if traceparent_in_bucket(&w.bucket, rec) {
-                return;
+            if let Some(len) = traceparent_in_bucket(&w.bucket, &mut w.tp) {
+                return len;
             }
             bucket = w.bucket[BUCKET_OVERFLOW];
         }
     }
+    0
 }
 
 #[inline(always)]
-fn traceparent_in_bucket(bucket: &[u64; BUCKET_WORDS], rec: &mut GoHttpRecord) -> bool {
+fn traceparent_in_bucket(
+    bucket: &[u64; BUCKET_WORDS],
+    out: &mut [u8; GO_TRACEPARENT_CAP],
+) -> Option<u32> {
     let tophash = bucket[0].to_ne_bytes();
     for j in 0..8usize {
         if tophash[j] < MIN_TOP_HASH {
@@ -337,12 +367,98 @@ fn traceparent_in_bucket(bucket: &[u64; BUCKET_WORDS], rec: &mut GoHttpRecord) -
             bucket[BUCKET_ELEMS + 3 * j + 1],
         );
         if count == 0 || elems == 0 {
-            return false;
+            return Some(0);
         }
-        rec.traceparent_len = go_string::<GO_TRACEPARENT_CAP>(elems, 0, &mut rec.traceparent);
-        return true;
+        return Some(go_string::<GO_TRACEPARENT_CAP>(elems, 0, out));
     }
-    false
+    None
+}
+
+#[inline(always)]
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn hex_byte(t: &[u8; GO_TRACEPARENT_CAP], at: usize) -> Option<u8> {
+    Some(nibble(t[at])? << 4 | nibble(t[at + 1])?)
+}
+
+/// A W3C `traceparent` (`00-<trace>-<parent>-<flags>`), by the rules user space applies too:
+/// lowercase hex, version not ff, exactly 55 bytes for version 00, no all-zero id. Only a
+/// valid one is continued, and so only hex ever reaches an outgoing request.
+#[inline(always)]
+fn parse_traceparent(t: &[u8; GO_TRACEPARENT_CAP], len: u32) -> Option<([u8; 16], u64, u8)> {
+    if len < 55 || len as usize >= GO_TRACEPARENT_CAP {
+        return None;
+    }
+    let version = hex_byte(t, 0)?;
+    if version == 0xff || t[2] != b'-' || t[35] != b'-' || t[52] != b'-' {
+        return None;
+    }
+    if (version == 0 && len != 55) || (len > 55 && t[55] != b'-') {
+        return None;
+    }
+    let mut trace = [0u8; 16];
+    let mut any = 0u8;
+    for (i, b) in trace.iter_mut().enumerate() {
+        *b = hex_byte(t, 3 + 2 * i)?;
+        any |= *b;
+    }
+    let mut span = 0u64;
+    for i in 0..8 {
+        span = span << 8 | hex_byte(t, 36 + 2 * i)? as u64;
+    }
+    let flags = hex_byte(t, 53)?;
+    if any == 0 || span == 0 {
+        return None;
+    }
+    Some((trace, span, flags))
+}
+
+#[inline(always)]
+fn random64() -> u64 {
+    // SAFETY: helper without arguments.
+    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    // Never 0, which means "none" to W3C and to user space.
+    ((a as u64) << 32 | b as u64) | 1
+}
+
+#[inline(always)]
+fn random_trace() -> [u8; 16] {
+    let (hi, lo) = (random64(), random64());
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&hi.to_be_bytes());
+    t[8..].copy_from_slice(&lo.to_be_bytes());
+    t
+}
+
+/// A server request's trace: its incoming traceparent's when it carries a valid one, else a
+/// new one. Chosen at entry, so the calls its handler makes can carry it onward.
+#[inline(always)]
+fn server_trace(off: &GoOffsets, req: u64, call: &mut InFlight) {
+    call.span = random64();
+    if let Some(w) = GO_WINDOWS.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch, used by this program run only.
+        let w = unsafe { &mut *w };
+        let hmap = field::<u64>(req, off.req_header).unwrap_or(0);
+        let len = header_traceparent(off, hmap, w);
+        if let Some((trace, parent, flags)) = parse_traceparent(&w.tp, len) {
+            call.trace = trace;
+            call.parent_span = parent;
+            call.flags = flags;
+            call.given = 1;
+            return;
+        }
+    }
+    call.trace = random_trace();
+    call.parent_span = 0;
+    call.flags = 1;
+    call.given = 0;
 }
 
 /// The socket fd under an HTTP/1 server response: response.conn.rwc (a net.Conn), through
@@ -371,10 +487,15 @@ fn in_flight(start_ns: u64, req: u64, obj: u64) -> InFlight {
         obj,
         parent_goid: 0,
         parent_start_ns: 0,
+        trace: [0; 16],
+        span: 0,
+        parent_span: 0,
         fd: -1,
         tls: 0,
         proto_major: 0,
-        _pad: [0; 2],
+        flags: 0,
+        given: 0,
+        inject: InjectKey::default(),
     }
 }
 
@@ -412,7 +533,7 @@ fn current(ctx: &ProbeContext) -> Option<(&'static GoOffsets, GoKey)> {
 /// RBX/RCX = rw (itab, data), RDI = req. HTTP/2 requests pass here too.
 #[uprobe]
 pub fn go_server_enter(ctx: ProbeContext) -> u32 {
-    let Some((_, key)) = current(&ctx) else {
+    let Some((off, key)) = current(&ctx) else {
         return 0;
     };
     let r = regs(&ctx);
@@ -423,11 +544,13 @@ pub fn go_server_enter(ctx: ProbeContext) -> u32 {
             (*p).start_ns = start;
             (*p).req = r.rdi;
             (*p).obj = r.rcx;
+            server_trace(off, r.rdi, &mut *p);
         }
         return 0;
     }
     let mut call = in_flight(start, r.rdi, r.rcx);
     call.fd = FD_UNKNOWN;
+    server_trace(off, r.rdi, &mut call);
     if GO_SERVER.insert(&key, &call, 0).is_err() {
         bump(counter::ACTIVE_FULL);
     }
@@ -458,7 +581,11 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     let rec = unsafe { &mut *entry.as_mut_ptr() };
     init(rec, go_role::SERVER, key.tgid, key.goid, call.start_ns);
     let rl = read_request(&off, call.req, rec, w);
-    read_traceparent(&off, call.req, rl, rec, w);
+    rec.trace_id = call.trace;
+    rec.span_id = call.span;
+    rec.parent_span_id = call.parent_span;
+    rec.trace_flags = call.flags;
+    rec.trace_given = call.given;
     rec.object = call.obj;
     rec.request = call.req;
     rec.status = if rec.proto_major == 2 {
@@ -521,6 +648,9 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         if let Some(server) = unsafe { GO_SERVER.get(&k) }.filter(|s| s.start_ns != 0) {
             call.parent_goid = g;
             call.parent_start_ns = server.start_ns;
+            call.trace = server.trace;
+            call.parent_span = server.span;
+            call.flags = server.flags;
             break;
         }
         // SAFETY: as above.
@@ -529,10 +659,59 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
             _ => break,
         }
     }
+    call.span = random64();
+    if call.parent_span == 0 {
+        // A call made outside any request handled here starts a trace of its own.
+        call.trace = random_trace();
+        call.flags = 1;
+    }
     if GO_CLIENT.insert(&key, &call, 0).is_err() {
         bump(counter::ACTIVE_FULL);
     }
     0
+}
+
+/// Leaves the call's traceparent waiting for its request to be written on socket `fd`, when
+/// injection is on, the connection is plaintext HTTP/1.x with known ends, and the program
+/// set no `Traceparent` of its own (it is never written twice).
+#[inline(always)]
+fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
+    if fd < 0 || !INJECT_ON.get(0).is_some_and(|on| *on == 1) {
+        return;
+    }
+    // SAFETY: map lookup, copied at once.
+    let Some(info) = (unsafe { CONN_INFO.get(&ConnKey { tgid, fd }) }).copied() else {
+        return;
+    };
+    if info.local_port == 0 || info.port == 0 {
+        return;
+    }
+    let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch, used by this program run only.
+    let w = unsafe { &mut *w };
+    let hmap = field::<u64>(call.req, off.req_header).unwrap_or(0);
+    if header_traceparent(off, hmap, w) != 0 {
+        return;
+    }
+    let key = InjectKey {
+        family: info.family,
+        local_port: info.local_port,
+        remote_port: info.port,
+        _pad: 0,
+        remote_addr: info.addr,
+    };
+    let pending = PendingTrace {
+        trace_id: call.trace,
+        span_id: call.span,
+        flags: call.flags,
+        done: 0,
+        _pad: [0; 6],
+    };
+    if PENDING_TRACE.insert(&key, &pending, 0).is_ok() {
+        call.inject = key;
+    }
 }
 
 /// `net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc. Runs inside `Transport.RoundTrip`
@@ -559,6 +738,9 @@ pub fn go_pconn_enter(ctx: ProbeContext) -> u32 {
     unsafe {
         (*call).fd = fd;
         (*call).tls = tls as u8;
+        if !tls && (*call).inject.family == 0 {
+            pend_traceparent(off, key.tgid, fd, &mut *call);
+        }
     }
     0
 }
@@ -645,6 +827,16 @@ pub fn go_client_ret(ctx: ProbeContext) -> u32 {
     };
     let _ = GO_CLIENT.remove(&key);
     let resp = regs(&ctx).rax;
+    let mut injected = 0;
+    if call.inject.family != 0 {
+        // SAFETY: map lookup, read at once.
+        if let Some(p) = unsafe { PENDING_TRACE.get(&call.inject) } {
+            if p.span_id == call.span {
+                injected = (p.done == 1) as u8;
+                let _ = PENDING_TRACE.remove(&call.inject);
+            }
+        }
+    }
     let Some((mut entry, w)) = reserve() else {
         return 0;
     };
@@ -654,6 +846,11 @@ pub fn go_client_ret(ctx: ProbeContext) -> u32 {
     read_request(off, call.req, rec, w);
     rec.parent_goid = call.parent_goid;
     rec.parent_start_ns = call.parent_start_ns;
+    rec.trace_id = call.trace;
+    rec.span_id = call.span;
+    rec.parent_span_id = call.parent_span;
+    rec.trace_flags = call.flags;
+    rec.injected = injected;
     rec.fd = call.fd;
     rec.sock_gen = sock_gen(key.tgid, call.fd);
     rec.tls = call.tls;

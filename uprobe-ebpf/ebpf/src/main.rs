@@ -8,10 +8,13 @@
 //! - `sock_connect` / `sock_accept*` remember each socket's peer and whether this process is
 //!   its client or server, in an LRU map the user side reads on demand.
 //! - `proc_exec` / `proc_exit` feed discovery.
+//! - `go_connect4/6`, `go_sockops` and `go_inject` write a `traceparent` into Go clients'
+//!   plaintext HTTP/1.x requests as the kernel sends them (see `inject`).
 #![no_std]
 #![no_main]
 
 mod go;
+mod inject;
 
 use aya_ebpf::{
     helpers::{
