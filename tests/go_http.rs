@@ -465,3 +465,139 @@ async fn debian_caddy_in_front_of_node_exporter() {
         assert_eq!(hop.trace_id, back.trace_id);
     }
 }
+
+/// Propagation to another host. B runs in a network namespace of its own, so to every
+/// address it sees its callers are remote and sightline cannot join it to them by
+/// connection: the only thing that makes B's SERVER spans children of the CLIENT spans that
+/// called it is the `traceparent` sightline wrote into those plaintext HTTP/1.1 requests at
+/// the socket, with no write into any process (this kernel runs lockdown=integrity). B's
+/// handler checks each request: exactly one traceparent, and a POST body byte for byte.
+/// Callers: Go 1.21 (on the handler's goroutine, and on a spawned one continuing curl's
+/// traceparent), Go 1.19 cgo sending a 6.6 kB POST, and Go 1.21 setting a traceparent of
+/// its own, which sightline must leave alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_reaches_another_host_in_plaintext_requests() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let net = sightline_e2e::netns::Netns::create("sl-e2e", 77);
+    let b_bin = gobuild::build("probe", "1.23", Shape::StrippedPie, false);
+    let a_bin = gobuild::build("probe", "1.21", Shape::Plain, false);
+    let p_bin = gobuild::build("probe", "1.19", Shape::Cgo, false);
+    let (addr, rec) = receiver::start_grpc().await.unwrap();
+    let mut agent = Agent::start(
+        &["--output", "json"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
+        ],
+    )
+    .unwrap();
+    let b = GoService::start_in(
+        &net.name,
+        &b_bin,
+        &["-listen", &format!("{}:0", net.remote_ip)],
+    );
+    let b_url = |p: &str| format!("http://{}:{}{p}", net.remote_ip, b.port);
+    let a = GoService::start(&a_bin, &["-next", &b_url("/tp/from-a?k=v")]);
+    let poster = GoService::start(
+        &p_bin,
+        &["-onward-method", "POST", "-next", &b_url("/tp/post")],
+    );
+    let own_tp = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let own = GoService::start(
+        &a_bin,
+        &["-onward-traceparent", own_tp, "-next", &b_url("/tp/own")],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (trace_id, parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    curl(&[&a.url("http", "/chain/one")]);
+    curl(&[
+        "-H",
+        &format!("traceparent: 00-{trace_id}-{parent}-01"),
+        &a.url("http", "/spawn/two"),
+    ]);
+    curl(&[&poster.url("http", "/chain/three")]);
+    curl(&[&own.url("http", "/chain/four")]);
+    wait_spans(&rec, &agent, |all| {
+        all.iter().filter(|s| server_port_is(s, b.port)).count() >= 4
+            && all.iter().filter(|s| s.kind == 3).count() >= 4
+    })
+    .await;
+    // Long enough for one more metrics export after the last request.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    assert_eq!(leftover_programs(), Vec::<String>::new());
+    let all = spans(&rec.traces.lock().unwrap());
+    let path_is = |s: &FlatSpan, p: &str| s.attr("url.path") == Some(&Val::S(p.into()));
+
+    // Each hop: caller's SERVER span → its CLIENT span → B's SERVER span, one trace, and B's
+    // handler found exactly one traceparent (200, not 400).
+    let hop = |svc: &GoService, path: &str, b_path: &str| {
+        let srv = one(&all, path, |s| {
+            server_port_is(s, svc.port) && path_is(s, path)
+        });
+        let cli = one(&all, &format!("{path} client"), |s| {
+            s.kind == 3 && s.parent_span_id == srv.span_id
+        });
+        let remote = one(&all, &format!("{path} at B"), |s| {
+            server_port_is(s, b.port) && s.parent_span_id == cli.span_id
+        });
+        assert!(path_is(remote, b_path), "{remote:#?}");
+        assert_eq!(cli.trace_id, srv.trace_id, "{path}");
+        assert_eq!(remote.trace_id, srv.trace_id, "{path}");
+        assert_eq!(s(cli.attr("http.response.status_code")), "200", "{path}");
+        assert_eq!(s(remote.attr("http.response.status_code")), "200", "{path}");
+        // B sees its caller as remote: from the other end of the link, not loopback.
+        assert_eq!(
+            s(remote.attr("network.peer.address")),
+            net.local_ip,
+            "{path}"
+        );
+        assert_eq!(s(cli.attr("server.address")), net.remote_ip, "{path}");
+        assert_eq!(s(cli.attr("server.port")), b.port.to_string(), "{path}");
+        (srv.clone(), cli.clone(), remote.clone())
+    };
+    let (a1, _, b1) = hop(&a, "/chain/one", "/tp/from-a");
+    assert_eq!(a1.parent_span_id, "");
+    assert_eq!(s(b1.attr("url.query")), "k=REDACTED");
+    assert_eq!(b1.service(), b_bin.file_name().unwrap().to_str().unwrap());
+    // curl's trace continues through A's spawned goroutine onto the other host.
+    let (a2, _, b2) = hop(&a, "/spawn/two", "/tp/from-a");
+    assert_eq!(a2.trace_id, trace_id);
+    assert_eq!(a2.parent_span_id, parent);
+    assert_eq!(b2.trace_id, trace_id);
+    // A POST whose body is written after its head: the body arrives intact (200, not 422).
+    let (_, pc, b3) = hop(&poster, "/chain/three", "/tp/post");
+    assert_eq!(s(pc.attr("http.request.method")), "POST");
+    assert_eq!(s(b3.attr("http.request.method")), "POST");
+
+    // A program that sets its own traceparent keeps it, alone (200, not 400): B continues
+    // the program's trace, not sightline's.
+    let own_srv = one(&all, "own", |s| {
+        server_port_is(s, own.port) && path_is(s, "/chain/four")
+    });
+    let own_cli = one(&all, "own client", |s| {
+        s.kind == 3 && s.parent_span_id == own_srv.span_id
+    });
+    assert_eq!(s(own_cli.attr("http.response.status_code")), "200");
+    let b4 = one(&all, "own at B", |s| {
+        server_port_is(s, b.port) && path_is(s, "/tp/own")
+    });
+    assert_eq!(b4.trace_id, "5bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(b4.parent_span_id, "00f067aa0ba902b7");
+
+    // sightline counts what it wrote: three requests, none skipped.
+    let pts = sightline_e2e::flat::points(&rec.metrics.lock().unwrap());
+    let injections = |outcome: &str| {
+        pts.iter()
+            .filter(|p| p.metric == "sightline.traceparent.injections")
+            .filter(|p| s(p.attrs.get("outcome")) == outcome)
+            .map(|p| p.value)
+            .max()
+    };
+    assert_eq!(injections("written"), Some(3));
+    assert_eq!(injections("skipped"), Some(0));
+}

@@ -238,6 +238,15 @@ pub const GO_PROBES: [(&str, &str, &str); 4] = [
 impl Drop for Loader {
     fn drop(&mut self) {
         detach_links(std::mem::take(&mut self.links));
+        // Sockets in the sockhash keep its sk_msg program until they leave it; taking them out
+        // now, rather than when the kernel gets round to freeing the map, means the program is
+        // gone when sightline is.
+        if let Some(socks) = self.inject_socks.as_mut() {
+            let keys: Vec<u64> = socks.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = socks.remove(&k);
+            }
+        }
     }
 }
 

@@ -13,8 +13,22 @@ pub struct GoService {
 impl GoService {
     /// Starts `bin` with `args` and waits for it to listen.
     pub fn start(bin: &Path, args: &[&str]) -> GoService {
-        let mut child = Command::new(bin)
-            .args(args)
+        Self::spawn(Command::new(bin).args(args), bin)
+    }
+
+    /// The same in network namespace `netns` (`ip netns exec` execs it: the pid is its own).
+    pub fn start_in(netns: &str, bin: &Path, args: &[&str]) -> GoService {
+        Self::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", netns])
+                .arg(bin)
+                .args(args),
+            bin,
+        )
+    }
+
+    fn spawn(cmd: &mut Command, bin: &Path) -> GoService {
+        let mut child = cmd
             // The probe's go.mod says 1.19, which keeps Go 1.22+'s ServeMux in its 1.21 mode;
             // a module declaring 1.22 or later gets patterns (and Request.Pattern) by default.
             .env("GODEBUG", "httpmuxgo121=0")

@@ -4,5 +4,6 @@
 pub mod flat;
 pub mod gobuild;
 pub mod gosvc;
+pub mod netns;
 pub mod procs;
 pub mod receiver;

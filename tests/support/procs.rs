@@ -283,6 +283,11 @@ pub fn leftover_programs() -> Vec<String> {
         "accept_exit",
         "proc_exec",
         "proc_exit",
+        "go_server_ret",
+        "go_inject",
+        "go_sockops",
+        "go_connect4",
+        "go_connect6",
     ];
     String::from_utf8_lossy(&out.stdout)
         .lines()
