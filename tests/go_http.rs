@@ -601,3 +601,81 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     assert_eq!(injections("written"), Some(3));
     assert_eq!(injections("skipped"), Some(0));
 }
+
+/// HTTP/2 servers built on golang.org/x/net/http2's own server, not net/http's bundled copy:
+/// h2c with prior knowledge (x/net's ServeConn serves it, never passing through
+/// serverHandler.ServeHTTP) and TLS through http2.ConfigureServer (ServeHTTP runs inside x/net's
+/// handler goroutine). Go 1.19's bundled copy lays out the response state unlike x/net v0.7.0,
+/// so a status read with the wrong layout shows. One SERVER span per request, with its status.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_servers_on_x_net_http2() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let bins: Vec<(&str, std::path::PathBuf)> = ["1.19", "1.23"]
+        .into_iter()
+        .map(|v| (v, gobuild::build_gopath("xh2", v)))
+        .collect();
+    let (mut agent, rec) = agent_with_receiver().await;
+    let svcs: Vec<GoService> = bins
+        .iter()
+        .map(|(_, b)| GoService::start_listening(b, &[], 2))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    for svc in &svcs {
+        let (h2c, tls) = (svc.ports[0], svc.ports[1]);
+        for (port, scheme, proto) in [
+            (h2c, "http", "--http2-prior-knowledge"),
+            (tls, "https", "--http2"),
+        ] {
+            curl(&[
+                proto,
+                &format!("{scheme}://127.0.0.1:{port}/items/{port}?q=1"),
+            ]);
+            curl(&[proto, &format!("{scheme}://127.0.0.1:{port}/status/418")]);
+        }
+    }
+    wait_spans(&rec, &agent, |all| {
+        svcs.iter().all(|svc| {
+            svc.ports
+                .iter()
+                .all(|p| all.iter().filter(|s| server_port_is(s, *p)).count() >= 2)
+        })
+    })
+    .await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    for ((version, bin), svc) in bins.iter().zip(&svcs) {
+        for (port, scheme) in [(svc.ports[0], "http"), (svc.ports[1], "https")] {
+            let what = format!("go{version} x/net {scheme}");
+            let mine: Vec<FlatSpan> = all
+                .iter()
+                .filter(|s| server_port_is(s, port))
+                .cloned()
+                .collect();
+            // No second span from ServeHTTP inside runHandler, none for the h2c preface.
+            assert_eq!(mine.len(), 2, "{what}: {mine:#?}");
+            let items = one(&mine, &what, |s| {
+                s.attr("url.path") == Some(&Val::S(format!("/items/{port}")))
+            });
+            assert_eq!(s(items.attr("http.response.status_code")), "200", "{what}");
+            assert_eq!(s(items.attr("network.protocol.version")), "2", "{what}");
+            assert_eq!(s(items.attr("url.scheme")), scheme, "{what}");
+            assert_eq!(s(items.attr("url.query")), "q=REDACTED", "{what}");
+            assert_eq!(s(items.attr("http.request.method")), "GET", "{what}");
+            assert_eq!(
+                items.service(),
+                bin.file_name().unwrap().to_str().unwrap(),
+                "{what}"
+            );
+            let teapot = one(&mine, &what, |s| {
+                s.attr("url.path") == Some(&Val::S("/status/418".into()))
+            });
+            assert_eq!(s(teapot.attr("http.response.status_code")), "418", "{what}");
+            assert!(
+                teapot.attr("error.type").is_none(),
+                "{what}: a 4xx is no SERVER error"
+            );
+        }
+    }
+}

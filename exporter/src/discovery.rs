@@ -288,6 +288,8 @@ pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
         h2rw_rws: get("net/http.http2responseWriter", "rws"),
         h2rws_status: get("net/http.http2responseWriterState", "status"),
         h2cc_tconn: get("net/http.http2ClientConn", "tconn"),
+        xh2rw_rws: get("golang.org/x/net/http2.responseWriter", "rws"),
+        xh2rws_status: get("golang.org/x/net/http2.responseWriterState", "status"),
         g_parent_goid: get("runtime.g", "parentGoid"),
         req_window: 0,
         url_window: 0,

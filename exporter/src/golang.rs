@@ -153,6 +153,11 @@ impl GoCalls {
         redact_query_values: bool,
         mono_to_unix_ns: i128,
     ) {
+        // An h2c connection's preface reaches the HTTP/1 server as `PRI *` and is handed, for
+        // the whole connection, to x/net's ServeConn, whose requests are recorded on their own.
+        if r.role == go_role::SERVER && r.method == "PRI" && r.path == "*" {
+            return;
+        }
         let mut call = base_call(process, r, conn, redact_query_values, mono_to_unix_ns);
         match call.role {
             Role::Server => self.add_server(r, call, conn),

@@ -215,7 +215,7 @@ pub struct Loader {
 
 /// Go functions sightline probes: (symbol, program at entry, program at each RET). Each needs
 /// its return sites; a function without them is not probed at all.
-pub const GO_PROBES: [(&str, &str, &str); 4] = [
+pub const GO_PROBES: [(&str, &str, &str); 5] = [
     (
         "net/http.serverHandler.ServeHTTP",
         "go_server_enter",
@@ -233,6 +233,13 @@ pub const GO_PROBES: [(&str, &str, &str); 4] = [
         "go_client_ret",
     ),
     ("runtime.newproc1", "go_newproc_enter", "go_newproc_ret"),
+    // Every request of golang.org/x/net/http2's own server, which h2c and ServeConn serve
+    // without serverHandler.ServeHTTP (with ConfigureServer, ServeHTTP runs inside it).
+    (
+        "golang.org/x/net/http2.(*serverConn).runHandler",
+        "go_xserver_enter",
+        "go_server_ret",
+    ),
 ];
 
 impl Drop for Loader {
@@ -312,6 +319,7 @@ impl Loader {
             "ssl_free",
             "ssl_ret",
             "go_server_enter",
+            "go_xserver_enter",
             "go_server_ret",
             "go_client_enter",
             "go_client_ret",

@@ -102,6 +102,42 @@ pub fn build(program: &str, version: &str, shape: Shape, unstripped: bool) -> Pa
     bin
 }
 
+/// Where Debian's golang-golang-x-net-dev puts golang.org/x/net, for GOPATH-mode builds.
+pub const GOPATH: &str = "/usr/share/gocode";
+
+/// Builds `tests/go/<program>`, which imports golang.org/x/net, with Go `version` in GOPATH
+/// mode against Debian's x/net source (no module download: this machine has no proxy).
+/// Unstripped: such a build records no module versions, so x/net's struct offsets come from
+/// its DWARF.
+pub fn build_gopath(program: &str, version: &str) -> PathBuf {
+    assert!(
+        Path::new(GOPATH).join("src/golang.org/x/net/http2").is_dir(),
+        "golang.org/x/net is missing under {GOPATH}: run tests/prereqs.sh (it installs golang-golang-x-net-dev)"
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("go")
+        .join(program);
+    let bin = out_dir().join(format!("{program}-go{version}-gopath"));
+    std::fs::create_dir_all(out_dir()).unwrap();
+    let out = Command::new(go(version))
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&src)
+        .env("GOTOOLCHAIN", "local")
+        .env("GO111MODULE", "off")
+        .env("GOPATH", GOPATH)
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("go build runs");
+    assert!(
+        out.status.success(),
+        "go{version} GOPATH build of {program} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
 /// The binary whose symbol table and DWARF describe `shape`'s layout.
 pub fn twin(program: &str, version: &str, shape: Shape) -> PathBuf {
     match shape {

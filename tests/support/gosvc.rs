@@ -6,14 +6,21 @@ use std::process::{Child, Command, Stdio};
 
 pub struct GoService {
     child: Child,
+    /// The first address it listens on; `ports` has them all.
     pub port: u16,
+    pub ports: Vec<u16>,
     pub pid: u32,
 }
 
 impl GoService {
     /// Starts `bin` with `args` and waits for it to listen.
     pub fn start(bin: &Path, args: &[&str]) -> GoService {
-        Self::spawn(Command::new(bin).args(args), bin)
+        Self::spawn(Command::new(bin).args(args), bin, 1)
+    }
+
+    /// Starts a program that prints `listening on ADDR` for each of `n` listeners.
+    pub fn start_listening(bin: &Path, args: &[&str], n: usize) -> GoService {
+        Self::spawn(Command::new(bin).args(args), bin, n)
     }
 
     /// The same in network namespace `netns` (`ip netns exec` execs it: the pid is its own).
@@ -24,10 +31,11 @@ impl GoService {
                 .arg(bin)
                 .args(args),
             bin,
+            1,
         )
     }
 
-    fn spawn(cmd: &mut Command, bin: &Path) -> GoService {
+    fn spawn(cmd: &mut Command, bin: &Path, n: usize) -> GoService {
         let mut child = cmd
             // The probe's go.mod says 1.19, which keeps Go 1.22+'s ServeMux in its 1.21 mode;
             // a module declaring 1.22 or later gets patterns (and Request.Pattern) by default.
@@ -36,20 +44,24 @@ impl GoService {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("the service prints its address");
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{} said {line:?}", bin.display()));
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let ports: Vec<u16> = (0..n)
+            .map(|_| {
+                let mut line = String::new();
+                out.read_line(&mut line)
+                    .expect("the service prints its address");
+                line.trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("{} said {line:?}", bin.display()))
+            })
+            .collect();
         GoService {
             pid: child.id(),
             child,
-            port,
+            port: ports[0],
+            ports,
         }
     }
 

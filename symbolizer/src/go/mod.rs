@@ -387,7 +387,13 @@ fn resolve_fields<'d, R: ReadRef<'d>>(
                     return out;
                 }
             }
-            if s.module().is_some() && info.build.is_some() && xnet.is_none() {
+            // A binary built outside module mode (GOPATH, or a vendor tree without
+            // modules.txt) lists no modules yet may link x/net: its code is the evidence.
+            if s.module().is_some()
+                && info.build.is_some()
+                && xnet.is_none()
+                && linked.get(s.package()) != Some(&true)
+            {
                 out.source = OffsetSource::NotApplicable;
                 out.detail = "this binary does not use golang.org/x/net".into();
                 return out;
@@ -456,6 +462,10 @@ fn resolve_fields<'d, R: ReadRef<'d>>(
                 Some(k) => format!(
                     "no table row for {k} (the table covers {})",
                     table::keys().join(", ")
+                ),
+                None if s.module().is_some() => format!(
+                    "{} is linked in but its version is not recorded (built outside module mode), so no table row applies",
+                    s.module().unwrap_or_default()
                 ),
                 None => "version unknown, so no table row applies".into(),
             });

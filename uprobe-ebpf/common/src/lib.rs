@@ -284,6 +284,10 @@ pub struct GoOffsets {
     pub h2rw_rws: u32,
     pub h2rws_status: u32,
     pub h2cc_tconn: u32,
+    /// `golang.org/x/net/http2`'s own `responseWriter.rws` and `responseWriterState.status`,
+    /// for servers built on x/net's HTTP/2 server (h2c, `ServeConn`, `ConfigureServer`).
+    pub xh2rw_rws: u32,
+    pub xh2rws_status: u32,
     /// `runtime.g.parentGoid` (Go 1.21+): a goroutine's creator, without probing
     /// `runtime.newproc1` on every goroutine start.
     pub g_parent_goid: u32,
@@ -346,6 +350,8 @@ impl Default for GoOffsets {
             h2rw_rws: GO_NO_OFFSET,
             h2rws_status: GO_NO_OFFSET,
             h2cc_tconn: GO_NO_OFFSET,
+            xh2rw_rws: GO_NO_OFFSET,
+            xh2rws_status: GO_NO_OFFSET,
             g_parent_goid: GO_NO_OFFSET,
             req_window: 0,
             url_window: 0,
@@ -547,7 +553,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 34 * 4);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 36 * 4);
         assert_eq!(core::mem::size_of::<InjectKey>(), 24);
         assert_eq!(core::mem::size_of::<PendingTrace>(), 32);
         assert_eq!(

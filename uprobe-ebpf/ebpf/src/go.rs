@@ -31,7 +31,7 @@ struct InFlight {
     start_ns: u64,
     /// The `*http.Request`.
     req: u64,
-    /// Server: the ResponseWriter's data pointer.
+    /// Server: the ResponseWriter's data pointer (x/net's server: its response state).
     obj: u64,
     /// Client: the server request (goroutine, entry time) whose handling made the call.
     parent_goid: u64,
@@ -51,6 +51,9 @@ struct InFlight {
     given: u8,
     /// Client: the connection a traceparent waits to be written into (family 0: none).
     inject: InjectKey,
+    /// Server: the ResponseWriter is golang.org/x/net/http2's, not net/http's bundled one.
+    xnet: u8,
+    _pad: [u8; 7],
 }
 
 /// Outgoing HTTP/1.x requests waiting for their `traceparent`, by connection: set by the
@@ -496,6 +499,8 @@ fn in_flight(start_ns: u64, req: u64, obj: u64) -> InFlight {
         flags: 0,
         given: 0,
         inject: InjectKey::default(),
+        xnet: 0,
+        _pad: [0; 7],
     }
 }
 
@@ -533,24 +538,52 @@ fn current(ctx: &ProbeContext) -> Option<(&'static GoOffsets, GoKey)> {
 /// RBX/RCX = rw (itab, data), RDI = req. HTTP/2 requests pass here too.
 #[uprobe]
 pub fn go_server_enter(ctx: ProbeContext) -> u32 {
-    let Some((off, key)) = current(&ctx) else {
+    let r = regs(&ctx);
+    server_enter(&ctx, r.rdi, r.rcx, 0)
+}
+
+/// `golang.org/x/net/http2.(*serverConn).runHandler(sc, rw *responseWriter, req *Request,
+/// handler)`: RAX = sc, RBX = rw, RCX = req; on the request's own goroutine.
+#[uprobe]
+pub fn go_xserver_enter(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    server_enter(&ctx, r.rcx, r.rbx, 1)
+}
+
+#[inline(always)]
+fn server_enter(ctx: &ProbeContext, req: u64, obj: u64, xnet: u8) -> u32 {
+    let Some((off, key)) = current(ctx) else {
         return 0;
     };
-    let r = regs(&ctx);
+    // x/net's runHandler ends by handing the response state back to its pool and clearing
+    // `rw.rws`, before its RET: the state is kept from here. Nothing can take it from the pool
+    // between that and the RET, a few instructions later on the same P.
+    let obj = if xnet != 0 {
+        field::<u64>(obj, off.xh2rw_rws).unwrap_or(0)
+    } else {
+        obj
+    };
     let start = now();
     if let Some(p) = GO_SERVER.get_ptr_mut(&key) {
         // SAFETY: this goroutine's map value.
         unsafe {
+            // The same request entering serverHandler.ServeHTTP inside x/net's runHandler:
+            // the outer entry owns it, and the first RET after the handler ends it.
+            if (*p).start_ns != 0 && (*p).req == req {
+                return 0;
+            }
             (*p).start_ns = start;
-            (*p).req = r.rdi;
-            (*p).obj = r.rcx;
-            server_trace(off, r.rdi, &mut *p);
+            (*p).req = req;
+            (*p).obj = obj;
+            (*p).xnet = xnet;
+            server_trace(off, req, &mut *p);
         }
         return 0;
     }
-    let mut call = in_flight(start, r.rdi, r.rcx);
+    let mut call = in_flight(start, req, obj);
     call.fd = FD_UNKNOWN;
-    server_trace(off, r.rdi, &mut call);
+    call.xnet = xnet;
+    server_trace(off, req, &mut call);
     if GO_SERVER.insert(&key, &call, 0).is_err() {
         bump(counter::ACTIVE_FULL);
     }
@@ -589,9 +622,14 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     rec.object = call.obj;
     rec.request = call.req;
     rec.status = if rec.proto_major == 2 {
-        // *http2responseWriter → its state → the status WriteHeader recorded.
-        let rws = field::<u64>(call.obj, off.h2rw_rws).unwrap_or(0);
-        field::<u64>(rws, off.h2rws_status).unwrap_or(0) as u32
+        // *http2responseWriter → its state → the status WriteHeader recorded; for x/net's
+        // server, the state kept at entry, in x/net's layout.
+        if call.xnet != 0 {
+            field::<u64>(call.obj, off.xh2rws_status).unwrap_or(0) as u32
+        } else {
+            let rws = field::<u64>(call.obj, off.h2rw_rws).unwrap_or(0);
+            field::<u64>(rws, off.h2rws_status).unwrap_or(0) as u32
+        }
     } else {
         rec.fd = if call.fd == FD_UNKNOWN {
             let fd = server_fd(&off, call.obj, rec.tls != 0);
