@@ -473,8 +473,8 @@ async fn debian_caddy_in_front_of_node_exporter() {
 /// the socket, with no write into any process (this kernel runs lockdown=integrity). B's
 /// handler checks each request: exactly one traceparent, and a POST body byte for byte.
 /// Callers: Go 1.21 (on the handler's goroutine, and on a spawned one continuing curl's
-/// traceparent), Go 1.19 cgo sending a 6.6 kB POST, and Go 1.21 setting a traceparent of
-/// its own, which sightline must leave alone.
+/// traceparent), Go 1.19 cgo sending a 6.6 kB POST, Go 1.23 stripped PIE, and Go 1.22
+/// stripped setting a traceparent of its own, which sightline must leave alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn traceparent_reaches_another_host_in_plaintext_requests() {
     let _g = SERIAL.lock().await;
@@ -483,6 +483,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     let b_bin = gobuild::build("probe", "1.23", Shape::StrippedPie, false);
     let a_bin = gobuild::build("probe", "1.21", Shape::Plain, false);
     let p_bin = gobuild::build("probe", "1.19", Shape::Cgo, false);
+    let o_bin = gobuild::build("probe", "1.22", Shape::Stripped, false);
     let (addr, rec) = receiver::start_grpc().await.unwrap();
     let mut agent = Agent::start(
         &["--output", "json"],
@@ -507,9 +508,10 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     );
     let own_tp = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let own = GoService::start(
-        &a_bin,
+        &o_bin,
         &["-onward-traceparent", own_tp, "-next", &b_url("/tp/own")],
     );
+    let pie = GoService::start(&b_bin, &["-next", &b_url("/tp/from-pie")]);
     std::thread::sleep(Duration::from_millis(1000));
     let (trace_id, parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
     curl(&[&a.url("http", "/chain/one")]);
@@ -520,9 +522,10 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     ]);
     curl(&[&poster.url("http", "/chain/three")]);
     curl(&[&own.url("http", "/chain/four")]);
+    curl(&[&pie.url("http", "/chain/five")]);
     wait_spans(&rec, &agent, |all| {
-        all.iter().filter(|s| server_port_is(s, b.port)).count() >= 4
-            && all.iter().filter(|s| s.kind == 3).count() >= 4
+        all.iter().filter(|s| server_port_is(s, b.port)).count() >= 5
+            && all.iter().filter(|s| s.kind == 3).count() >= 5
     })
     .await;
     // Long enough for one more metrics export after the last request.
@@ -573,6 +576,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     let (_, pc, b3) = hop(&poster, "/chain/three", "/tp/post");
     assert_eq!(s(pc.attr("http.request.method")), "POST");
     assert_eq!(s(b3.attr("http.request.method")), "POST");
+    hop(&pie, "/chain/five", "/tp/from-pie");
 
     // A program that sets its own traceparent keeps it, alone (200, not 400): B continues
     // the program's trace, not sightline's.
@@ -589,7 +593,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     assert_eq!(b4.trace_id, "5bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(b4.parent_span_id, "00f067aa0ba902b7");
 
-    // sightline counts what it wrote: three requests, none skipped.
+    // sightline counts what it wrote: four requests, none skipped.
     let pts = sightline_e2e::flat::points(&rec.metrics.lock().unwrap());
     let injections = |outcome: &str| {
         pts.iter()
@@ -598,7 +602,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
             .map(|p| p.value)
             .max()
     };
-    assert_eq!(injections("written"), Some(3));
+    assert_eq!(injections("written"), Some(4));
     assert_eq!(injections("skipped"), Some(0));
 }
 
@@ -678,4 +682,95 @@ async fn go_servers_on_x_net_http2() {
             );
         }
     }
+}
+
+/// A Go program whose net/http runs over OpenSSL through cgo (not crypto/tls) is seen by two
+/// capture points, the Go probes and the OpenSSL probes. Each request is reported once: as the
+/// Go probes saw it, with what only the wire shows (that it was TLS, which net/http cannot
+/// tell, and the User-Agent, which the Go probes do not read). Server by Go 1.21 and client
+/// by Go 1.23, both cgo with external linking against Debian's libssl.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_program_on_openssl_is_reported_once() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let srv_bin = gobuild::build("cgossl", "1.21", Shape::Cgo, false);
+    let cli_bin = gobuild::build("cgossl", "1.23", Shape::Cgo, false);
+    let (addr, rec) = receiver::start_grpc().await.unwrap();
+    let mut agent = Agent::start(
+        &["--output", "json"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
+        ],
+    )
+    .unwrap();
+    let srv = GoService::start(&srv_bin, &["-serve"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let url = srv.url("https", "/items/from-go");
+    // The client is probed within a second of its start; it waits that long to call.
+    let said =
+        run(Command::new(&cli_bin).args(["-call", &url, "-n", "3", "-delay", "1200ms"])).unwrap();
+    assert_eq!(said.lines().collect::<Vec<_>>(), ["200", "200", "200"]);
+    for _ in 0..2 {
+        curl(&[
+            "--http1.1",
+            "-A",
+            "sightline-e2e/1",
+            &srv.url("https", "/items/from-curl"),
+        ]);
+    }
+    let cli_name = cli_bin.file_name().unwrap().to_str().unwrap().to_string();
+    wait_spans(&rec, &agent, |all| {
+        all.iter().filter(|s| server_port_is(s, srv.port)).count() >= 5
+            && all
+                .iter()
+                .filter(|s| s.kind == 3 && s.service() == cli_name)
+                .count()
+                >= 3
+    })
+    .await;
+    // Long enough for a late duplicate to show, and for one more metrics export.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    let served: Vec<&FlatSpan> = all.iter().filter(|s| server_port_is(s, srv.port)).collect();
+    assert_eq!(served.len(), 5, "one SERVER span per request: {served:#?}");
+    for sp in &served {
+        assert_eq!(sp.service(), srv_bin.file_name().unwrap().to_str().unwrap());
+        assert_eq!(s(sp.attr("url.scheme")), "https", "{sp:#?}");
+        assert_eq!(s(sp.attr("http.response.status_code")), "200");
+        assert_eq!(s(sp.attr("network.protocol.version")), "1.1");
+    }
+    let from = |p: &str| {
+        served
+            .iter()
+            .filter(|s| s.attr("url.path") == Some(&Val::S(p.into())))
+            .count()
+    };
+    assert_eq!((from("/items/from-go"), from("/items/from-curl")), (3, 2));
+    for sp in served
+        .iter()
+        .filter(|s| s.attr("url.path") == Some(&Val::S("/items/from-curl".into())))
+    {
+        assert_eq!(s(sp.attr("user_agent.original")), "sightline-e2e/1");
+    }
+    let calls: Vec<&FlatSpan> = all
+        .iter()
+        .filter(|s| s.kind == 3 && s.service() == cli_name)
+        .collect();
+    assert_eq!(calls.len(), 3, "one CLIENT span per request: {calls:#?}");
+    for sp in &calls {
+        assert_eq!(s(sp.attr("url.full")), url);
+        assert_eq!(s(sp.attr("http.response.status_code")), "200");
+    }
+    let pts = sightline_e2e::flat::points(&rec.metrics.lock().unwrap());
+    let merged = pts
+        .iter()
+        .filter(|p| p.metric == "sightline.calls.deduplicated")
+        .map(|p| p.value)
+        .max();
+    assert_eq!(merged, Some(8), "5 served and 3 sent, each seen twice");
 }

@@ -87,6 +87,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.redaction.query_values,
         mono_to_unix,
     );
+    for pid in discovery.go_pids() {
+        pipeline.go_process(pid);
+    }
     report_propagation(
         loader.attach_injection(),
         crate::loader::lockdown_mode().as_deref(),
@@ -117,7 +120,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             // Records are mostly written without a wakeup; collect them here.
             _ = drain.tick() => drain_ring(ring.get_mut(), &mut pipeline, &mut notices),
-            Some(pid) = rescan_rx.recv() => discovery.scan_pid(pid, &mut loader),
+            Some(pid) = rescan_rx.recv() => {
+                discovery.scan_pid(pid, &mut loader);
+                if discovery.is_go(pid) {
+                    pipeline.go_process(pid);
+                }
+            }
             _ = tick.tick() => {
                 pipeline.tick(loader::monotonic_ns());
                 pipeline.flush();
@@ -139,6 +147,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             if let Notice::Exec(pid) = n {
                 discovery.scan_pid(pid, &mut loader);
+                if discovery.is_go(pid) {
+                    pipeline.go_process(pid);
+                }
                 for delay in RESCAN_AFTER {
                     let tx = rescan_tx.clone();
                     tokio::spawn(async move {

@@ -110,6 +110,15 @@ impl Discovery {
         }
     }
 
+    /// Processes the Go probes are tracing.
+    pub fn go_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.go_pids.iter().copied()
+    }
+
+    pub fn is_go(&self, pid: u32) -> bool {
+        self.go_pids.contains(&pid)
+    }
+
     /// The executable and the mapped files of one process that may carry OpenSSL.
     pub fn scan_pid(&mut self, pid: u32, loader: &mut Loader) {
         let root = PathBuf::from(format!("/proc/{pid}/root"));

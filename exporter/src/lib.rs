@@ -19,3 +19,4 @@ pub mod sinks;
 pub mod sockets;
 pub mod symbols_cmd;
 pub mod telemetry;
+pub mod twins;

@@ -11,6 +11,7 @@ use crate::sockets::tcp_addrs;
 use crate::telemetry::call::{Call, ConnFacts};
 use crate::telemetry::join::{ConnJoin, Ends, Joins, Key, Origin};
 use crate::telemetry::stats::Stats;
+use crate::twins::{Source, Twins};
 use otel_config::Selection;
 use rustc_hash::FxHashMap as HashMap;
 use sightline_common::{direction, sock_role, SockInfo};
@@ -102,6 +103,10 @@ pub struct Pipeline {
     out: Output,
     /// Whether records read from /proc; off in benchmarks where pids are synthetic.
     use_proc: bool,
+    /// Requests both capture points saw, reported once.
+    twins: Twins,
+    /// Calls on their way to the sinks, reused between batches.
+    ready: Vec<Call>,
 }
 
 impl Pipeline {
@@ -130,6 +135,8 @@ impl Pipeline {
             mono_to_unix_ns,
             out: Output::default(),
             use_proc: true,
+            twins: Twins::default(),
+            ready: Vec::new(),
         }
     }
 
@@ -199,6 +206,7 @@ impl Pipeline {
     }
 
     fn data(&mut self, h: &sightline_common::DataHeader, payload: &[u8]) {
+        self.twins.seen(Source::Openssl, h.tgid);
         let key = (h.tgid, h.conn);
         // A newer connect/accept behind the same SSL*: the library reused a freed object for a
         // new connection, so the old one is over. A different fd alone proves nothing: the
@@ -293,7 +301,9 @@ impl Pipeline {
             tracing::trace!(pid = process.pid, reason = r.as_str(), "dropped");
             self.stats.count_drop(r);
         }
-        for (i, ex) in self.out.exchanges.drain(..).enumerate() {
+        // Taken out (and put back, keeping its capacity) so calls can go out as they are made.
+        let mut exchanges = std::mem::take(&mut self.out.exchanges);
+        for (i, ex) in exchanges.drain(..).enumerate() {
             let (origin, wait) = self
                 .origins
                 .get(i)
@@ -311,13 +321,28 @@ impl Pipeline {
             // A call that continues an incoming traceparent has its parent already.
             match wait {
                 Some(k) if call.parent_span_id.is_none() => self.waiting.push((call, k, false)),
-                _ => {
-                    for s in &mut self.sinks {
-                        s.on_call(&call);
-                    }
-                }
+                _ => self.deliver(call, Source::Openssl),
             }
         }
+        self.out.exchanges = exchanges;
+    }
+
+    /// Hands a finished call towards the sinks, once per request whichever capture points
+    /// saw it.
+    fn deliver(&mut self, call: Call, source: Source) {
+        self.twins.offer(call, source, &mut self.ready);
+        self.hand_out();
+    }
+
+    fn hand_out(&mut self) {
+        for call in self.ready.drain(..) {
+            for s in &mut self.sinks {
+                s.on_call(&call);
+            }
+        }
+        self.stats
+            .calls_deduplicated
+            .store(self.twins.merged(), Relaxed);
     }
 
     /// Server calls whose client was read since: joined. Those that waited a whole batch
@@ -332,9 +357,7 @@ impl Pipeline {
                 self.waiting.push((call, k, true));
                 continue;
             }
-            for s in &mut self.sinks {
-                s.on_call(&call);
-            }
+            self.deliver(call, Source::Openssl);
         }
     }
 
@@ -372,6 +395,12 @@ impl Pipeline {
         }
     }
 
+    /// The Go probes trace `pid`: known before its first record, so that an OpenSSL view of
+    /// its first request waits for the Go one.
+    pub fn go_process(&mut self, pid: u32) {
+        self.twins.seen(Source::Go, pid);
+    }
+
     /// A Go net/http call: already structured by the probes, so straight to a call.
     fn go_call(&mut self, r: &GoRecord) {
         tracing::trace!(?r, "go record");
@@ -381,6 +410,7 @@ impl Pipeline {
         if !self.selection.matches(process.pid, &process.exe_name) {
             return;
         }
+        self.twins.seen(Source::Go, r.tgid);
         let conn = if r.fd > 0 {
             self.go_conn(r)
         } else {
@@ -426,11 +456,10 @@ impl Pipeline {
 
     /// Go calls whose trace is now known, to the sinks.
     fn release_go(&mut self) {
-        for call in self.go.take_ready() {
+        let ready: Vec<Call> = self.go.take_ready().collect();
+        for call in ready {
             self.stats.calls.fetch_add(1, Relaxed);
-            for s in &mut self.sinks {
-                s.on_call(&call);
-            }
+            self.deliver(call, Source::Go);
         }
     }
 
@@ -470,6 +499,8 @@ impl Pipeline {
         self.release_go();
         self.settle_waiting(false);
         self.joins.end_batch();
+        self.twins.end_batch(false, &mut self.ready);
+        self.hand_out();
         for s in &mut self.sinks {
             s.flush();
         }
@@ -484,6 +515,7 @@ impl Pipeline {
         self.settle_waiting(true);
         self.go.expire(true);
         self.release_go();
+        self.twins.end_batch(true, &mut self.ready);
         self.flush();
     }
 }

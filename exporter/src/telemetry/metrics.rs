@@ -241,7 +241,7 @@ fn metric_attributes(c: &Call) -> Vec<KeyValue> {
 fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
     let meter = provider.meter("sightline");
     type Read = fn(&Stats) -> u64;
-    let simple: [(&'static str, &'static str, Read); 9] = [
+    let simple: [(&'static str, &'static str, Read); 10] = [
         (
             "sightline.events.lost",
             "Capture records lost because the ring buffer was full.",
@@ -270,6 +270,11 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
         ("sightline.calls", "HTTP calls reconstructed.", |s| {
             s.calls.load(Relaxed)
         }),
+        (
+            "sightline.calls.deduplicated",
+            "Requests seen by two capture points (a Go program on OpenSSL: the Go and the OpenSSL probes), reported once.",
+            |s| s.calls_deduplicated.load(Relaxed),
+        ),
         (
             "sightline.spans.dropped",
             "Spans dropped because the export queue was full or the export failed.",

@@ -26,6 +26,8 @@ pub struct Stats {
     pub parse_dropped: [AtomicU64; DropReason::ALL.len()],
     pub attach_failures: AtomicU64,
     pub calls: AtomicU64,
+    /// Requests both the Go and the OpenSSL probes saw, reported once.
+    pub calls_deduplicated: AtomicU64,
     pub spans_dropped: AtomicU64,
     pub spans_exported: AtomicU64,
     pub export_failures: AtomicU64,

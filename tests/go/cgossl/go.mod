@@ -1,0 +1,3 @@
+module sightline.test/cgossl
+
+go 1.19
