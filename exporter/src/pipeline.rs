@@ -107,6 +107,7 @@ pub struct Pipeline {
     twins: Twins,
     /// Calls on their way to the sinks, reused between batches.
     ready: Vec<Call>,
+    go_ready: Vec<Call>,
 }
 
 impl Pipeline {
@@ -137,6 +138,7 @@ impl Pipeline {
             use_proc: true,
             twins: Twins::default(),
             ready: Vec::new(),
+            go_ready: Vec::new(),
         }
     }
 
@@ -456,11 +458,14 @@ impl Pipeline {
 
     /// Go calls whose trace is now known, to the sinks.
     fn release_go(&mut self) {
-        let ready: Vec<Call> = self.go.take_ready().collect();
-        for call in ready {
+        // A buffer kept between records: this runs once per Go record.
+        let mut ready = std::mem::take(&mut self.go_ready);
+        ready.extend(self.go.take_ready());
+        for call in ready.drain(..) {
             self.stats.calls.fetch_add(1, Relaxed);
             self.deliver(call, Source::Go);
         }
+        self.go_ready = ready;
     }
 
     /// Closes connections silent for [`IDLE_NS`].

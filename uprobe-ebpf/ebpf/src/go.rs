@@ -53,7 +53,9 @@ struct InFlight {
     inject: InjectKey,
     /// Server: the ResponseWriter is golang.org/x/net/http2's, not net/http's bundled one.
     xnet: u8,
-    _pad: [u8; 7],
+    /// Server: `trace`, `parent_span`, `flags` and `given` are decided (see `settle_trace`).
+    traced: u8,
+    _pad: [u8; 6],
 }
 
 /// Outgoing HTTP/1.x requests waiting for their `traceparent`, by connection: set by the
@@ -440,23 +442,20 @@ fn random_trace() -> [u8; 16] {
     t
 }
 
-/// A server request's trace: its incoming traceparent's when it carries a valid one, else a
-/// new one. Chosen at entry, so the calls its handler makes can carry it onward.
+/// A server request's trace: its incoming traceparent's (from the header map `hmap`) when it
+/// carries a valid one, else a new one. Decided when first needed, by the first client call
+/// its handler makes or else at its return (where the request's window gives the map for free),
+/// so a request that calls nothing reads its headers once, as before ids were chosen here.
 #[inline(always)]
-fn server_trace(off: &GoOffsets, req: u64, call: &mut InFlight) {
-    call.span = random64();
-    if let Some(w) = GO_WINDOWS.get_ptr_mut(0) {
-        // SAFETY: this CPU's scratch, used by this program run only.
-        let w = unsafe { &mut *w };
-        let hmap = field::<u64>(req, off.req_header).unwrap_or(0);
-        let len = header_traceparent(off, hmap, w);
-        if let Some((trace, parent, flags)) = parse_traceparent(&w.tp, len) {
-            call.trace = trace;
-            call.parent_span = parent;
-            call.flags = flags;
-            call.given = 1;
-            return;
-        }
+fn settle_trace(off: &GoOffsets, hmap: u64, call: &mut InFlight, w: &mut Windows) {
+    call.traced = 1;
+    let len = header_traceparent(off, hmap, w);
+    if let Some((trace, parent, flags)) = parse_traceparent(&w.tp, len) {
+        call.trace = trace;
+        call.parent_span = parent;
+        call.flags = flags;
+        call.given = 1;
+        return;
     }
     call.trace = random_trace();
     call.parent_span = 0;
@@ -500,7 +499,8 @@ fn in_flight(start_ns: u64, req: u64, obj: u64) -> InFlight {
         given: 0,
         inject: InjectKey::default(),
         xnet: 0,
-        _pad: [0; 7],
+        traced: 0,
+        _pad: [0; 6],
     }
 }
 
@@ -576,14 +576,15 @@ fn server_enter(ctx: &ProbeContext, req: u64, obj: u64, xnet: u8) -> u32 {
             (*p).req = req;
             (*p).obj = obj;
             (*p).xnet = xnet;
-            server_trace(off, req, &mut *p);
+            (*p).span = random64();
+            (*p).traced = 0;
         }
         return 0;
     }
     let mut call = in_flight(start, req, obj);
     call.fd = FD_UNKNOWN;
     call.xnet = xnet;
-    server_trace(off, req, &mut call);
+    call.span = random64();
     if GO_SERVER.insert(&key, &call, 0).is_err() {
         bump(counter::ACTIVE_FULL);
     }
@@ -601,7 +602,7 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: this goroutine's map value, copied at once and marked idle.
-    let call = unsafe { *p };
+    let mut call = unsafe { *p };
     if call.start_ns == 0 {
         return 0;
     }
@@ -614,6 +615,10 @@ pub fn go_server_ret(ctx: ProbeContext) -> u32 {
     let rec = unsafe { &mut *entry.as_mut_ptr() };
     init(rec, go_role::SERVER, key.tgid, key.goid, call.start_ns);
     let rl = read_request(&off, call.req, rec, w);
+    if call.traced == 0 {
+        let hmap = word(&w.req, rl, call.req, off.req_header);
+        settle_trace(off, hmap, &mut call, w);
+    }
     rec.trace_id = call.trace;
     rec.span_id = call.span;
     rec.parent_span_id = call.parent_span;
@@ -686,9 +691,6 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         if let Some(server) = unsafe { GO_SERVER.get(&k) }.filter(|s| s.start_ns != 0) {
             call.parent_goid = g;
             call.parent_start_ns = server.start_ns;
-            call.trace = server.trace;
-            call.parent_span = server.span;
-            call.flags = server.flags;
             break;
         }
         // SAFETY: as above.
@@ -698,7 +700,7 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         }
     }
     call.span = random64();
-    if call.parent_span == 0 {
+    if !inherit_trace(off, key.tgid, &mut call) {
         // A call made outside any request handled here starts a trace of its own.
         call.trace = random_trace();
         call.flags = 1;
@@ -707,6 +709,43 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         bump(counter::ACTIVE_FULL);
     }
     0
+}
+
+/// Gives a client call the trace of the server request it serves (found by the caller), deciding
+/// that trace now if no earlier call did. False when there is no such request.
+#[inline(always)]
+fn inherit_trace(off: &GoOffsets, tgid: u32, call: &mut InFlight) -> bool {
+    if call.parent_goid == 0 {
+        return false;
+    }
+    let k = GoKey {
+        tgid,
+        _pad: 0,
+        goid: call.parent_goid,
+    };
+    let Some(p) = GO_SERVER.get_ptr_mut(&k) else {
+        return false;
+    };
+    // SAFETY: the server goroutine's map value. A call from a goroutine the handler spawned can
+    // race with the handler's return, each deciding a trace; user space then gives the call its
+    // request's (from the server record), and only this call's outgoing header names another.
+    let server = unsafe { &mut *p };
+    if server.start_ns != call.parent_start_ns {
+        return false;
+    }
+    if server.traced == 0 {
+        let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
+            return false;
+        };
+        // SAFETY: this CPU's scratch, used by this program run only.
+        let w = unsafe { &mut *w };
+        let hmap = field::<u64>(server.req, off.req_header).unwrap_or(0);
+        settle_trace(off, hmap, server, w);
+    }
+    call.trace = server.trace;
+    call.parent_span = server.span;
+    call.flags = server.flags;
+    true
 }
 
 /// Leaves the call's traceparent waiting for its request to be written on socket `fd`, when
