@@ -29,6 +29,8 @@ async fn agent_with_receiver() -> (Agent, Received) {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
             ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+            // Often enough that sightline's own counters reach the receiver during a test.
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
         ],
     )
     .unwrap();
@@ -484,17 +486,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     let a_bin = gobuild::build("probe", "1.21", Shape::Plain, false);
     let p_bin = gobuild::build("probe", "1.19", Shape::Cgo, false);
     let o_bin = gobuild::build("probe", "1.22", Shape::Stripped, false);
-    let (addr, rec) = receiver::start_grpc().await.unwrap();
-    let mut agent = Agent::start(
-        &["--output", "json"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
-        ],
-    )
-    .unwrap();
+    let (mut agent, rec) = agent_with_receiver().await;
     let b = GoService::start_in(
         &net.name,
         &b_bin,
@@ -695,17 +687,7 @@ async fn a_go_program_on_openssl_is_reported_once() {
     require("curl");
     let srv_bin = gobuild::build("cgossl", "1.21", Shape::Cgo, false);
     let cli_bin = gobuild::build("cgossl", "1.23", Shape::Cgo, false);
-    let (addr, rec) = receiver::start_grpc().await.unwrap();
-    let mut agent = Agent::start(
-        &["--output", "json"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
-        ],
-    )
-    .unwrap();
+    let (mut agent, rec) = agent_with_receiver().await;
     let srv = GoService::start(&srv_bin, &["-serve"]);
     std::thread::sleep(Duration::from_millis(1000));
     let url = srv.url("https", "/items/from-go");

@@ -79,9 +79,12 @@ fn ensure_tracefs() -> std::io::Result<()> {
             return Ok(());
         }
     }
-    let target = c"/sys/kernel/tracing";
-    let fstype = c"tracefs";
-    // SAFETY: static NUL-terminated strings; a null data pointer is allowed.
+    mount_fs(c"tracefs", c"/sys/kernel/tracing")
+}
+
+/// Mounts a kernel filesystem of type `fstype` (its name as source too) at `target`.
+fn mount_fs(fstype: &std::ffi::CStr, target: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: NUL-terminated strings that outlive the call; a null data pointer is allowed.
     let r = unsafe {
         libc::mount(
             fstype.as_ptr(),
@@ -102,18 +105,8 @@ fn ensure_tracefs() -> std::io::Result<()> {
 pub fn lockdown_mode() -> Option<String> {
     let path = Path::new("/sys/kernel/security/lockdown");
     if !path.exists() {
-        let target = c"/sys/kernel/security";
-        let fstype = c"securityfs";
-        // SAFETY: static NUL-terminated strings; a null data pointer is allowed.
-        let _ = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
+        // Absent support shows as the file still missing below.
+        let _ = mount_fs(c"securityfs", c"/sys/kernel/security");
     }
     let text = std::fs::read_to_string(path).ok()?;
     // "none [integrity] confidentiality": the bracketed one is in force.
@@ -583,21 +576,7 @@ fn cgroup2_root() -> std::io::Result<std::path::PathBuf> {
     }
     let dir = Path::new("/run/sightline/cgroup2");
     std::fs::create_dir_all(dir)?;
-    let target = c"/run/sightline/cgroup2";
-    let fstype = c"cgroup2";
-    // SAFETY: static NUL-terminated strings; a null data pointer is allowed.
-    let r = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    mount_fs(c"cgroup2", c"/run/sightline/cgroup2")?;
     Ok(dir.into())
 }
 
