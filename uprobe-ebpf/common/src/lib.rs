@@ -378,6 +378,10 @@ pub const GO_SCHEME_CAP: usize = 8;
 /// Room for an incoming `traceparent` value (version 00 is 55 bytes).
 pub const GO_TRACEPARENT_CAP: usize = 64;
 
+/// How long a pending `traceparent` stays good: a request is written right after its client
+/// probe leaves the ids.
+pub const PENDING_TRACE_NS: u64 = 10_000_000_000;
+
 /// The header line written into an outgoing HTTP/1.x request, right after its request line:
 /// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`.
 pub const TRACEPARENT_LINE_LEN: u32 = 13 + 55 + 2;
@@ -404,6 +408,9 @@ pub struct InjectKey {
 pub struct PendingTrace {
     pub trace_id: [u8; 16],
     pub span_id: u64,
+    /// When the client probe left it (`CLOCK_MONOTONIC`): an entry whose call never returned
+    /// (its goroutine died) is not written into a later connection that reuses the ends.
+    pub at_ns: u64,
     pub flags: u8,
     /// 1 once written into the request.
     pub done: u8,
@@ -555,7 +562,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
         assert_eq!(core::mem::size_of::<GoOffsets>(), 36 * 4);
         assert_eq!(core::mem::size_of::<InjectKey>(), 24);
-        assert_eq!(core::mem::size_of::<PendingTrace>(), 32);
+        assert_eq!(core::mem::size_of::<PendingTrace>(), 40);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
             80 + 16

@@ -782,6 +782,7 @@ fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
     let pending = PendingTrace {
         trace_id: call.trace,
         span_id: call.span,
+        at_ns: now(),
         flags: call.flags,
         done: 0,
         _pad: [0; 6],

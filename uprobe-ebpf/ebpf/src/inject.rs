@@ -11,6 +11,7 @@
 use crate::{
     bump,
     go::{GO_PROCS, INJECT_ON, PENDING_TRACE},
+    now,
 };
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
@@ -19,7 +20,7 @@ use aya_ebpf::{
     maps::{LruHashMap, SockHash},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
-use sightline_common::{counter, InjectKey, TRACEPARENT_LINE_LEN};
+use sightline_common::{counter, InjectKey, PENDING_TRACE_NS, TRACEPARENT_LINE_LEN};
 
 /// Client sockets of traced Go processes, by socket cookie.
 #[map]
@@ -133,7 +134,7 @@ pub fn go_inject(ctx: SkMsgContext) -> u32 {
     };
     // SAFETY: the connection's map value; its client is blocked in this send.
     let pending = unsafe { &mut *p };
-    if pending.done != 0 {
+    if pending.done != 0 || now().wrapping_sub(pending.at_ns) > PENDING_TRACE_NS {
         return SK_PASS;
     }
     match insert(&ctx, pending.trace_id, pending.span_id, pending.flags) {
