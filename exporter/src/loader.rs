@@ -7,6 +7,7 @@ use anyhow::Context;
 use aya::maps::{
     Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SockHash,
 };
+use aya::programs::trace_point::TracePointLink;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
@@ -199,6 +200,9 @@ pub struct Loader {
     /// them from many threads at once: each detach waits for grace periods of its own (seconds
     /// each on this kernel), and concurrent ones share them.
     links: Vec<UProbeLink>,
+    /// Tracepoint links, owned here for the same reason: each close waits for a grace period
+    /// (about 75 ms here), and 17 of them one after another cost over a second at shutdown.
+    tracepoint_links: Vec<TracePointLink>,
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     go_procs: BpfHashMap<MapData, u32, GoOffsets>,
@@ -237,7 +241,15 @@ pub const GO_PROBES: [(&str, &str, &str); 5] = [
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        detach_links(std::mem::take(&mut self.links));
+        let (uprobes, tracepoints) = (
+            std::mem::take(&mut self.links),
+            std::mem::take(&mut self.tracepoint_links),
+        );
+        // The two kinds wait on different kernel locks, so they go at once.
+        std::thread::scope(|s| {
+            s.spawn(move || detach_links(tracepoints));
+            detach_links(uprobes);
+        });
         // Sockets in the sockhash keep its sk_msg program until they leave it; taking them out
         // now, rather than when the kernel gets round to freeing the map, means the program is
         // gone when sightline is.
@@ -250,7 +262,7 @@ impl Drop for Loader {
     }
 }
 
-fn detach_links(links: Vec<UProbeLink>) {
+fn detach_links<L: Send>(links: Vec<L>) {
     {
         // The kernel serialises most of each detach (about 0.1 s per uprobe on 6.18, under its
         // perf event mutex), so threads only overlap the rest.
@@ -259,7 +271,7 @@ fn detach_links(links: Vec<UProbeLink>) {
             return;
         }
         let per = links.len().div_ceil(THREADS);
-        let mut chunks: Vec<Vec<UProbeLink>> = Vec::new();
+        let mut chunks: Vec<Vec<L>> = Vec::new();
         let mut it = links.into_iter().peekable();
         while it.peek().is_some() {
             chunks.push(it.by_ref().take(per).collect());
@@ -342,13 +354,16 @@ impl Loader {
             ),
             ("fd_link", "syscalls", &FD_SYSCALLS),
         ];
+        let mut tracepoint_links = Vec::new();
         for (name, category, events) in tracepoints {
             let p: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
             p.load()
                 .with_context(|| format!("the kernel's verifier rejected {name}"))?;
             for ev in events {
-                p.attach(category, ev)
+                let id = p
+                    .attach(category, ev)
                     .with_context(|| format!("attaching {name} to {category}:{ev}"))?;
+                tracepoint_links.push(p.take_link(id)?);
             }
         }
 
@@ -357,8 +372,10 @@ impl Loader {
             let p: &mut TracePoint = program(&mut ebpf, "sock_state")?.try_into()?;
             p.load()
                 .context("the kernel's verifier rejected sock_state")?;
-            p.attach("sock", "inet_sock_set_state")
+            let id = p
+                .attach("sock", "inet_sock_set_state")
                 .context("attaching sock_state to sock:inet_sock_set_state")?;
+            tracepoint_links.push(p.take_link(id)?);
         } else {
             tracing::info!("sock:inet_sock_set_state has unexpected fields; client local addresses come from /proc only");
         }
@@ -372,6 +389,7 @@ impl Loader {
         Ok((
             Loader {
                 links: Vec::new(),
+                tracepoint_links,
                 ebpf,
                 counters,
                 go_procs,
