@@ -267,7 +267,21 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// eBPF programs of sightline's still loaded in the kernel (there must be none after exit).
+/// The kernel frees a program when its last reference goes, some of them (an sk_msg program
+/// held by live sockets' sockmap state) a few RCU grace periods after sightline exited: what
+/// is still there after 3 s is left over.
 pub fn leftover_programs() -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = loaded_programs();
+        if left.is_empty() || Instant::now() >= end {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn loaded_programs() -> Vec<String> {
     require("bpftool");
     let out = Command::new("bpftool")
         .args(["prog", "show"])
