@@ -9,7 +9,6 @@
 //! from, each view waits a while for its twin: same role, method and path, overlapping in
 //! time. The OpenSSL twin is then dropped, and counted.
 
-use crate::protocols::Role;
 use crate::telemetry::call::Call;
 use rustc_hash::FxHashSet;
 use std::collections::VecDeque;
@@ -42,23 +41,12 @@ struct Held {
     since: Instant,
 }
 
-/// What a released call leaves for its twin.
-struct Outline {
-    seen: Instant,
-    source: Source,
-    pid: u32,
-    role: Role,
-    method: String,
-    path: String,
-    start: u64,
-    end: u64,
-}
-
 pub struct Twins {
     go_pids: FxHashSet<u32>,
     ssl_pids: FxHashSet<u32>,
     held: Vec<Held>,
-    recent: VecDeque<Outline>,
+    /// Calls already out, kept (from their release) for a twin read after them.
+    recent: VecDeque<Held>,
     merged: u64,
     go_hold: Duration,
     ssl_hold: Duration,
@@ -111,17 +99,7 @@ impl Twins {
             out.push(call);
             return;
         }
-        // Requests on a keep-alive connection follow each other within microseconds; the
-        // twin is the view that shares the most time with this one (both clocks are the
-        // kernel's, so a request's two views nest).
-        let best = self
-            .held
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.source != source && alike(&h.call, &call))
-            .filter_map(|(i, h)| shared_ns(span(&h.call), span(&call)).map(|t| (t, i)))
-            .max();
-        if let Some((_, i)) = best {
+        if let Some(i) = best_twin(self.held.iter(), source, &call) {
             let other = self.held.swap_remove(i).call;
             let (go, ssl) = match source {
                 Source::Go => (call, other),
@@ -131,20 +109,7 @@ impl Twins {
             out.push(merge(go, &ssl));
             return;
         }
-        let late = self
-            .recent
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| {
-                o.source != source
-                    && o.pid == pid
-                    && o.role == call.role
-                    && o.method == call.method
-                    && same_path(&o.path, &call.path)
-            })
-            .filter_map(|(i, o)| shared_ns((o.start, o.end), span(&call)).map(|t| (t, i)))
-            .max();
-        if let Some((_, i)) = late {
+        if let Some(i) = best_twin(self.recent.iter(), source, &call) {
             // Its twin already went out (it waited longer than its hold): this view is the
             // second report of the request, so it is the one dropped.
             self.recent.remove(i);
@@ -164,7 +129,7 @@ impl Twins {
         while self
             .recent
             .front()
-            .is_some_and(|o| now.duration_since(o.seen) > RECENT_KEEP)
+            .is_some_and(|o| now.duration_since(o.since) > RECENT_KEEP)
         {
             self.recent.pop_front();
         }
@@ -176,16 +141,10 @@ impl Twins {
             };
             if force || now.duration_since(self.held[i].since) >= hold {
                 let h = self.held.swap_remove(i);
-                let c = &h.call;
-                self.recent.push_back(Outline {
-                    seen: now,
+                self.recent.push_back(Held {
+                    call: h.call.clone(),
                     source: h.source,
-                    pid: c.process.pid,
-                    role: c.role,
-                    method: c.method.clone(),
-                    path: c.path.clone(),
-                    start: c.start_unix_ns,
-                    end: c.start_unix_ns.saturating_add(c.duration_ns),
+                    since: now,
                 });
                 out.push(h.call);
             } else {
@@ -193,6 +152,22 @@ impl Twins {
             }
         }
     }
+}
+
+/// Which of `views` is the other view of `call`'s request. Requests on a keep-alive
+/// connection follow each other within microseconds; the twin is the view that shares the
+/// most time with this one (both clocks are the kernel's, so a request's two views nest).
+fn best_twin<'a>(
+    views: impl Iterator<Item = &'a Held>,
+    source: Source,
+    call: &Call,
+) -> Option<usize> {
+    views
+        .enumerate()
+        .filter(|(_, h)| h.source != source && alike(&h.call, call))
+        .filter_map(|(i, h)| shared_ns(span(&h.call), span(call)).map(|t| (t, i)))
+        .max()
+        .map(|(_, i)| i)
 }
 
 /// Could be two views of one request, times aside.
@@ -238,6 +213,7 @@ fn merge(mut go: Call, ssl: &Call) -> Call {
 mod tests {
     use super::*;
     use crate::processes::ProcessInfo;
+    use crate::protocols::Role;
     use std::sync::Arc;
 
     fn call(pid: u32, role: Role, path: &str, start: u64, dur: u64, scheme: &'static str) -> Call {
