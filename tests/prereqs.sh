@@ -40,6 +40,8 @@ pkgs=(
   nginx-light curl python3 wrk bpftrace bpftool procps iproute2 binutils
   # Go 1.19 and Debian's golang.org/x/net source, for the Go tests and the offsets generator
   golang-1.19-go golang-golang-x-net-dev
+  # a second kernel without lockdown, under software emulation (tests/support/vm.rs)
+  qemu-system-x86 busybox-static cpio
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -75,6 +77,17 @@ for p in prometheus-node-exporter caddy docker.io; do
     dpkg-deb -x "$debs/$p"_*.deb "$debs/root"
   fi
 done
+
+# The guest kernel: Debian's own 6.1 cloud kernel, unpacked (not installed).
+vm=/var/cache/sightline-tests/vm
+if ! ls "$vm"/root/boot/vmlinuz-* >/dev/null 2>&1; then
+  kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+  [ -n "$kpkg" ] || { echo "prereqs: no linux-image-cloud-amd64 package found" >&2; exit 1; }
+  log "apt-get download $kpkg (the guest kernel)"
+  rm -rf "$vm" && mkdir -p "$vm"
+  (cd "$vm" && apt-get download -q "$kpkg" >/dev/null 2>&1) || { echo "prereqs: apt-get download $kpkg failed" >&2; exit 1; }
+  dpkg-deb -x "$vm"/"$kpkg"_*.deb "$vm/root"
+fi
 
 if ! command -v node >/dev/null; then
   log "apt-get install nodejs"

@@ -76,6 +76,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (mut loader, channels) = Loader::load(cfg.capture_bytes)?;
+    // Before any Go binary is attached, so every one gets the writing probes.
+    let writes = if cfg.write_process_memory {
+        loader.enable_memory_writes()
+    } else {
+        Err(anyhow::anyhow!(
+            "the configuration turns it off (propagation.process_memory: false)"
+        ))
+    };
     let mut discovery = Discovery::new(stats.clone());
     discovery.scan_all(&mut loader);
     let mono_to_unix = loader::realtime_ns() as i128 - loader::monotonic_ns() as i128;
@@ -92,6 +100,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     report_propagation(
         loader.attach_injection(),
+        writes,
         crate::loader::lockdown_mode().as_deref(),
     );
     tracing::info!("sightline is running; Ctrl-C to stop");
@@ -129,14 +138,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 pipeline.tick(loader::monotonic_ns());
                 pipeline.flush();
-                let k = loader.counters();
-                stats.events_lost.store(k[counter::RINGBUF_FULL as usize], Relaxed);
-                stats.kernel_active_full.store(k[counter::ACTIVE_FULL as usize], Relaxed);
-                stats.kernel_read_failed.store(k[counter::READ_FAILED as usize], Relaxed);
-                stats.kernel_orphan_returns.store(k[counter::ORPHAN_RETURN as usize], Relaxed);
-                stats.traceparent_injected.store(k[counter::INJECTED as usize], Relaxed);
-                stats.traceparent_skipped.store(k[counter::INJECT_SKIPPED as usize], Relaxed);
-                stats.traceparent_sockets_full.store(k[counter::INJECT_SOCKS_FULL as usize], Relaxed);
+                copy_counters(&loader, &stats);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -163,16 +165,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Stop capture first, so nothing is attached while we flush.
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
-    let k = loader.counters();
-    stats
-        .events_lost
-        .store(k[counter::RINGBUF_FULL as usize], Relaxed);
-    stats
-        .traceparent_injected
-        .store(k[counter::INJECTED as usize], Relaxed);
-    stats
-        .traceparent_skipped
-        .store(k[counter::INJECT_SKIPPED as usize], Relaxed);
+    copy_counters(&loader, &stats);
     drop(ring);
     drop(loader);
     pipeline.close_all();
@@ -212,6 +205,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel side's counters, into the stats that metrics and the summary read.
+fn copy_counters(loader: &Loader, stats: &Stats) {
+    let k = loader.counters();
+    for (slot, at) in [
+        (&stats.events_lost, counter::RINGBUF_FULL),
+        (&stats.kernel_active_full, counter::ACTIVE_FULL),
+        (&stats.kernel_read_failed, counter::READ_FAILED),
+        (&stats.kernel_orphan_returns, counter::ORPHAN_RETURN),
+        (&stats.traceparent_injected, counter::INJECTED),
+        (&stats.traceparent_skipped, counter::INJECT_SKIPPED),
+        (&stats.traceparent_sockets_full, counter::INJECT_SOCKS_FULL),
+        (
+            &stats.traceparent_written_in_process,
+            counter::WRITTEN_IN_PROCESS,
+        ),
+        (&stats.traceparent_write_skipped, counter::WRITE_SKIPPED),
+    ] {
+        slot.store(k[at as usize], Relaxed);
+    }
+}
+
 fn drain_ring(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, notices: &mut Vec<Notice>) {
     while let Some(item) = rb.next() {
         if let Some(n) = pipeline.handle(&item) {
@@ -221,20 +235,35 @@ fn drain_ring(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, notices: &mut 
     pipeline.flush();
 }
 
-/// Says once how trace context reaches other services, and why not further. sightline never
-/// writes into a process (`bpf_probe_write_user`, which lockdown forbids anyway); it writes
-/// `traceparent` into plaintext HTTP/1.x requests as the kernel sends them, which no
-/// lockdown mode forbids, and joins calls between services on this host by connection.
-fn report_propagation(injection: anyhow::Result<()>, lockdown: Option<&str>) {
+/// Says once how trace context reaches other services, and why not further. Plaintext
+/// HTTP/1.x requests get their `traceparent` at the socket (sk_msg), which no lockdown mode
+/// forbids; HTTPS and HTTP/2 ones only by a bounded write into the process's memory
+/// (`bpf_probe_write_user`), which lockdown does forbid. Calls between services on this host
+/// are joined by connection whatever is written.
+fn report_propagation(
+    socket: anyhow::Result<()>,
+    memory: anyhow::Result<()>,
+    lockdown: Option<&str>,
+) {
     let lockdown = lockdown.unwrap_or("none");
-    match injection {
-        Ok(()) => tracing::info!(
+    const JOINED: &str =
+        "calls between services on this host are joined into one trace by their connections";
+    match (socket, memory) {
+        (Ok(()), Ok(())) => tracing::info!(
             lockdown,
-            "traceparent propagation: written into Go clients' plaintext HTTP/1.x requests at the socket (sk_msg), with no write into any process; HTTPS and HTTP/2 requests carry none (that needs a write into the process, which sightline never makes), so a hop over them to another host starts a new trace there; calls between services on this host are joined into one trace by their connections"
+            "traceparent propagation: written into Go clients' plaintext HTTP/1.x requests at the socket (sk_msg), and into their HTTPS and HTTP/2 requests in the process's memory, bounded to the free room of the request's own buffer; {JOINED}"
         ),
-        Err(e) => tracing::warn!(
+        (Ok(()), Err(e)) => tracing::info!(
             lockdown,
-            "traceparent propagation is off: {e:#}; every span is still correct, and calls between services on this host are joined into one trace by their connections, but a call to another host starts a new trace there"
+            "traceparent propagation: written into Go clients' plaintext HTTP/1.x requests at the socket (sk_msg), with no write into any process; HTTPS and HTTP/2 requests carry none, as that needs a write into the process's memory and {e:#}; a hop over them to another host starts a new trace there; {JOINED}"
+        ),
+        (Err(e), Ok(())) => tracing::warn!(
+            lockdown,
+            "traceparent propagation: written into Go clients' requests in the process's memory (plaintext too), as the socket path is off: {e:#}; {JOINED}"
+        ),
+        (Err(e), Err(m)) => tracing::warn!(
+            lockdown,
+            "traceparent propagation is off: {e:#}, and {m:#}; every span is still correct, and {JOINED}, but a call to another host starts a new trace there"
         ),
     }
 }

@@ -300,6 +300,10 @@ pub fn go_offsets(go: &GoInfo) -> Result<GoOffsets, String> {
         xh2rw_rws: get("golang.org/x/net/http2.responseWriter", "rws"),
         xh2rws_status: get("golang.org/x/net/http2.responseWriterState", "status"),
         g_parent_goid: get("runtime.g", "parentGoid"),
+        pconn_bw: get("net/http.persistConn", "bw"),
+        h2cc_bw: get("net/http.http2ClientConn", "bw"),
+        bufio_buf: get("bufio.Writer", "buf"),
+        bufio_n: get("bufio.Writer", "n"),
         req_window: 0,
         url_window: 0,
     };

@@ -208,6 +208,9 @@ pub struct Loader {
     go_procs: BpfHashMap<MapData, u32, GoOffsets>,
     /// The sockhash `go_inject` is attached to, once it is.
     inject_socks: Option<SockHash<MapData, u64>>,
+    /// The programs that write a traceparent into Go requests in memory loaded (the kernel
+    /// allows `bpf_probe_write_user`): Go binaries get them too.
+    writes: bool,
 }
 
 /// Go functions sightline probes: (symbol, program at entry, program at each RET). Each needs
@@ -295,6 +298,17 @@ pub const GO_ENTRY_PROBES: [(&[&str], &str); 2] = [
             "net/http.(*http2ClientConn).RoundTrip",
         ],
         "go_h2cc_enter",
+    ),
+];
+
+/// Go functions where a traceparent is written into a request in the process's memory:
+/// (symbol, program at entry, program at each call to the symbolizer's callee, if any).
+pub const GO_WRITE_PROBES: [(&str, &str, Option<&str>); 2] = [
+    ("net/http.(*transferWriter).writeHeader", "go_tp_h1", None),
+    (
+        "net/http.(*http2ClientConn).writeHeaders",
+        "go_tp_h2_enter",
+        Some("go_tp_h2_flush"),
     ),
 ];
 
@@ -394,6 +408,7 @@ impl Loader {
                 counters,
                 go_procs,
                 inject_socks: None,
+                writes: false,
             },
             Channels { events, conn_info },
         ))
@@ -478,7 +493,53 @@ impl Loader {
                 .with_context(|| format!("probing {symbol}"))?;
             probed.push(symbol);
         }
+        if self.writes {
+            for (symbol, entry, at_calls) in GO_WRITE_PROBES {
+                let Some(f) = go.function(symbol) else {
+                    continue;
+                };
+                let calls = f.calls.as_deref().unwrap_or_default();
+                if at_calls.is_some() && calls.is_empty() {
+                    continue;
+                }
+                // The call sites first: an entry without them would leave headers waiting.
+                let sites = at_calls
+                    .into_iter()
+                    .flat_map(|p| calls.iter().map(move |c| (p, c.file_offset)));
+                for (prog, offset) in sites.chain([(entry, f.file_offset)]) {
+                    self.uprobe(instead.unwrap_or(prog), offset, path)
+                        .with_context(|| format!("probing {symbol}"))?;
+                }
+                probed.push(symbol);
+            }
+        }
         Ok(probed)
+    }
+
+    /// Loads the programs that write a traceparent into Go clients' HTTPS and HTTP/2 requests
+    /// in their memory, so Go binaries attached from now on get them. Fails where the kernel
+    /// refuses `bpf_probe_write_user` (lockdown), and then nothing is ever written.
+    pub fn enable_memory_writes(&mut self) -> anyhow::Result<()> {
+        for name in ["go_tp_h1", "go_tp_h2_enter", "go_tp_h2_flush"] {
+            let p: &mut UProbe = program(&mut self.ebpf, name)?.try_into()?;
+            if let Err(e) = p.load() {
+                // The verifier's whole log says little more than that the helper is unknown.
+                tracing::debug!(program = name, error = %e, "loading a memory-writing program failed");
+                anyhow::bail!(match lockdown_mode().as_deref() {
+                    Some(m @ ("integrity" | "confidentiality")) =>
+                        format!("kernel lockdown ({m}) forbids bpf_probe_write_user"),
+                    _ => "the kernel refused a program that calls bpf_probe_write_user".into(),
+                });
+            }
+        }
+        let mut on: BpfArray<_, u32> = BpfArray::try_from(
+            self.ebpf
+                .map_mut(names::WRITE_ON)
+                .context("map WRITE_ON missing; rebuild sightline")?,
+        )?;
+        on.set(0, 1, 0).context("turning memory writes on")?;
+        self.writes = true;
+        Ok(())
     }
 
     /// Detaches every uprobe attached so far.

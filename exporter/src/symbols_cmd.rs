@@ -136,16 +136,22 @@ fn print_human(o: &mut String, r: &Analysis) {
     }
     let _ = writeln!(
         o,
-        "    {:<52} {:>10} {:>10}  {:<8} RETURN SITES (file offsets)",
+        "    {:<52} {:>10} {:>10}  {:<8} RETURN OR CALL SITES (file offsets)",
         "FUNCTION", "ADDRESS", "FILE OFF", "SOURCE"
     );
     for f in &g.functions {
-        let rets = f.returns.as_ref().map_or("-".to_string(), |r| {
-            r.iter()
+        let list = |sites: &[sightline_symbolizer::go::Site]| {
+            sites
+                .iter()
                 .map(|s| hex(s.file_offset))
                 .collect::<Vec<_>>()
                 .join(" ")
-        });
+        };
+        let rets = match (&f.returns, &f.calls) {
+            (Some(r), _) => list(r),
+            (None, Some(c)) => format!("calls: {}", list(c)),
+            (None, None) => "-".to_string(),
+        };
         let _ = writeln!(
             o,
             "    {:<52} {:>10} {:>10}  {:<8} {}",

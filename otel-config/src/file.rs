@@ -22,7 +22,18 @@ pub struct FileConfig {
     pub metrics: MetricsFile,
     #[serde(default)]
     pub resource: ResourceFile,
+    #[serde(default)]
+    pub propagation: PropagationFile,
     pub sdk_disabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropagationFile {
+    /// Whether sightline may write a `traceparent` into Go clients' HTTPS and HTTP/2 requests
+    /// in their memory (where the kernel allows it). Plaintext HTTP/1.x ones get theirs at the
+    /// socket either way.
+    pub process_memory: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

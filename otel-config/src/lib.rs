@@ -144,6 +144,9 @@ pub struct Config {
     /// Extra resource attributes for every observed process (`OTEL_RESOURCE_ATTRIBUTES`).
     pub resource_attributes: Vec<(String, String)>,
     pub sdk_disabled: bool,
+    /// `propagation.process_memory`: a traceparent may be written into Go clients' HTTPS and
+    /// HTTP/2 requests in their memory (on by default; the kernel may still refuse).
+    pub write_process_memory: bool,
 }
 
 pub const DEFAULT_REDACTED_HEADERS: [&str; 3] = ["authorization", "cookie", "set-cookie"];
@@ -325,6 +328,7 @@ fn resolve(file: file::FileConfig, vars: &BTreeMap<String, String>) -> Result<Co
         metric_export_timeout,
         resource_attributes,
         sdk_disabled,
+        write_process_memory: file.propagation.process_memory.unwrap_or(true),
     })
 }
 

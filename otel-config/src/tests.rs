@@ -23,6 +23,15 @@ fn nothing_set_means_no_export_and_safe_defaults() {
     assert!(c.redaction.query_values);
     assert_eq!(c.batch.max_queue_size, 2048);
     assert_eq!(c.metric_export_interval, Duration::from_secs(60));
+    assert!(c.write_process_memory);
+}
+
+#[test]
+fn writing_into_process_memory_can_be_turned_off() {
+    let c = load(Some("propagation:\n  process_memory: false\n"), &[]).unwrap();
+    assert!(!c.write_process_memory);
+    let e = load(Some("propagation:\n  memory: false\n"), &[]).unwrap_err();
+    assert!(e.to_string().starts_with("sightline.yaml:2:3"), "{e}");
 }
 
 #[test]
@@ -192,4 +201,12 @@ fn unknown_otlp_key_is_an_error() {
             .starts_with("sightline.yaml:2:3: otlp: unknown field `endpont`"),
         "{err}"
     );
+}
+
+#[test]
+fn the_annotated_example_file_is_valid() {
+    let text = include_str!("../../examples/sightline.yaml");
+    let c = load(Some(text), &[]).unwrap();
+    assert!(c.write_process_memory);
+    assert_eq!(c.redaction.headers.len(), 4);
 }

@@ -36,6 +36,23 @@ pub fn return_sites(arch: Arch, code: &[u8], address: u64) -> Option<Vec<u64>> {
     }
 }
 
+/// Addresses of the direct calls to `target` in `code`, which starts at `address`: x86-64
+/// only (`None` elsewhere, where such probes are not placed).
+pub fn call_sites(arch: Arch, code: &[u8], address: u64, target: u64) -> Option<Vec<u64>> {
+    if arch != Arch::X86_64 {
+        return None;
+    }
+    let mut d = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while d.can_decode() {
+        let ins = d.decode();
+        if ins.is_call_near() && ins.near_branch_target() == target {
+            out.push(ins.ip());
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +64,22 @@ mod tests {
         assert_eq!(
             return_sites(Arch::X86_64, &code, 0x1000),
             Some(vec![0x1005, 0x1007])
+        );
+    }
+
+    #[test]
+    fn finds_direct_calls_to_one_target_only() {
+        // call 0x2000 (rel32 from 0x1005); call 0x3000; call rax; call 0x2000 (from 0x1011)
+        let mut code = vec![0xe8];
+        code.extend_from_slice(&(0x2000i32 - 0x1005).to_le_bytes());
+        code.push(0xe8);
+        code.extend_from_slice(&(0x3000i32 - 0x100a).to_le_bytes());
+        code.extend_from_slice(&[0xff, 0xd0]);
+        code.push(0xe8);
+        code.extend_from_slice(&(0x2000i32 - 0x1011).to_le_bytes());
+        assert_eq!(
+            call_sites(Arch::X86_64, &code, 0x1000, 0x2000),
+            Some(vec![0x1000, 0x100c])
         );
     }
 

@@ -67,14 +67,29 @@ fn out_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-tests")
 }
 
+fn bin_path(program: &str, version: &str, shape: Shape, unstripped: bool) -> PathBuf {
+    let suffix = if unstripped { "-twin" } else { "" };
+    out_dir().join(format!("{program}-go{version}-{}{suffix}", shape.name()))
+}
+
+/// What [`build`] built, where no Go toolchain is (a test running in a guest kernel).
+pub fn built(program: &str, version: &str, shape: Shape) -> PathBuf {
+    let bin = bin_path(program, version, shape, false);
+    assert!(
+        bin.exists(),
+        "{} was not built before the guest booted",
+        bin.display()
+    );
+    bin
+}
+
 /// Builds the Go package in `tests/go/<program>` with Go `version` in `shape`, plus
 /// `unstripped` to get the twin of a stripped PIE. Returns the binary's path.
 pub fn build(program: &str, version: &str, shape: Shape, unstripped: bool) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("go")
         .join(program);
-    let suffix = if unstripped { "-twin" } else { "" };
-    let bin = out_dir().join(format!("{program}-go{version}-{}{suffix}", shape.name()));
+    let bin = bin_path(program, version, shape, unstripped);
     let (args, cgo) = shape.args();
     let args: Vec<&str> = args
         .iter()

@@ -7,3 +7,4 @@ pub mod gosvc;
 pub mod netns;
 pub mod procs;
 pub mod receiver;
+pub mod vm;

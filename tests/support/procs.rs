@@ -302,6 +302,9 @@ fn loaded_programs() -> Vec<String> {
         "go_sockops",
         "go_connect4",
         "go_connect6",
+        "go_tp_h1",
+        "go_tp_h2_enter",
+        "go_tp_h2_flush",
     ];
     String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -306,14 +306,19 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
     let injection = stats.clone();
     let _ = meter
         .u64_observable_counter("sightline.traceparent.injections")
-        .with_description("Outgoing plaintext HTTP/1.x requests sightline was to write a traceparent into, by outcome: written; skipped (the request's first bytes were not a request line it could extend, so they were sent untouched); no_socket (the connection could not take the program).")
+        .with_description("Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).")
         .with_callback(move |o| {
-            for (outcome, n) in [
-                ("written", &injection.traceparent_injected),
-                ("skipped", &injection.traceparent_skipped),
-                ("no_socket", &injection.traceparent_sockets_full),
+            for (via, outcome, n) in [
+                ("socket", "written", &injection.traceparent_injected),
+                ("socket", "skipped", &injection.traceparent_skipped),
+                ("socket", "no_socket", &injection.traceparent_sockets_full),
+                ("memory", "written", &injection.traceparent_written_in_process),
+                ("memory", "skipped", &injection.traceparent_write_skipped),
             ] {
-                o.observe(n.load(Relaxed), &[KeyValue::new("outcome", outcome)]);
+                o.observe(
+                    n.load(Relaxed),
+                    &[KeyValue::new("via", via), KeyValue::new("outcome", outcome)],
+                );
             }
         })
         .build();

@@ -19,6 +19,10 @@ pub struct Stats {
     pub traceparent_skipped: AtomicU64,
     /// Client sockets that could not be given the injection program (copied).
     pub traceparent_sockets_full: AtomicU64,
+    /// HTTPS and HTTP/2 requests a `traceparent` was written into in the process's memory,
+    /// and those left untouched there (no room, an unexpected frame) (copied).
+    pub traceparent_written_in_process: AtomicU64,
+    pub traceparent_write_skipped: AtomicU64,
     pub records: AtomicU64,
     /// Records whose payload was cut at the capture size.
     pub records_truncated: AtomicU64,

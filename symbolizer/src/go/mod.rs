@@ -8,7 +8,7 @@ pub mod table;
 
 use crate::dwarf;
 use crate::image::{Arch, Image};
-use crate::rets::return_sites;
+use crate::rets::{call_sites, return_sites};
 use buildinfo::BuildInfo;
 use object::ReadRef;
 use pclntab::Pclntab;
@@ -17,14 +17,29 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-/// A function the Go probes attach to, and whether they need its return sites.
+/// A function the Go probes attach to, whether they need its return sites, and the callee
+/// whose call sites inside it they need.
 pub struct GoProbe {
     pub symbol: &'static str,
     pub returns: bool,
+    pub calls: Option<&'static str>,
 }
 
 const fn probe(symbol: &'static str, returns: bool) -> GoProbe {
-    GoProbe { symbol, returns }
+    GoProbe {
+        symbol,
+        returns,
+        calls: None,
+    }
+}
+
+/// A function probed where it calls `callee`: the moment between two steps of its body.
+const fn probe_calls(symbol: &'static str, callee: &'static str) -> GoProbe {
+    GoProbe {
+        symbol,
+        returns: false,
+        calls: Some(callee),
+    }
 }
 
 pub const GO_FUNCTIONS: &[GoProbe] = &[
@@ -34,13 +49,20 @@ pub const GO_FUNCTIONS: &[GoProbe] = &[
     // so its body is probed too.
     probe("net/http.(*Transport).roundTrip", true),
     probe("net/http.(*persistConn).roundTrip", false),
-    probe("net/http.Header.writeSubset", false),
+    // Writes a client request's framing headers, right after its request line, Host and
+    // User-Agent went into the connection's buffer: where a traceparent line can join them.
+    probe("net/http.(*transferWriter).writeHeader", false),
     probe("net/http.(*http2serverConn).processHeaders", false),
     probe("net/http.(*http2serverConn).runHandler", true),
     probe("net/http.(*http2ClientConn).RoundTrip", true),
     // Go 1.23 moved the body here and inlines RoundTrip into its caller.
     probe("net/http.(*http2ClientConn).roundTrip", false),
     probe("net/http.(*http2Framer).WriteHeaders", false),
+    // Its flush sends a request's HEADERS frame, which is still in the buffer just before.
+    probe_calls(
+        "net/http.(*http2ClientConn).writeHeaders",
+        "bufio.(*Writer).Flush",
+    ),
     probe("golang.org/x/net/http2.(*serverConn).processHeaders", false),
     probe("golang.org/x/net/http2.(*serverConn).runHandler", true),
     probe("golang.org/x/net/http2.(*ClientConn).RoundTrip", true),
@@ -108,6 +130,9 @@ pub struct GoFunction {
     /// Return instructions, for probes that need the function's exit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub returns: Option<Vec<Site>>,
+    /// Call instructions to the probe's callee, for probes placed at those calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Vec<Site>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -229,6 +254,7 @@ pub fn analyze<'d, R: ReadRef<'d>>(
     let mut wanted: HashMap<&str, Option<(u64, u64)>> = GO_FUNCTIONS
         .iter()
         .map(|p| p.symbol)
+        .chain(GO_FUNCTIONS.iter().filter_map(|p| p.calls))
         .chain(disasm::CHAIN_RULES.iter().map(|r| r.function))
         .chain([disasm::GOID_FUNCTION])
         .map(|s| (s, None))
@@ -298,6 +324,35 @@ pub fn analyze<'d, R: ReadRef<'d>>(
         } else {
             None
         };
+        let sites = |addrs: Vec<u64>| -> Vec<Site> {
+            addrs
+                .into_iter()
+                .filter_map(|a| {
+                    Some(Site {
+                        address: a,
+                        file_offset: img.addr_to_offset(a)?,
+                    })
+                })
+                .collect()
+        };
+        let calls = match p.calls {
+            None => None,
+            Some(callee) => {
+                let target = wanted.get(callee).copied().flatten().map(|r| r.0);
+                match target.and_then(|t| Some((t, code(range)?))) {
+                    Some((t, c)) => call_sites(img.arch(), c, range.0, t).map(sites),
+                    None => None,
+                }
+                .filter(|s| !s.is_empty())
+                .or_else(|| {
+                    info.problems.push(format!(
+                        "{}: no call to {callee} found in it (inlined, or code unreadable)",
+                        p.symbol
+                    ));
+                    None
+                })
+            }
+        };
         info.functions.push(GoFunction {
             symbol: p.symbol.to_string(),
             address: range.0,
@@ -305,6 +360,7 @@ pub fn analyze<'d, R: ReadRef<'d>>(
             end: range.1,
             source: "pclntab",
             returns,
+            calls,
         });
     }
 

@@ -39,6 +39,8 @@ pub mod names {
     pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
     /// One `u32`: 1 once the injection programs are attached.
     pub const INJECT_ON: &str = "INJECT_ON";
+    /// One `u32`: 1 once the programs that write into process memory are attached.
+    pub const WRITE_ON: &str = "WRITE_ON";
 }
 
 /// Field offsets of the `sock:inet_sock_set_state` tracepoint, from its tracefs `format`, so
@@ -102,7 +104,13 @@ pub mod counter {
     pub const INJECT_SKIPPED: u32 = 6;
     /// Client sockets that could not be added to the injection sockhash (full).
     pub const INJECT_SOCKS_FULL: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Outgoing requests (HTTPS, HTTP/2) a `traceparent` was written into in the process's
+    /// own memory, before encryption or compression.
+    pub const WRITTEN_IN_PROCESS: u32 = 8;
+    /// Requests that waited for one there but were left untouched: no room left in the
+    /// connection's buffer, a frame sightline did not expect, or a failed write.
+    pub const WRITE_SKIPPED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Header of a [`kind::DATA`] record. `captured` payload bytes follow it directly.
@@ -291,6 +299,13 @@ pub struct GoOffsets {
     /// `runtime.g.parentGoid` (Go 1.21+): a goroutine's creator, without probing
     /// `runtime.newproc1` on every goroutine start.
     pub g_parent_goid: u32,
+    /// Where a `traceparent` is written into a client request in the process's memory:
+    /// `persistConn.bw` and `http2ClientConn.bw` (each a `*bufio.Writer`), and that writer's
+    /// `buf` and `n`.
+    pub pconn_bw: u32,
+    pub h2cc_bw: u32,
+    pub bufio_buf: u32,
+    pub bufio_n: u32,
     /// Bytes of `http.Request` (at most [`GO_REQ_WINDOW`]) and of `url.URL` (at most
     /// [`GO_URL_WINDOW`]) that hold every field the probes read: each is copied in one read,
     /// not a read per field. 0: read field by field.
@@ -353,6 +368,10 @@ impl Default for GoOffsets {
             xh2rw_rws: GO_NO_OFFSET,
             xh2rws_status: GO_NO_OFFSET,
             g_parent_goid: GO_NO_OFFSET,
+            pconn_bw: GO_NO_OFFSET,
+            h2cc_bw: GO_NO_OFFSET,
+            bufio_buf: GO_NO_OFFSET,
+            bufio_n: GO_NO_OFFSET,
             req_window: 0,
             url_window: 0,
         }
@@ -401,6 +420,10 @@ pub struct InjectKey {
     /// Peer address: 4 bytes for IPv4, 16 for IPv6, network order.
     pub remote_addr: [u8; 16],
 }
+
+/// Bytes of a `traceparent` header field in an HPACK block: a literal without indexing (so
+/// the connection's compression state is untouched), its name and its 55-byte value.
+pub const TRACEPARENT_HPACK_LEN: u32 = 69;
 
 /// The `traceparent` an outgoing request on a connection waits for.
 #[repr(C)]
@@ -560,7 +583,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 36 * 4);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 40 * 4);
         assert_eq!(core::mem::size_of::<InjectKey>(), 24);
         assert_eq!(core::mem::size_of::<PendingTrace>(), 40);
         assert_eq!(

@@ -27,7 +27,7 @@ pub(crate) static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(
 /// record into a map at entry and out again.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct InFlight {
+pub(crate) struct InFlight {
     start_ns: u64,
     /// The `*http.Request`.
     req: u64,
@@ -37,8 +37,8 @@ struct InFlight {
     parent_goid: u64,
     parent_start_ns: u64,
     /// The trace this call is in and its span id, chosen at entry (see `GoHttpRecord`).
-    trace: [u8; 16],
-    span: u64,
+    pub(crate) trace: [u8; 16],
+    pub(crate) span: u64,
     /// Server: the incoming traceparent's parent id; client: its server request's span.
     parent_span: u64,
     /// Client: the socket, learnt inside the round trip, or -1.
@@ -46,7 +46,7 @@ struct InFlight {
     tls: u8,
     /// Client: 2 once the HTTP/2 connection code ran, else 0.
     proto_major: u8,
-    flags: u8,
+    pub(crate) flags: u8,
     /// Server: the trace came from an incoming traceparent.
     given: u8,
     /// Client: the connection a traceparent waits to be written into (family 0: none).
@@ -55,7 +55,13 @@ struct InFlight {
     xnet: u8,
     /// Server: `trace`, `parent_span`, `flags` and `given` are decided (see `settle_trace`).
     traced: u8,
-    _pad: [u8; 6],
+    /// Client: its traceparent is to be written into its request in the process's memory
+    /// (the memory path is on and the request has none), and was (see `write.rs`).
+    pub(crate) want_write: u8,
+    pub(crate) written: u8,
+    _pad: [u8; 4],
+    /// Client, HTTP/1: the `*bufio.Writer` its traceparent waits for in `PENDING_WRITE`.
+    pub(crate) writer: u64,
 }
 
 /// Outgoing HTTP/1.x requests waiting for their `traceparent`, by connection: set by the
@@ -83,12 +89,12 @@ const FD_UNKNOWN: i32 = -2;
 
 /// Client round trips in flight, by goroutine.
 #[map]
-static GO_CLIENT: HashMap<GoKey, InFlight> = HashMap::with_max_entries(16384, 0);
+pub(crate) static GO_CLIENT: HashMap<GoKey, InFlight> = HashMap::with_max_entries(16384, 0);
 
 /// The goroutine that started each goroutine, so a call made from a goroutine a handler
 /// spawned still finds its request.
 #[map]
-static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// `runtime.newproc1`'s caller goroutine, from entry to return, by thread.
 #[map]
@@ -98,19 +104,19 @@ static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 const ANCESTORS: usize = 4;
 
 #[inline(always)]
-fn regs(ctx: &ProbeContext) -> &pt_regs {
+pub(crate) fn regs(ctx: &ProbeContext) -> &pt_regs {
     // SAFETY: the kernel hands every uprobe its saved registers.
     unsafe { &*ctx.regs }
 }
 
 #[inline(always)]
-fn read<T: Copy>(addr: u64) -> Option<T> {
+pub(crate) fn read<T: Copy>(addr: u64) -> Option<T> {
     // SAFETY: the helper checks the address; a bad one is an error, not a fault.
     unsafe { bpf_probe_read_user(addr as *const T).ok() }
 }
 
 #[inline(always)]
-fn field<T: Copy>(base: u64, off: u32) -> Option<T> {
+pub(crate) fn field<T: Copy>(base: u64, off: u32) -> Option<T> {
     if base == 0 || off == GO_NO_OFFSET {
         return None;
     }
@@ -500,7 +506,10 @@ fn in_flight(start_ns: u64, req: u64, obj: u64) -> InFlight {
         inject: InjectKey::default(),
         xnet: 0,
         traced: 0,
-        _pad: [0; 6],
+        want_write: 0,
+        written: 0,
+        _pad: [0; 4],
+        writer: 0,
     }
 }
 
@@ -518,7 +527,7 @@ fn reserve() -> Option<(RingBufEntry<GoHttpRecord>, &'static mut Windows)> {
 
 /// The current goroutine's key, with the process's offsets.
 #[inline(always)]
-fn current(ctx: &ProbeContext) -> Option<(&'static GoOffsets, GoKey)> {
+pub(crate) fn current(ctx: &ProbeContext) -> Option<(&'static GoOffsets, GoKey)> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: map lookup; the value stays valid while the program runs (RCU), and is used in
     // place: copying it costs more than the fields read from it.
@@ -763,13 +772,7 @@ fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
     if info.local_port == 0 || info.port == 0 {
         return;
     }
-    let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch, used by this program run only.
-    let w = unsafe { &mut *w };
-    let hmap = field::<u64>(call.req, off.req_header).unwrap_or(0);
-    if header_traceparent(off, hmap, w) != 0 {
+    if !carries_none(off, call) {
         return;
     }
     let key = InjectKey {
@@ -790,6 +793,19 @@ fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
     if PENDING_TRACE.insert(&key, &pending, 0).is_ok() {
         call.inject = key;
     }
+}
+
+/// True when the call's request has no `Traceparent` of the program's own, so sightline may
+/// give it one (it is never written twice).
+#[inline(always)]
+pub(crate) fn carries_none(off: &GoOffsets, call: &InFlight) -> bool {
+    let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch, used by this program run only.
+    let w = unsafe { &mut *w };
+    let hmap = field::<u64>(call.req, off.req_header).unwrap_or(0);
+    header_traceparent(off, hmap, w) == 0
 }
 
 /// `net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc. Runs inside `Transport.RoundTrip`
@@ -816,8 +832,13 @@ pub fn go_pconn_enter(ctx: ProbeContext) -> u32 {
     unsafe {
         (*call).fd = fd;
         (*call).tls = tls as u8;
-        if !tls && (*call).inject.family == 0 {
-            pend_traceparent(off, key.tgid, fd, &mut *call);
+        let at_socket = !tls && INJECT_ON.get(0).is_some_and(|on| *on == 1);
+        if at_socket {
+            if (*call).inject.family == 0 {
+                pend_traceparent(off, key.tgid, fd, &mut *call);
+            }
+        } else {
+            crate::write::pend_h1(off, key.tgid, r.rax, &mut *call);
         }
     }
     0
@@ -852,6 +873,7 @@ pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
         (*call).fd = fd;
         (*call).tls = tls as u8;
         (*call).proto_major = 2;
+        (*call).want_write = (crate::write::writes_on() && carries_none(off, &*call)) as u8;
     }
     0
 }
@@ -905,12 +927,12 @@ pub fn go_client_ret(ctx: ProbeContext) -> u32 {
     };
     let _ = GO_CLIENT.remove(&key);
     let resp = regs(&ctx).rax;
-    let mut injected = 0;
+    let mut injected = crate::write::settle(key.tgid, &call);
     if call.inject.family != 0 {
         // SAFETY: map lookup, read at once.
         if let Some(p) = unsafe { PENDING_TRACE.get(&call.inject) } {
             if p.span_id == call.span {
-                injected = (p.done == 1) as u8;
+                injected |= (p.done == 1) as u8;
                 let _ = PENDING_TRACE.remove(&call.inject);
             }
         }

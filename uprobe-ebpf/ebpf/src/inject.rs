@@ -238,19 +238,32 @@ fn fill(ctx: &SkMsgContext, at: u32, trace: [u8; 16], span: u64, flags: u8) -> R
     }
     // SAFETY: `LEN` bytes from `data` are inside the message, just checked.
     let out = unsafe { &mut *(data as *mut [u8; LEN]) };
-    out[..16].copy_from_slice(b"traceparent: 00-");
-    for (i, b) in trace.iter().enumerate() {
-        out[16 + 2 * i] = HEX[(b >> 4) as usize];
-        out[17 + 2 * i] = HEX[(b & 15) as usize];
-    }
-    out[48] = b'-';
-    for i in 0..16 {
-        out[49 + i] = HEX[((span >> (60 - 4 * i)) & 15) as usize];
-    }
-    out[65] = b'-';
-    out[66] = HEX[(flags >> 4) as usize];
-    out[67] = HEX[(flags & 15) as usize];
+    out[..13].copy_from_slice(b"traceparent: ");
+    traceparent_value(out, 13, trace, span, flags);
     out[68] = b'\r';
     out[69] = b'\n';
     Ok(())
+}
+
+/// Writes the 55 bytes of a version 00 traceparent, `00-<trace>-<span>-<flags>`, at `at`.
+#[inline(always)]
+pub(crate) fn traceparent_value<const N: usize>(
+    out: &mut [u8; N],
+    at: usize,
+    trace: [u8; 16],
+    span: u64,
+    flags: u8,
+) {
+    out[at..at + 3].copy_from_slice(b"00-");
+    for (i, b) in trace.iter().enumerate() {
+        out[at + 3 + 2 * i] = HEX[(b >> 4) as usize];
+        out[at + 4 + 2 * i] = HEX[(b & 15) as usize];
+    }
+    out[at + 35] = b'-';
+    for i in 0..16 {
+        out[at + 36 + i] = HEX[((span >> (60 - 4 * i)) & 15) as usize];
+    }
+    out[at + 52] = b'-';
+    out[at + 53] = HEX[(flags >> 4) as usize];
+    out[at + 54] = HEX[(flags & 15) as usize];
 }

@@ -15,6 +15,7 @@
 
 mod go;
 mod inject;
+mod write;
 
 use aya_ebpf::{
     helpers::{
