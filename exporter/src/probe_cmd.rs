@@ -27,6 +27,8 @@ pub fn run(
         loader.set_go_process(pid, &offsets)?;
     }
     let instead = empty.then_some("go_empty");
+    // The real probes include the ones that write a traceparent, where the kernel allows.
+    let writes = !empty && loader.enable_memory_writes().is_ok();
     if let Some(n) = cycles {
         for _ in 0..n {
             loader.attach_go_as(target, &go, instead)?;
@@ -34,6 +36,14 @@ pub fn run(
             loader.detach_all();
         }
         println!("cycles {n}");
+        if writes {
+            let k = loader.counters();
+            println!(
+                "written {} skipped {}",
+                k[counter::WRITTEN_IN_PROCESS as usize],
+                k[counter::WRITE_SKIPPED as usize]
+            );
+        }
         return Ok(());
     }
     let probed = loader.attach_go_as(target, &go, instead)?;

@@ -101,6 +101,23 @@ func main() {
 		}
 		fmt.Fprint(w, tps[0])
 	})
+	// The same where a request may carry none (sightline coming and going), but never two,
+	// never a malformed one, and never a damaged body.
+	mux.HandleFunc("/tp01/", func(w http.ResponseWriter, r *http.Request) {
+		tps := r.Header.Values("Traceparent")
+		if len(tps) > 1 || (len(tps) == 1 && !wellFormed(tps[0])) {
+			w.WriteHeader(400)
+			return
+		}
+		if r.Method == "POST" {
+			b, _ := io.ReadAll(r.Body)
+			if string(b) != onwardBody {
+				w.WriteHeader(422)
+				return
+			}
+		}
+		fmt.Fprint(w, len(tps))
+	})
 	// The onward call on the handler's own goroutine.
 	mux.HandleFunc("/chain/", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(onward(r))
@@ -127,6 +144,22 @@ func main() {
 		return
 	}
 	fmt.Fprintln(os.Stderr, srv.Serve(ln))
+}
+
+// A version 00 traceparent: 00-<32 hex>-<16 hex>-<2 hex>, lowercase.
+func wellFormed(tp string) bool {
+	if len(tp) != 55 || tp[:3] != "00-" || tp[35] != '-' || tp[52] != '-' {
+		return false
+	}
+	for i, c := range tp {
+		if i < 3 || i == 35 || i == 52 {
+			continue
+		}
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func selfSigned() tls.Certificate {
