@@ -798,14 +798,11 @@ fn traceparent_reaches_another_host_over_https_and_http2() {
         .module("veth")
         .env("SIGHTLINE_IN_GUEST", "1");
     require("wrk");
-    for tool in ["ip", "curl", "bpftool", "mount"] {
+    for tool in ["ip", "curl", "bpftool", "mount", "wrk"] {
         guest = guest.file(which(tool));
     }
     for b in &bins {
         guest = guest.file(b);
-    }
-    for tool in ["wrk"] {
-        guest = guest.file(which(tool));
     }
     let me = me.to_str().unwrap();
     // Both halves that run in the guest: their names start with in_guest_.
