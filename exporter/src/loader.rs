@@ -397,6 +397,7 @@ impl Loader {
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)?;
         let conn_info = ConnInfo {
             map: BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_INFO)?)?,
+            past: BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_PAST)?)?,
         };
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)?;
         let go_procs = BpfHashMap::try_from(take_map(&mut ebpf, names::GO_PROCS)?)?;
@@ -673,11 +674,18 @@ fn bump_memlock() {
 /// Socket peers recorded at connect/accept time, looked up once per connection.
 pub struct ConnInfo {
     map: BpfHashMap<MapData, ConnKey, SockInfo>,
+    past: BpfHashMap<MapData, u64, SockInfo>,
 }
 
 impl ConnInfo {
+    /// The socket `fd` of `tgid` holds now, as its connect or accept recorded it.
     pub fn get(&self, tgid: u32, fd: i32) -> Option<SockInfo> {
         self.map.get(&ConnKey { tgid, fd }, 0).ok()
+    }
+
+    /// An earlier socket whose fd a newer one took, by its stamp.
+    pub fn before(&self, stamp: u64) -> Option<SockInfo> {
+        self.past.get(&stamp, 0).ok().filter(|i| i.ts_ns == stamp)
     }
 }
 

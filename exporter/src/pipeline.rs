@@ -26,12 +26,31 @@ pub const IDLE_NS: u64 = 30_000_000_000;
 
 /// Where socket facts recorded by the kernel are looked up.
 pub trait SockLookup: Send {
-    fn lookup(&self, tgid: u32, fd: i32) -> Option<SockInfo>;
+    /// What socket `fd` of `tgid` was when stamped `stamp` (0: not stamped).
+    fn lookup(&self, tgid: u32, fd: i32, stamp: u64) -> Sock;
+}
+
+/// A socket as the kernel recorded its connect or accept.
+pub enum Sock {
+    /// The one the fd holds now: /proc may fill in what the record lacks.
+    Now(SockInfo),
+    /// One a newer socket has since replaced on the same fd.
+    Before(SockInfo),
+    /// Replaced, and its record is gone: nothing known is about it.
+    Replaced,
+    /// Never recorded (older than sightline, or dropped): only /proc can tell.
+    Unknown,
 }
 
 impl SockLookup for crate::loader::ConnInfo {
-    fn lookup(&self, tgid: u32, fd: i32) -> Option<SockInfo> {
-        self.get(tgid, fd)
+    fn lookup(&self, tgid: u32, fd: i32, stamp: u64) -> Sock {
+        match self.get(tgid, fd) {
+            Some(i) if stamp == 0 || i.ts_ns == stamp => Sock::Now(i),
+            // A record read after its process reused the fd: another connection's ends
+            // would be wrong, so only the earlier socket's own record will do.
+            Some(_) => self.before(stamp).map_or(Sock::Replaced, Sock::Before),
+            None => Sock::Unknown,
+        }
     }
 }
 
@@ -39,8 +58,8 @@ impl SockLookup for crate::loader::ConnInfo {
 pub struct NoLookup;
 
 impl SockLookup for NoLookup {
-    fn lookup(&self, _: u32, _: i32) -> Option<SockInfo> {
-        None
+    fn lookup(&self, _: u32, _: i32, _: u64) -> Sock {
+        Sock::Unknown
     }
 }
 
@@ -255,7 +274,7 @@ impl Pipeline {
         }
         if conn.fd < 0 && h.fd >= 0 {
             conn.fd = h.fd;
-            let s = resolve(&*self.lookup, h.tgid, h.fd, self.use_proc);
+            let s = resolve(&*self.lookup, h.tgid, h.fd, h.sock_ts, self.use_proc);
             conn.peer = s.peer;
             conn.local = s.local;
             if let (None, Some(lfd), true) = (conn.local, s.listen_fd, self.use_proc) {
@@ -434,7 +453,7 @@ impl Pipeline {
                 }
             }
         }
-        let s = resolve(&*self.lookup, r.tgid, r.fd, self.use_proc);
+        let s = resolve(&*self.lookup, r.tgid, r.fd, r.sock_gen, self.use_proc);
         let mut conn = GoConn {
             peer: s.peer,
             local: s.local,
@@ -567,15 +586,20 @@ const GO_SOCKS_MAX: usize = 65_536;
 
 /// The role, peer and local address of a socket: from the kernel's connect/accept record, or
 /// from /proc for connections older than sightline.
-fn resolve(lookup: &dyn SockLookup, tgid: u32, fd: i32, use_proc: bool) -> Resolved {
+fn resolve(lookup: &dyn SockLookup, tgid: u32, fd: i32, stamp: u64, use_proc: bool) -> Resolved {
     let from_proc = || if use_proc { tcp_addrs(tgid, fd) } else { None };
-    let Some(info) = lookup.lookup(tgid, fd) else {
-        let (local, peer) = from_proc().unzip();
-        return Resolved {
-            peer,
-            local,
-            ..Resolved::default()
-        };
+    let (info, current) = match lookup.lookup(tgid, fd, stamp) {
+        Sock::Now(i) => (i, true),
+        Sock::Before(i) => (i, false),
+        Sock::Replaced => return Resolved::default(),
+        Sock::Unknown => {
+            let (local, peer) = from_proc().unzip();
+            return Resolved {
+                peer,
+                local,
+                ..Resolved::default()
+            };
+        }
     };
     let role = match info.role {
         sock_role::CONNECTED => Some(Role::Client),
@@ -591,11 +615,50 @@ fn resolve(lookup: &dyn SockLookup, tgid: u32, fd: i32, use_proc: bool) -> Resol
         listen_fd: (info.role == sock_role::ACCEPTED && info.listen_fd >= 0)
             .then_some(info.listen_fd),
     };
-    if r.peer.is_none() {
+    if r.peer.is_none() && current {
         if let Some((local, peer)) = from_proc() {
             r.peer = Some(peer);
             r.local = r.local.or(Some(local));
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(fn(u64) -> Sock);
+
+    impl SockLookup for Fixed {
+        fn lookup(&self, _: u32, _: i32, stamp: u64) -> Sock {
+            (self.0)(stamp)
+        }
+    }
+
+    fn connected(ts_ns: u64, port: u16) -> SockInfo {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        SockInfo {
+            role: sock_role::CONNECTED,
+            ts_ns,
+            family: 2,
+            addr,
+            port,
+            listen_fd: -1,
+            ..SockInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_record_read_after_its_fd_was_reused_keeps_its_own_ends() {
+        let before = Fixed(|stamp| Sock::Before(connected(stamp, 8443)));
+        let r = resolve(&before, 1, 5, 42, false);
+        assert_eq!(r.peer, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(r.role, Some(Role::Client));
+        // Once the earlier socket's record is gone too, no ends are better than another's.
+        let replaced = Fixed(|_| Sock::Replaced);
+        let r = resolve(&replaced, 1, 5, 42, true);
+        assert_eq!((r.peer, r.local, r.role), (None, None, None));
+    }
 }

@@ -210,6 +210,8 @@ impl Guest {
         }
 
         let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        // The initramfs root is itself a writable in-memory filesystem, so /tmp and /run need
+        // no mounts of their own, which would hide files staged there (a clone under /tmp).
         let mut init = String::from(
             "#!/usr/bin/busybox sh\n\
              /usr/bin/busybox --install -s /bb\n\
@@ -217,8 +219,6 @@ impl Guest {
              mount -t proc proc /proc\n\
              mount -t sysfs sys /sys\n\
              mount -t devtmpfs dev /dev\n\
-             mount -t tmpfs tmp /tmp\n\
-             mount -t tmpfs run /run\n\
              mount -t bpf bpf /sys/fs/bpf\n\
              ip link set lo up\n",
         );

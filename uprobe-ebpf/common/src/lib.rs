@@ -29,6 +29,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONN_INFO: &str = "CONN_INFO";
+    /// Earlier sockets of an fd, by their stamp.
+    pub const CONN_PAST: &str = "CONN_PAST";
     pub const CAPTURE_LEN: &str = "CAPTURE_LEN";
     pub const AGENT_TGID: &str = "AGENT_TGID";
     /// Offsets of `sock:inet_sock_set_state` fields, read from its tracefs format at load.

@@ -89,6 +89,22 @@ static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONN_INFO: LruHashMap<ConnKey, SockInfo> = LruHashMap::with_max_entries(65536, 0);
 
+/// A connection's `CONN_INFO` entry once a newer socket took its fd, by its stamp (`ts_ns`):
+/// user space may read a connection's first records after its process closed it and
+/// connected or accepted again on the same fd number.
+#[map]
+static CONN_PAST: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// Records a socket's connect/accept under its fd, keeping what the fd held before.
+#[inline(always)]
+fn record_socket(key: &ConnKey, info: &SockInfo) {
+    // SAFETY: map lookup, copied at once.
+    if let Some(old) = unsafe { CONN_INFO.get(key) }.copied() {
+        let _ = CONN_PAST.insert(&old.ts_ns, &old, 0);
+    }
+    let _ = CONN_INFO.insert(key, info, 0);
+}
+
 /// `accept()`'s sockaddr pointer and listening fd, from syscall entry to exit.
 #[map]
 static ACCEPT_ARGS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
@@ -388,7 +404,7 @@ pub fn sock_connect(ctx: TracePointContext) -> u32 {
         tgid,
         fd: fd as i32,
     };
-    let _ = CONN_INFO.insert(&key, &info, 0);
+    record_socket(&key, &info);
     set_sock_gen(tgid, fd as i32, info.ts_ns);
     let _ = PENDING_CONNECT.insert(&id, &(fd as i32), 0);
     0
@@ -498,7 +514,7 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
         tgid: (id >> 32) as u32,
         fd: ret as i32,
     };
-    let _ = CONN_INFO.insert(&key, &info, 0);
+    record_socket(&key, &info);
     set_sock_gen(key.tgid, key.fd, info.ts_ns);
     0
 }
