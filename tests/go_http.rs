@@ -75,6 +75,30 @@ fn one<'a>(all: &'a [FlatSpan], what: &str, f: impl Fn(&FlatSpan) -> bool) -> &'
     found[0]
 }
 
+/// What sightline said at start about how trace context travels: said once.
+fn propagation_report(agent: &Agent) -> String {
+    let said: Vec<String> = agent
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("traceparent propagation"))
+        .cloned()
+        .collect();
+    assert_eq!(said.len(), 1, "reported once: {said:?}");
+    said[0].clone()
+}
+
+/// The last count of `sightline.traceparent.injections{via, outcome}` the receiver got.
+fn injections(rec: &Received, via: &str, outcome: &str) -> Option<i64> {
+    sightline_e2e::flat::points(&rec.metrics.lock().unwrap())
+        .iter()
+        .filter(|p| p.metric == "sightline.traceparent.injections")
+        .filter(|p| s(p.attrs.get("via")) == via && s(p.attrs.get("outcome")) == outcome)
+        .map(|p| p.value)
+        .max()
+}
+
 /// The kernel's lockdown mode is one that refuses `bpf_probe_write_user`.
 fn locked_down() -> bool {
     let _ = Command::new("mount")
@@ -239,18 +263,10 @@ async fn a_chain_of_go_services_is_one_trace() {
     assert!(status.success());
     // sightline says once how trace context travels, and where it does not: it writes no
     // process memory, so this holds under this kernel's lockdown=integrity too.
-    let said: Vec<String> = agent
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("traceparent propagation"))
-        .cloned()
-        .collect();
-    assert_eq!(said.len(), 1, "reported once: {said:?}");
+    let said = propagation_report(&agent);
     assert!(
-        said[0].contains("written into Go clients' plaintext HTTP/1.x requests at the socket"),
-        "{said:?}"
+        said.contains("written into Go clients' plaintext HTTP/1.x requests at the socket"),
+        "{said}"
     );
     // Writing HTTPS and HTTP/2 requests takes a write into process memory, which lockdown
     // forbids (this machine runs integrity); the guest kernel test covers the other case.
@@ -259,7 +275,7 @@ async fn a_chain_of_go_services_is_one_trace() {
     } else {
         "into their HTTPS and HTTP/2 requests in the process's memory"
     };
-    assert!(said[0].contains(expect), "{said:?}");
+    assert!(said.contains(expect), "{said}");
     let all = spans(&rec.traces.lock().unwrap());
     let path_is = |s: &FlatSpan, p: &str| s.attr("url.path") == Some(&Val::S(p.into()));
     let full_is = |s: &FlatSpan, u: &str| s.attr("url.full") == Some(&Val::S(u.into()));
@@ -603,17 +619,8 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     assert_eq!(b4.parent_span_id, "00f067aa0ba902b7");
 
     // sightline counts what it wrote: four requests, none skipped.
-    let pts = sightline_e2e::flat::points(&rec.metrics.lock().unwrap());
-    let injections = |outcome: &str| {
-        pts.iter()
-            .filter(|p| p.metric == "sightline.traceparent.injections")
-            .filter(|p| s(p.attrs.get("via")) == "socket")
-            .filter(|p| s(p.attrs.get("outcome")) == outcome)
-            .map(|p| p.value)
-            .max()
-    };
-    assert_eq!(injections("written"), Some(4));
-    assert_eq!(injections("skipped"), Some(0));
+    assert_eq!(injections(&rec, "socket", "written"), Some(4));
+    assert_eq!(injections(&rec, "socket", "skipped"), Some(0));
 }
 
 /// HTTP/2 servers built on golang.org/x/net/http2's own server, not net/http's bundled copy:
@@ -926,18 +933,10 @@ async fn in_guest_traceparent_over_https_and_http2() {
     let (_, status) = agent.stop().unwrap();
     assert!(status.success());
     assert_eq!(leftover_programs(), Vec::<String>::new());
-    let said: Vec<String> = agent
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("traceparent propagation"))
-        .cloned()
-        .collect();
-    assert_eq!(said.len(), 1, "reported once: {said:?}");
+    let said = propagation_report(&agent);
     assert!(
-        said[0].contains("into their HTTPS and HTTP/2 requests in the process's memory"),
-        "{said:?}"
+        said.contains("into their HTTPS and HTTP/2 requests in the process's memory"),
+        "{said}"
     );
     let all = spans(&rec.traces.lock().unwrap());
     let path_is = |s: &FlatSpan, p: &str| s.attr("url.path") == Some(&Val::S(p.into()));
@@ -1006,14 +1005,7 @@ async fn in_guest_traceparent_over_https_and_http2() {
 
     // Written in memory: HTTPS HTTP/1.1, HTTP/2 twice, and the burst; one at the socket;
     // none skipped.
-    let pts = sightline_e2e::flat::points(&rec.metrics.lock().unwrap());
-    let injections = |via: &str, outcome: &str| {
-        pts.iter()
-            .filter(|p| p.metric == "sightline.traceparent.injections")
-            .filter(|p| s(p.attrs.get("via")) == via && s(p.attrs.get("outcome")) == outcome)
-            .map(|p| p.value)
-            .max()
-    };
+    let injections = |via: &str, outcome: &str| injections(&rec, via, outcome);
     eprintln!(
         "in memory: {:?} written, {:?} skipped; at the socket: {:?} written",
         injections("memory", "written"),

@@ -87,36 +87,19 @@ func main() {
 	// What a traced caller's request looks like on arrival: exactly one traceparent, and a
 	// POST body byte for byte as sent; echoes the traceparent.
 	mux.HandleFunc("/tp/", func(w http.ResponseWriter, r *http.Request) {
-		tps := r.Header.Values("Traceparent")
-		if len(tps) != 1 {
-			w.WriteHeader(400)
+		if code := arrival(r, false); code != 0 {
+			w.WriteHeader(code)
 			return
 		}
-		if r.Method == "POST" {
-			b, _ := io.ReadAll(r.Body)
-			if string(b) != onwardBody {
-				w.WriteHeader(422)
-				return
-			}
-		}
-		fmt.Fprint(w, tps[0])
+		fmt.Fprint(w, r.Header.Get("Traceparent"))
 	})
-	// The same where a request may carry none (sightline coming and going), but never two,
-	// never a malformed one, and never a damaged body.
+	// The same where a request may carry none (sightline coming and going).
 	mux.HandleFunc("/tp01/", func(w http.ResponseWriter, r *http.Request) {
-		tps := r.Header.Values("Traceparent")
-		if len(tps) > 1 || (len(tps) == 1 && !wellFormed(tps[0])) {
-			w.WriteHeader(400)
+		if code := arrival(r, true); code != 0 {
+			w.WriteHeader(code)
 			return
 		}
-		if r.Method == "POST" {
-			b, _ := io.ReadAll(r.Body)
-			if string(b) != onwardBody {
-				w.WriteHeader(422)
-				return
-			}
-		}
-		fmt.Fprint(w, len(tps))
+		fmt.Fprint(w, len(r.Header.Values("Traceparent")))
 	})
 	// The onward call on the handler's own goroutine.
 	mux.HandleFunc("/chain/", func(w http.ResponseWriter, r *http.Request) {
@@ -144,6 +127,22 @@ func main() {
 		return
 	}
 	fmt.Fprintln(os.Stderr, srv.Serve(ln))
+}
+
+// What is wrong with a traced caller's request on arrival: 400 for two traceparents, a
+// malformed one, or none unless noneOK; 422 for a POST body not byte for byte as sent; else 0.
+func arrival(r *http.Request, noneOK bool) int {
+	tps := r.Header.Values("Traceparent")
+	if len(tps) > 1 || (len(tps) == 0 && !noneOK) || (len(tps) == 1 && !wellFormed(tps[0])) {
+		return 400
+	}
+	if r.Method == "POST" {
+		b, _ := io.ReadAll(r.Body)
+		if string(b) != onwardBody {
+			return 422
+		}
+	}
+	return 0
 }
 
 // A version 00 traceparent: 00-<32 hex>-<16 hex>-<2 hex>, lowercase.
