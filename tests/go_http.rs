@@ -897,6 +897,26 @@ async fn in_guest_traceparent_over_https_and_http2() {
         &gobuild::built("probe", "1.22", Shape::Stripped),
         &["-next", &b_url("http", b_plain.port, "/tp/plain")],
     );
+    // A chain across both hosts: A here → B there over HTTP/2 and TLS → C back here over
+    // HTTPS/1.1, each hop carrying only the traceparent sightline wrote.
+    let c = GoService::start(
+        &gobuild::built("probe", "1.21", Shape::Plain),
+        &["-tls", "-listen", &format!("{}:0", net.local_ip)],
+    );
+    let c_url = format!("https://{}:{}/tp/end", net.local_ip, c.port);
+    let b_mid = GoService::start_in(
+        &net.name,
+        &b_bin,
+        &["-tls", "-listen", &listen, "-next", &c_url],
+    );
+    let a_start = GoService::start(
+        &gobuild::built("probe", "1.19", Shape::Cgo),
+        &[
+            "-client-h2",
+            "-next",
+            &b_url("https", b_mid.port, "/chain/mid"),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(3000));
     let (trace_id, parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
     curl(&[&h1.url("http", "/chain/one")]);
@@ -908,6 +928,7 @@ async fn in_guest_traceparent_over_https_and_http2() {
     curl(&[&h2_post.url("http", "/spawn/three")]);
     curl(&[&own.url("http", "/chain/four")]);
     curl(&[&plain.url("http", "/chain/five")]);
+    curl(&[&a_start.url("http", "/chain/start")]);
     // Then many at once, HTTP/2 streams sharing a connection among them: every request
     // arrives with exactly one traceparent and its POST body intact, or B answers 400/422.
     const BURST: usize = 40;
@@ -926,7 +947,8 @@ async fn in_guest_traceparent_over_https_and_http2() {
     let at_b = |s: &FlatSpan| server_port_is(s, b.port) || server_port_is(s, b_plain.port);
     wait_spans(&rec, &agent, |all| {
         all.iter().filter(|s| at_b(s)).count() >= 5 + 2 * BURST
-            && all.iter().filter(|s| s.kind == 3).count() >= 5 + 2 * BURST
+            && all.iter().filter(|s| s.kind == 3).count() >= 7 + 2 * BURST
+            && all.iter().any(|s| server_port_is(s, c.port))
     })
     .await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -979,6 +1001,39 @@ async fn in_guest_traceparent_over_https_and_http2() {
     assert_eq!(s(b3.attr("http.request.method")), "POST");
     hop(&plain, "/chain/five", "/tp/plain", "1.1", "http");
 
+    // The chain over both hosts is one trace, every span the child of the one before.
+    let a_srv = one(&all, "chain A", |s| {
+        server_port_is(s, a_start.port) && path_is(s, "/chain/start")
+    });
+    let a_cli = one(&all, "chain A client", |s| {
+        s.kind == 3 && s.parent_span_id == a_srv.span_id
+    });
+    let b_srv = one(&all, "chain B", |s| {
+        server_port_is(s, b_mid.port) && s.parent_span_id == a_cli.span_id
+    });
+    let b_cli = one(&all, "chain B client", |s| {
+        s.kind == 3 && s.parent_span_id == b_srv.span_id
+    });
+    let c_srv = one(&all, "chain C", |s| {
+        server_port_is(s, c.port) && s.parent_span_id == b_cli.span_id
+    });
+    assert_eq!(a_srv.parent_span_id, "");
+    for (span, proto) in [(b_srv, "2"), (c_srv, "1.1")] {
+        assert_eq!(s(span.attr("url.scheme")), "https");
+        assert_eq!(s(span.attr("network.protocol.version")), proto);
+        assert_eq!(s(span.attr("http.response.status_code")), "200");
+    }
+    assert!(path_is(b_srv, "/chain/mid") && path_is(c_srv, "/tp/end"));
+    assert_eq!(s(c_srv.attr("network.peer.address")), net.remote_ip);
+    assert_eq!(s(b_cli.attr("server.address")), net.local_ip);
+    for span in [a_cli, b_srv, b_cli, c_srv] {
+        assert_eq!(span.trace_id, a_srv.trace_id, "{span:#?}");
+    }
+    assert_eq!(
+        b_srv.service(),
+        b_bin.file_name().unwrap().to_str().unwrap()
+    );
+
     // A program's own traceparent is kept, alone (200, not 400).
     let b4 = one(&all, "own at B", |s| at_b(s) && path_is(s, "/tp/own"));
     assert_eq!(s(b4.attr("http.response.status_code")), "200");
@@ -1003,8 +1058,8 @@ async fn in_guest_traceparent_over_https_and_http2() {
         }
     }
 
-    // Written in memory: HTTPS HTTP/1.1, HTTP/2 twice, and the burst; one at the socket;
-    // none skipped.
+    // Written in memory: HTTPS HTTP/1.1, HTTP/2 twice, the chain's two hops and the burst;
+    // one at the socket; none skipped.
     let injections = |via: &str, outcome: &str| injections(&rec, via, outcome);
     eprintln!(
         "in memory: {:?} written, {:?} skipped; at the socket: {:?} written",
@@ -1012,7 +1067,7 @@ async fn in_guest_traceparent_over_https_and_http2() {
         injections("memory", "skipped"),
         injections("socket", "written")
     );
-    assert_eq!(injections("memory", "written"), Some(3 + 2 * BURST as i64));
+    assert_eq!(injections("memory", "written"), Some(5 + 2 * BURST as i64));
     assert_eq!(injections("memory", "skipped"), Some(0));
     assert_eq!(injections("socket", "written"), Some(1));
     assert_eq!(injections("socket", "skipped"), Some(0));
