@@ -43,6 +43,7 @@ func main() {
 	clientH2 := flag.Bool("client-h2", false, "call onward over HTTP/2 when the next hop offers it")
 	onwardMethod := flag.String("onward-method", "GET", "method of the onward call (POST sends onwardBody)")
 	onwardTP := flag.String("onward-traceparent", "", "a traceparent the program itself sets on onward calls")
+	onwardTrailer := flag.Bool("onward-trailer", false, "onward POSTs end with a trailer (X-Check: 1)")
 	flag.Parse()
 	if *offsets {
 		printOffsets()
@@ -63,6 +64,12 @@ func main() {
 		req, _ := http.NewRequest(*onwardMethod, *next, body)
 		if *onwardTP != "" {
 			req.Header.Set("Traceparent", *onwardTP)
+		}
+		if *onwardTrailer {
+			// Traceparent is declared (with no value) so that the server would see one
+			// added to the trailers: undeclared trailers never reach its handler.
+			req.Trailer = http.Header{"X-Check": {"1"}, "Traceparent": nil}
+			req.Header.Set("X-Trailer-Sent", "1")
 		}
 		res, err := client.Do(req)
 		if err != nil {
@@ -140,6 +147,13 @@ func arrival(r *http.Request, noneOK bool) int {
 		b, _ := io.ReadAll(r.Body)
 		if string(b) != onwardBody {
 			return 422
+		}
+		// Trailers arrive after the body, and a traceparent is never among them.
+		if r.Trailer.Get("Traceparent") != "" {
+			return 400
+		}
+		if r.Header.Get("X-Trailer-Sent") == "1" && r.Trailer.Get("X-Check") != "1" {
+			return 417
 		}
 	}
 	return 0

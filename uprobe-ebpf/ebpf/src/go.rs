@@ -873,6 +873,8 @@ pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
         (*call).fd = fd;
         (*call).tls = tls as u8;
         (*call).proto_major = 2;
+        // Each attempt (a retry on another connection runs this again) gets its header once.
+        (*call).written = 0;
         (*call).want_write = (crate::write::writes_on() && carries_none(off, &*call)) as u8;
     }
     0

@@ -226,7 +226,8 @@ pub fn go_tp_h2_enter(ctx: ProbeContext) -> u32 {
     let Some((client_goid, call)) = client_call(off, key, r.r14) else {
         return 0;
     };
-    if call.want_write == 0 {
+    // Written already: a second block for the same attempt is its trailers.
+    if call.want_write == 0 || call.written != 0 {
         return 0;
     }
     let Some(writer) = field::<u64>(r.rax, off.h2cc_bw) else {
