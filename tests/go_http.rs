@@ -804,24 +804,23 @@ fn traceparent_reaches_another_host_over_https_and_http2() {
         .stripped_file(sightline_e2e::procs::sightline_bin())
         .module("veth")
         .env("SIGHTLINE_IN_GUEST", "1");
-    require("wrk");
-    for tool in ["ip", "curl", "bpftool", "mount", "wrk"] {
+    for tool in ["ip", "curl", "bpftool", "mount"] {
         guest = guest.file(which(tool));
     }
     for b in &bins {
         guest = guest.file(b);
     }
     let me = me.to_str().unwrap();
-    // Both halves that run in the guest: their names start with in_guest_.
     let out = guest.run(
         &[
             me,
-            "in_guest_",
+            "--exact",
+            "in_guest_traceparent_over_https_and_http2",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ],
-        Duration::from_secs(900),
+        Duration::from_secs(300),
     );
     // Shown with --nocapture, and with the failure otherwise.
     eprintln!("{}", out.console);
@@ -832,7 +831,7 @@ fn traceparent_reaches_another_host_over_https_and_http2() {
         out.console
     );
     assert!(
-        out.console.contains("test result: ok. 2 passed"),
+        out.console.contains("test result: ok. 1 passed"),
         "{}",
         out.console
     );
@@ -1074,113 +1073,4 @@ async fn in_guest_traceparent_over_https_and_http2() {
     assert_eq!(injections("memory", "skipped"), Some(0));
     assert_eq!(injections("socket", "written"), Some(1));
     assert_eq!(injections("socket", "skipped"), Some(0));
-}
-
-/// Safety of the writes into process memory, in the guest kernel: sightline's Go probes,
-/// including those that write a traceparent into HTTPS and HTTP/2 requests, attached and
-/// detached over and over while Go clients are under load. Every request must arrive whole,
-/// with at most one well-formed traceparent and its POST body intact (B answers 400 or 422
-/// otherwise, and the caller passes that on).
-#[test]
-#[ignore = "runs in the guest kernel that traceparent_reaches_another_host_over_https_and_http2 boots"]
-fn in_guest_attach_and_detach_while_writing() {
-    assert_eq!(
-        std::env::var("SIGHTLINE_IN_GUEST").as_deref(),
-        Ok("1"),
-        "this test runs in the guest kernel; run traceparent_reaches_another_host_over_https_and_http2"
-    );
-    let b_bin = gobuild::built("probe", "1.23", Shape::StrippedPie);
-    let b = GoService::start(&b_bin, &["-tls"]);
-    let callers = [
-        (
-            gobuild::built("probe", "1.21", Shape::Plain),
-            vec!["-next".to_string(), b.url("https", "/tp01/h1")],
-        ),
-        (
-            gobuild::built("probe", "1.23", Shape::StrippedPie),
-            vec![
-                "-client-h2".to_string(),
-                "-onward-method".to_string(),
-                "POST".to_string(),
-                "-next".to_string(),
-                b.url("https", "/tp01/h2"),
-            ],
-        ),
-    ];
-    let svcs: Vec<GoService> = callers
-        .iter()
-        .map(|(bin, args)| {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            GoService::start(bin, &args)
-        })
-        .collect();
-    let loads: Vec<std::process::Child> = svcs
-        .iter()
-        .map(|svc| {
-            Command::new("wrk")
-                .args(["-t1", "-c4", "-d600s", &svc.url("http", "/chain/load")])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("wrk runs")
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(1000));
-    // Both callers' probes come and go at once, each from its own sightline.
-    let cyclers: Vec<std::process::Child> = svcs
-        .iter()
-        .zip(&callers)
-        .map(|(svc, (bin, _))| {
-            Command::new(sightline_e2e::procs::sightline_bin())
-                .args(["probe-go", "--cycles", "20", "--pid", &svc.pid.to_string()])
-                .arg(bin)
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("sightline runs")
-        })
-        .collect();
-    let mut written = 0;
-    for c in cyclers {
-        let out = c.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("cycles 20"), "{text}");
-        let n: u64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("written ")?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no count of writes: {text}"));
-        eprintln!("probe-go: {}", text.trim().replace('\n', "; "));
-        written += n;
-    }
-    for wrk in loads {
-        Command::new("kill")
-            .args(["-INT", &wrk.id().to_string()])
-            .status()
-            .unwrap();
-        let out = wrk.wait_with_output().unwrap();
-        let report = String::from_utf8_lossy(&out.stdout);
-        eprintln!("{report}");
-        let served: u64 = report
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .split_once(" requests in ")
-                    .map(|(n, _)| n.parse().unwrap())
-            })
-            .unwrap_or_else(|| panic!("wrk report: {report}"));
-        assert!(served > 100, "the callers kept serving: {report}");
-        assert!(!report.contains("Socket errors"), "{report}");
-        assert!(!report.contains("Non-2xx"), "{report}");
-    }
-    assert!(written > 0, "no traceparent was written while attached");
-    // Still alive and still right, with the probes gone: no traceparent now.
-    for svc in &svcs {
-        let body =
-            run(Command::new("curl").args(["-s", &svc.url("http", "/items/after")])).unwrap();
-        assert_eq!(body.trim(), "GET /items/after HTTP/1.1");
-    }
 }
