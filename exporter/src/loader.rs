@@ -533,12 +533,8 @@ impl Loader {
                 });
             }
         }
-        let mut on: BpfArray<_, u32> = BpfArray::try_from(
-            self.ebpf
-                .map_mut(names::WRITE_ON)
-                .context("map WRITE_ON missing; rebuild sightline")?,
-        )?;
-        on.set(0, 1, 0).context("turning memory writes on")?;
+        self.switch_on(names::WRITE_ON)
+            .context("turning memory writes on")?;
         self.writes = true;
         Ok(())
     }
@@ -600,12 +596,19 @@ impl Loader {
             p.attach(&cgroup, mode)
                 .with_context(|| format!("attaching {name} to {}", root.display()))?;
         }
+        self.switch_on(names::INJECT_ON)
+            .context("turning injection on")?;
+        Ok(())
+    }
+
+    /// Sets the one-slot array `map` to 1: the probes that read it start their work.
+    fn switch_on(&mut self, map: &str) -> anyhow::Result<()> {
         let mut on: BpfArray<_, u32> = BpfArray::try_from(
             self.ebpf
-                .map_mut(names::INJECT_ON)
-                .context("map INJECT_ON missing; rebuild sightline")?,
+                .map_mut(map)
+                .with_context(|| format!("map {map} missing; rebuild sightline"))?,
         )?;
-        on.set(0, 1, 0).context("turning injection on")?;
+        on.set(0, 1, 0)?;
         Ok(())
     }
 

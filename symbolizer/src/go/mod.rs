@@ -300,30 +300,6 @@ pub fn analyze<'d, R: ReadRef<'d>>(
             ));
             continue;
         };
-        let returns = if p.returns {
-            match code(range).and_then(|c| return_sites(img.arch(), c, range.0)) {
-                Some(sites) => Some(
-                    sites
-                        .into_iter()
-                        .filter_map(|a| {
-                            Some(Site {
-                                address: a,
-                                file_offset: img.addr_to_offset(a)?,
-                            })
-                        })
-                        .collect(),
-                ),
-                None => {
-                    info.problems.push(format!(
-                        "{}: return sites unknown (code unreadable or architecture without a decoder)",
-                        p.symbol
-                    ));
-                    None
-                }
-            }
-        } else {
-            None
-        };
         let sites = |addrs: Vec<u64>| -> Vec<Site> {
             addrs
                 .into_iter()
@@ -334,6 +310,20 @@ pub fn analyze<'d, R: ReadRef<'d>>(
                     })
                 })
                 .collect()
+        };
+        let returns = if p.returns {
+            match code(range).and_then(|c| return_sites(img.arch(), c, range.0)) {
+                Some(addrs) => Some(sites(addrs)),
+                None => {
+                    info.problems.push(format!(
+                        "{}: return sites unknown (code unreadable or architecture without a decoder)",
+                        p.symbol
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
         };
         let calls = match p.calls {
             None => None,
