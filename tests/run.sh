@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
-"./tests/prereqs.sh"
+"./tests/prereqs.sh" --tests
 
 echo "== format and lints"
 cargo fmt --all --check
