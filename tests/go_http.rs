@@ -2,7 +2,7 @@
 //! started after sightline, called by curl and by each other; a real OTLP receiver checks the
 //! exact spans and the trace relations.
 
-use sightline_e2e::flat::{spans, FlatSpan, Val};
+use sightline_e2e::flat::{spans, FlatSpan, Val, CLIENT, SERVER};
 use sightline_e2e::gobuild::{self, Shape, SHAPES, TOOLCHAINS};
 use sightline_e2e::gosvc::GoService;
 use sightline_e2e::procs::{leftover_programs, require, run, Agent};
@@ -110,7 +110,7 @@ fn locked_down() -> bool {
 }
 
 fn server_port_is(s: &FlatSpan, port: u16) -> bool {
-    s.kind == 2 && s.attr("server.port") == Some(&Val::I(port as i64))
+    s.kind == SERVER && s.attr("server.port") == Some(&Val::I(port as i64))
 }
 
 /// Sixteen Go servers (four toolchains, four shapes) started after sightline: each request
@@ -256,7 +256,7 @@ async fn a_chain_of_go_services_is_one_trace() {
             })
             .count()
             >= 7
-            && all.iter().filter(|s| s.kind == 3).count() >= 4
+            && all.iter().filter(|s| s.kind == CLIENT).count() >= 4
     })
     .await;
     let (_, status) = agent.stop().unwrap();
@@ -269,7 +269,7 @@ async fn a_chain_of_go_services_is_one_trace() {
         "{said}"
     );
     // Writing HTTPS and HTTP/2 requests takes a write into process memory, which lockdown
-    // forbids (this machine runs integrity); the guest kernel test covers the other case.
+    // forbids; the guest kernel test covers a kernel without it.
     let expect = if locked_down() {
         "HTTPS and HTTP/2 requests carry none"
     } else {
@@ -284,13 +284,13 @@ async fn a_chain_of_go_services_is_one_trace() {
         server_port_is(s, a.port) && path_is(s, "/spawn/start")
     });
     let a_cli = one(&all, "A client", |s| {
-        s.kind == 3 && full_is(s, &b_url) && s.parent_span_id == a_srv.span_id
+        s.kind == CLIENT && full_is(s, &b_url) && s.parent_span_id == a_srv.span_id
     });
     let b_srv = one(&all, "B server", |s| {
         server_port_is(s, b.port) && s.parent_span_id == a_cli.span_id
     });
     let b_cli = one(&all, "B client", |s| {
-        s.kind == 3 && s.parent_span_id == b_srv.span_id
+        s.kind == CLIENT && s.parent_span_id == b_srv.span_id
     });
     let c_srv = one(&all, "C server", |s| {
         server_port_is(s, c.port) && s.parent_span_id == b_cli.span_id
@@ -481,7 +481,7 @@ async fn debian_caddy_in_front_of_node_exporter() {
         assert_eq!(s(front.attr("url.path")), "/metrics");
         assert_eq!(s(front.attr("http.response.status_code")), "200");
         let hop = one(&all, "caddy client", |s| {
-            s.kind == 3 && s.parent_span_id == front.span_id
+            s.kind == CLIENT && s.parent_span_id == front.span_id
         });
         assert_eq!(hop.service(), "caddy");
         assert_eq!(s(hop.attr("server.port")), ne_port.to_string());
@@ -489,7 +489,7 @@ async fn debian_caddy_in_front_of_node_exporter() {
         // caddy forwards the client's Host header, so the exporter's server.port is caddy's;
         // its socket says where it listens.
         let back = one(&all, "node-exporter server", |s| {
-            s.kind == 2
+            s.kind == SERVER
                 && s.attr("network.local.port") == Some(&Val::I(ne_port as i64))
                 && s.parent_span_id == hop.span_id
         });
@@ -550,7 +550,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     curl(&[&pie.url("http", "/chain/five")]);
     wait_spans(&rec, &agent, |all| {
         all.iter().filter(|s| server_port_is(s, b.port)).count() >= 5
-            && all.iter().filter(|s| s.kind == 3).count() >= 5
+            && all.iter().filter(|s| s.kind == CLIENT).count() >= 5
     })
     .await;
     // Long enough for one more metrics export after the last request.
@@ -568,7 +568,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
             server_port_is(s, svc.port) && path_is(s, path)
         });
         let cli = one(&all, &format!("{path} client"), |s| {
-            s.kind == 3 && s.parent_span_id == srv.span_id
+            s.kind == CLIENT && s.parent_span_id == srv.span_id
         });
         let remote = one(&all, &format!("{path} at B"), |s| {
             server_port_is(s, b.port) && s.parent_span_id == cli.span_id
@@ -609,7 +609,7 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
         server_port_is(s, own.port) && path_is(s, "/chain/four")
     });
     let own_cli = one(&all, "own client", |s| {
-        s.kind == 3 && s.parent_span_id == own_srv.span_id
+        s.kind == CLIENT && s.parent_span_id == own_srv.span_id
     });
     assert_eq!(s(own_cli.attr("http.response.status_code")), "200");
     let b4 = one(&all, "own at B", |s| {
@@ -733,7 +733,7 @@ async fn a_go_program_on_openssl_is_reported_once() {
         all.iter().filter(|s| server_port_is(s, srv.port)).count() >= 5
             && all
                 .iter()
-                .filter(|s| s.kind == 3 && s.service() == cli_name)
+                .filter(|s| s.kind == CLIENT && s.service() == cli_name)
                 .count()
                 >= 3
     })
@@ -766,7 +766,7 @@ async fn a_go_program_on_openssl_is_reported_once() {
     }
     let calls: Vec<&FlatSpan> = all
         .iter()
-        .filter(|s| s.kind == 3 && s.service() == cli_name)
+        .filter(|s| s.kind == CLIENT && s.service() == cli_name)
         .collect();
     assert_eq!(calls.len(), 3, "one CLIENT span per request: {calls:#?}");
     for sp in &calls {
@@ -780,6 +780,77 @@ async fn a_go_program_on_openssl_is_reported_once() {
         .map(|p| p.value)
         .max();
     assert_eq!(merged, Some(8), "5 served and 3 sent, each seen twice");
+}
+
+/// Same-host joining across capture points: curl, seen by the OpenSSL probes, calls a Go
+/// HTTPS server (crypto/tls), seen by the Go probes. The server's span is the child of curl's
+/// CLIENT span, in its trace; a traceparent that curl itself sends still wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_over_openssl_and_a_go_server_are_one_trace() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let bin = gobuild::build("probe", "1.22", Shape::Plain, false);
+    let (mut agent, rec) = agent_with_receiver().await;
+    let svc = GoService::start(&bin, &["-tls", "-h1"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let joined = svc.url("https", "/items/joined?who=curl");
+    curl(&["--http1.1", &joined]);
+    curl(&["--http1.1", &joined]);
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "10f067aa0ba902b7";
+    let given = svc.url("https", "/items/given");
+    curl(&[
+        "--http1.1",
+        "-H",
+        &format!("traceparent: 00-{trace_id}-{parent}-01"),
+        &given,
+    ]);
+    let client_of = |s: &FlatSpan, u: &str| {
+        s.kind == CLIENT && s.service() == "curl" && s.attr("url.full").map(Val::s) == Some(u)
+    };
+    let joined_full = svc.url("https", "/items/joined?who=REDACTED");
+    wait_spans(&rec, &agent, |all| {
+        all.iter().filter(|s| server_port_is(s, svc.port)).count() >= 3
+            && all.iter().filter(|s| client_of(s, &joined_full)).count() >= 2
+            && all.iter().any(|s| client_of(s, &given))
+    })
+    .await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    let clients: Vec<&FlatSpan> = all.iter().filter(|s| client_of(s, &joined_full)).collect();
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    let path_is = |s: &FlatSpan, p: &str| s.attr("url.path") == Some(&Val::S(p.into()));
+    for c in &clients {
+        assert_eq!(s(c.attr("http.request.method")), "GET");
+        assert_eq!(s(c.attr("http.response.status_code")), "200");
+        let srv = one(&all, "the Go server's span of curl's call", |s| {
+            server_port_is(s, svc.port)
+                && path_is(s, "/items/joined")
+                && s.parent_span_id == c.span_id
+        });
+        assert_eq!(srv.trace_id, c.trace_id, "{srv:#?}");
+        assert_eq!(srv.service(), bin.file_name().unwrap().to_str().unwrap());
+        assert_eq!(s(srv.attr("url.query")), "who=REDACTED");
+        assert_eq!(
+            s(srv.attr("network.peer.port")),
+            s(c.attr("network.local.port"))
+        );
+    }
+    assert_ne!(
+        clients[0].trace_id, clients[1].trace_id,
+        "one trace per call"
+    );
+    // What the caller itself said holds: curl's own traceparent names the server's parent.
+    let srv = one(
+        &all,
+        "the server's span of the call with a traceparent",
+        |s| server_port_is(s, svc.port) && path_is(s, "/items/given"),
+    );
+    assert_eq!(
+        (srv.trace_id.as_str(), srv.parent_span_id.as_str()),
+        (trace_id, parent)
+    );
 }
 
 /// What lockdown forbids on this host, on a kernel that allows it: Debian 12's own 6.1 cloud
@@ -949,7 +1020,7 @@ async fn in_guest_traceparent_over_https_and_http2() {
     let at_b = |s: &FlatSpan| server_port_is(s, b.port) || server_port_is(s, b_plain.port);
     wait_spans(&rec, &agent, |all| {
         all.iter().filter(|s| at_b(s)).count() >= 5 + 2 * BURST
-            && all.iter().filter(|s| s.kind == 3).count() >= 7 + 2 * BURST
+            && all.iter().filter(|s| s.kind == CLIENT).count() >= 7 + 2 * BURST
             && all.iter().any(|s| server_port_is(s, c.port))
     })
     .await;
@@ -972,7 +1043,7 @@ async fn in_guest_traceparent_over_https_and_http2() {
             server_port_is(s, svc.port) && path_is(s, path)
         });
         let cli = one(&all, &format!("{path} client"), |s| {
-            s.kind == 3 && s.parent_span_id == srv.span_id
+            s.kind == CLIENT && s.parent_span_id == srv.span_id
         });
         let remote = one(&all, &format!("{path} at B"), |s| {
             at_b(s) && s.parent_span_id == cli.span_id
@@ -1008,13 +1079,13 @@ async fn in_guest_traceparent_over_https_and_http2() {
         server_port_is(s, a_start.port) && path_is(s, "/chain/start")
     });
     let a_cli = one(&all, "chain A client", |s| {
-        s.kind == 3 && s.parent_span_id == a_srv.span_id
+        s.kind == CLIENT && s.parent_span_id == a_srv.span_id
     });
     let b_srv = one(&all, "chain B", |s| {
         server_port_is(s, b_mid.port) && s.parent_span_id == a_cli.span_id
     });
     let b_cli = one(&all, "chain B client", |s| {
-        s.kind == 3 && s.parent_span_id == b_srv.span_id
+        s.kind == CLIENT && s.parent_span_id == b_srv.span_id
     });
     let c_srv = one(&all, "chain C", |s| {
         server_port_is(s, c.port) && s.parent_span_id == b_cli.span_id
@@ -1051,7 +1122,7 @@ async fn in_guest_traceparent_over_https_and_http2() {
         assert_eq!(burst.len(), BURST);
         for srv in burst {
             let cli = one(&all, "burst client", |s| {
-                s.kind == 3 && s.parent_span_id == srv.span_id
+                s.kind == CLIENT && s.parent_span_id == srv.span_id
             });
             let remote = one(&all, "burst at B", |s| {
                 at_b(s) && s.parent_span_id == cli.span_id

@@ -1,7 +1,7 @@
 //! End to end, as root: nginx serving HTTPS, called by curl, Python and node (static OpenSSL),
 //! all started after sightline; a real OTLP receiver checks the exact spans and metrics.
 
-use sightline_e2e::flat::{points, spans, FlatSpan, Val};
+use sightline_e2e::flat::{points, spans, FlatSpan, Val, CLIENT, SERVER};
 use sightline_e2e::procs::{leftover_programs, require, run, Agent, Nginx};
 use sightline_e2e::receiver::{self, Received};
 use std::process::Command;
@@ -51,7 +51,7 @@ impl<'a> Seen<'a> {
             .spans
             .iter()
             .filter(|s| {
-                s.kind == 2
+                s.kind == SERVER
                     && s.attr("url.path") == Some(&Val::S(path.into()))
                     && s.attr("server.port") == Some(&Val::I(port))
             })
@@ -65,7 +65,7 @@ impl<'a> Seen<'a> {
         let found: Vec<_> = self
             .spans
             .iter()
-            .filter(|s| s.kind == 3 && s.attr("url.full") == Some(&Val::S(url.clone())))
+            .filter(|s| s.kind == CLIENT && s.attr("url.full") == Some(&Val::S(url.clone())))
             .collect();
         assert_eq!(found.len(), 1, "one CLIENT span for {url}: {found:#?}");
         found[0]
@@ -550,7 +550,7 @@ fn tls_export(grpc: bool) {
     let got = |rec: &Received| {
         spans(&rec.traces.lock().unwrap())
             .iter()
-            .any(|s| s.kind == 2 && s.attr("url.path") == Some(&Val::S("/over-tls".into())))
+            .any(|s| s.kind == SERVER && s.attr("url.path") == Some(&Val::S("/over-tls".into())))
     };
     rt.block_on(receiver::wait_for(Duration::from_secs(15), || got(&rec)))
         .unwrap_or_else(|_| {

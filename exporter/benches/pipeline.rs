@@ -8,15 +8,17 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use prost::Message;
-use sightline::pipeline::{NoLookup, Pipeline};
-use sightline::processes::ProcessInfo;
+use sightline::capture::sockets::NoLookup;
+use sightline::metadata::{process_resource, ProcessInfo};
+use sightline::pipeline::Pipeline;
+use sightline::protocols::call::Call;
+use sightline::protocols::Conventions;
 use sightline::sinks::otlp::MetricsSink;
 use sightline::sinks::Sink;
-use sightline::telemetry::call::Call;
-use sightline::telemetry::metrics::{process_resource, Metrics};
+use sightline::telemetry::counters::{Counter, Stats};
+use sightline::telemetry::metrics::Metrics;
 use sightline::telemetry::spans::{scope, to_span};
-use sightline::telemetry::stats::Stats;
-use sightline_common::{direction, kind, source, DataHeader};
+use sightline_common::{direction, kind, DataHeader};
 use std::sync::{Arc, Mutex};
 
 /// Converts to spans and encodes them in export-sized batches, as the exporter would.
@@ -50,12 +52,12 @@ fn record(dir: u32, conn: u64, t: u64, payload: &[u8]) -> Vec<u8> {
         end_ns: t + 2_000,
         conn,
         fd: 7,
-        source: source::OPENSSL,
+        _pad: 0,
         len: payload.len() as u32,
         captured: payload.len() as u32,
         sock_ts: 1,
     };
-    sightline::events::encode_data(&h, payload)
+    sightline::sources::openssl::record::encode_data(&h, payload)
 }
 
 fn bench(c: &mut Criterion) {
@@ -80,8 +82,10 @@ fn bench(c: &mut Criterion) {
         sinks,
         stats.clone(),
         Default::default(),
-        true,
-        0,
+        Conventions {
+            redact_query_values: true,
+            mono_to_unix_ns: 0,
+        },
     )
     .with_fixed_process(process);
 
@@ -107,7 +111,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-    assert!(stats.calls.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(stats.get(Counter::Calls) > 0);
     assert!(*bytes.lock().unwrap() > 0);
 }
 

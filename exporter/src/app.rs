@@ -1,21 +1,23 @@
-//! `sightline run`: wires the stages together and owns the main loop.
+//! `sightline run`: wires the stages together and runs the capture loop.
 
+use crate::capture::kernel::{self, lockdown_mode};
+use crate::capture::loader::{self, Loader};
 use crate::discovery::{Discovery, RESCAN_AFTER};
-use crate::loader::{self, Loader};
 use crate::pipeline::{Notice, Pipeline};
+use crate::protocols::{Conventions, DropReason};
 use crate::sinks::live::{Format, LiveView};
 use crate::sinks::otlp;
 use crate::sinks::summary::Summary;
 use crate::sinks::Sink;
+use crate::telemetry::counters::{Counter, Stats};
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::stats::Stats;
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use otel_config::{Config, OutputFormat};
-use sightline_common::{counter, DRAIN_INTERVAL_MS};
-use std::sync::atomic::Ordering::Relaxed;
+use sightline_common::DRAIN_INTERVAL_MS;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -23,57 +25,10 @@ use tokio::sync::{mpsc, watch};
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    loader::preflight()?;
+    kernel::preflight()?;
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let output = cfg.output.unwrap_or(OutputFormat::Text);
-
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    let summary = Summary::default();
-    match output {
-        OutputFormat::Text => sinks.push(Box::new(LiveView::new(std::io::stdout(), Format::Text))),
-        OutputFormat::Json => sinks.push(Box::new(LiveView::new(std::io::stdout(), Format::Json))),
-        OutputFormat::None => {}
-    }
-    if output != OutputFormat::None {
-        sinks.push(Box::new(summary.clone()));
-    }
-
-    let mut tasks = Vec::new();
-    let exporting = !cfg.sdk_disabled;
-    if cfg.sdk_disabled && (cfg.traces.is_some() || cfg.metrics.is_some()) {
-        tracing::info!("OTEL_SDK_DISABLED=true: nothing is exported");
-    }
-    if let (true, Some(t)) = (exporting, &cfg.traces) {
-        let exporter = otlp::span_exporter(t)?;
-        let (sink, task) = otlp::start_spans(
-            exporter,
-            cfg.batch.clone(),
-            stats.clone(),
-            cfg.resource_attributes.clone(),
-            shutdown_rx.clone(),
-        );
-        sinks.push(Box::new(sink));
-        tasks.push(task);
-        tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "exporting spans");
-    }
-    if let (true, Some(m)) = (exporting, &cfg.metrics) {
-        let exporter = otlp::metric_exporter(m)?;
-        let metrics = Arc::new(Metrics::new(stats.clone(), cfg.resource_attributes.clone()));
-        sinks.push(Box::new(otlp::MetricsSink {
-            metrics: metrics.clone(),
-        }));
-        tasks.push(otlp::start_metrics(
-            exporter,
-            metrics,
-            cfg.metric_export_interval,
-            cfg.metric_export_timeout,
-            stats.clone(),
-            shutdown_rx.clone(),
-        ));
-        tracing::info!(endpoint = %m.endpoint, protocol = ?m.protocol, "exporting metrics");
-    }
+    let mut outputs = Outputs::start(&cfg, &stats)?;
 
     let (mut loader, channels) = Loader::load(cfg.capture_bytes)?;
     // Before any Go binary is attached, so every one gets the writing probes.
@@ -86,32 +41,145 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let mut discovery = Discovery::new(stats.clone());
     discovery.scan_all(&mut loader);
-    let mono_to_unix = loader::realtime_ns() as i128 - loader::monotonic_ns() as i128;
+    let conv = Conventions {
+        redact_query_values: cfg.redaction.query_values,
+        mono_to_unix_ns: kernel::realtime_ns() as i128 - kernel::monotonic_ns() as i128,
+    };
     let mut pipeline = Pipeline::new(
         Box::new(channels.conn_info),
-        sinks,
+        outputs.sinks(),
         stats.clone(),
         cfg.selection.clone(),
-        cfg.redaction.query_values,
-        mono_to_unix,
+        conv,
     );
-    for pid in discovery.go_pids() {
-        pipeline.go_process(pid);
+    for (point, pid) in discovery.traced() {
+        pipeline.traced(point, pid);
     }
     report_propagation(
         loader.attach_injection(),
         writes,
-        crate::loader::lockdown_mode().as_deref(),
+        lockdown_mode().as_deref(),
     );
     tracing::info!("sightline is running; Ctrl-C to stop");
-    if output == OutputFormat::Text {
-        println!(
-            "{:<12} {:<22} {:<6} {:<7} {:<40} {:>3} {:>10} PEER",
-            "TIME", "PROCESS", "ROLE", "METHOD", "PATH", "ST", "DURATION"
-        );
+
+    let ring = loader::watch_ring(channels.events).context("watching the ring buffer")?;
+    capture(ring, &mut pipeline, &mut discovery, &mut loader, &stats).await?;
+
+    // Stop capture first, so nothing is attached while we flush.
+    let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    stats.copy_kernel(&loader.counters());
+    drop(loader);
+    pipeline.close_all();
+    drop(pipeline);
+    outputs.finish(deadline, started.elapsed()).await;
+    report_losses(&stats);
+    Ok(())
+}
+
+/// Where calls go: the live view and summary (unless `--output none`) and the OTLP exporters
+/// the configuration names, with the tasks that export.
+struct Outputs {
+    output: OutputFormat,
+    sinks: Vec<Box<dyn Sink>>,
+    summary: Summary,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Outputs {
+    fn start(cfg: &Config, stats: &Arc<Stats>) -> anyhow::Result<Outputs> {
+        let output = cfg.output.unwrap_or(OutputFormat::Text);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let summary = Summary::default();
+        let live = match output {
+            OutputFormat::Text => Some(LiveView::new(std::io::stdout(), Format::Text)),
+            OutputFormat::Json => Some(LiveView::new(std::io::stdout(), Format::Json)),
+            OutputFormat::None => None,
+        };
+        if let Some(live) = live {
+            sinks.push(Box::new(live));
+            sinks.push(Box::new(summary.clone()));
+        }
+        let mut tasks = Vec::new();
+        let exporting = !cfg.sdk_disabled;
+        if cfg.sdk_disabled && (cfg.traces.is_some() || cfg.metrics.is_some()) {
+            tracing::info!("OTEL_SDK_DISABLED=true: nothing is exported");
+        }
+        if let (true, Some(t)) = (exporting, &cfg.traces) {
+            let (sink, task) = otlp::start_spans(
+                otlp::span_exporter(t)?,
+                cfg.batch.clone(),
+                stats.clone(),
+                cfg.resource_attributes.clone(),
+                shutdown_rx.clone(),
+            );
+            sinks.push(Box::new(sink));
+            tasks.push(task);
+            tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "exporting spans");
+        }
+        if let (true, Some(m)) = (exporting, &cfg.metrics) {
+            let exporter = otlp::metric_exporter(m)?;
+            let metrics = Arc::new(Metrics::new(stats.clone(), cfg.resource_attributes.clone()));
+            sinks.push(Box::new(otlp::MetricsSink {
+                metrics: metrics.clone(),
+            }));
+            tasks.push(otlp::start_metrics(
+                exporter,
+                metrics,
+                cfg.metric_export_interval,
+                cfg.metric_export_timeout,
+                stats.clone(),
+                shutdown_rx,
+            ));
+            tracing::info!(endpoint = %m.endpoint, protocol = ?m.protocol, "exporting metrics");
+        }
+        Ok(Outputs {
+            output,
+            sinks,
+            summary,
+            tasks,
+            shutdown,
+        })
     }
 
-    let mut ring = loader::watch_ring(channels.events).context("watching the ring buffer")?;
+    /// The sinks, for the pipeline.
+    fn sinks(&mut self) -> Vec<Box<dyn Sink>> {
+        std::mem::take(&mut self.sinks)
+    }
+
+    /// Lets the exporters send what they hold (until `deadline`), then prints the summary.
+    async fn finish(self, deadline: Instant, elapsed: Duration) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, t).await.is_err() {
+                tracing::warn!(
+                    "export did not finish within the shutdown budget; the rest is dropped"
+                );
+            }
+        }
+        let elapsed = elapsed.as_secs_f64();
+        match self.output {
+            OutputFormat::Text => print!("{}", self.summary.render_text(elapsed)),
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::json!({ "summary": self.summary.rows(elapsed) })
+            ),
+            OutputFormat::None => {}
+        }
+    }
+}
+
+/// The capture loop, until SIGINT or SIGTERM: records through the pipeline, and what they say
+/// about processes to discovery.
+async fn capture(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    pipeline: &mut Pipeline,
+    discovery: &mut Discovery,
+    loader: &mut Loader,
+    stats: &Stats,
+) -> anyhow::Result<()> {
     let (rescan_tx, mut rescan_rx) = mpsc::unbounded_channel::<u32>();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
@@ -119,77 +187,57 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut notices = Vec::new();
-
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain_ring(guard.get_inner_mut(), &mut pipeline, &mut notices);
+                drain_ring(guard.get_inner_mut(), pipeline, &mut notices);
                 guard.clear_ready();
             }
             // Records are mostly written without a wakeup; collect them here.
-            _ = drain.tick() => drain_ring(ring.get_mut(), &mut pipeline, &mut notices),
+            _ = drain.tick() => drain_ring(ring.get_mut(), pipeline, &mut notices),
             Some(pid) = rescan_rx.recv() => {
-                discovery.scan_pid(pid, &mut loader);
-                if discovery.is_go(pid) {
-                    pipeline.go_process(pid);
+                discovery.scan_pid(pid, loader);
+                for point in discovery.tracing(pid) {
+                    pipeline.traced(point, pid);
                 }
             }
             _ = tick.tick() => {
-                pipeline.tick(loader::monotonic_ns());
+                pipeline.tick(kernel::monotonic_ns());
                 pipeline.flush();
-                copy_counters(&loader, &stats);
+                stats.copy_kernel(&loader.counters());
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
         }
         for n in notices.drain(..) {
-            if let Notice::Exit(pid) = n {
-                discovery.forget(pid, &mut loader);
-            }
-            if let Notice::Exec(pid) = n {
-                discovery.scan_pid(pid, &mut loader);
-                if discovery.is_go(pid) {
-                    pipeline.go_process(pid);
-                }
-                for delay in RESCAN_AFTER {
-                    let tx = rescan_tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let _ = tx.send(pid);
-                    });
+            match n {
+                Notice::Exit(pid) => discovery.forget(pid, loader),
+                Notice::Exec(pid) => {
+                    discovery.scan_pid(pid, loader);
+                    for point in discovery.tracing(pid) {
+                        pipeline.traced(point, pid);
+                    }
+                    for delay in RESCAN_AFTER {
+                        let tx = rescan_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = tx.send(pid);
+                        });
+                    }
                 }
             }
         }
     }
+}
 
-    // Stop capture first, so nothing is attached while we flush.
-    let deadline = Instant::now() + SHUTDOWN_BUDGET;
-    copy_counters(&loader, &stats);
-    drop(ring);
-    drop(loader);
-    pipeline.close_all();
-    drop(pipeline);
-    let _ = shutdown_tx.send(true);
-    for t in tasks {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, t).await.is_err() {
-            tracing::warn!("export did not finish within the shutdown budget; the rest is dropped");
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    match output {
-        OutputFormat::Text => print!("{}", summary.render_text(elapsed)),
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::json!({ "summary": summary.rows(elapsed) })
-        ),
-        OutputFormat::None => {}
-    }
-    let lost = stats.events_lost.load(Relaxed);
+/// Says once, at exit, what was not captured.
+fn report_losses(stats: &Stats) {
+    let lost = stats.get(Counter::EventsLost);
     let dropped = stats.parse_dropped_total();
-    if lost > 0 || dropped > 0 || stats.spans_dropped.load(Relaxed) > 0 {
-        let reasons: Vec<String> = crate::protocols::DropReason::ALL
+    let spans_dropped = stats.get(Counter::SpansDropped);
+    if lost > 0 || dropped > 0 || spans_dropped > 0 {
+        let reasons: Vec<String> = DropReason::ALL
             .iter()
             .filter(|r| stats.parse_dropped(**r) > 0)
             .map(|r| format!("{}={}", r.as_str(), stats.parse_dropped(*r)))
@@ -197,32 +245,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(
             events_lost = lost,
             parse_dropped = dropped,
-            spans_dropped = stats.spans_dropped.load(Relaxed),
+            spans_dropped,
             "some data was not captured (parse drops: {})",
             reasons.join(", ")
         );
-    }
-    Ok(())
-}
-
-/// The kernel side's counters, into the stats that metrics and the summary read.
-fn copy_counters(loader: &Loader, stats: &Stats) {
-    let k = loader.counters();
-    for (slot, at) in [
-        (&stats.events_lost, counter::RINGBUF_FULL),
-        (&stats.kernel_active_full, counter::ACTIVE_FULL),
-        (&stats.kernel_read_failed, counter::READ_FAILED),
-        (&stats.kernel_orphan_returns, counter::ORPHAN_RETURN),
-        (&stats.traceparent_injected, counter::INJECTED),
-        (&stats.traceparent_skipped, counter::INJECT_SKIPPED),
-        (&stats.traceparent_sockets_full, counter::INJECT_SOCKS_FULL),
-        (
-            &stats.traceparent_written_in_process,
-            counter::WRITTEN_IN_PROCESS,
-        ),
-        (&stats.traceparent_write_skipped, counter::WRITE_SKIPPED),
-    ] {
-        slot.store(k[at as usize], Relaxed);
     }
 }
 

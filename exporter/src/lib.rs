@@ -1,22 +1,22 @@
-//! sightline: HTTP calls captured at the TLS library boundary, turned into OpenTelemetry.
+//! sightline: HTTP calls captured by eBPF, turned into OpenTelemetry.
 //!
-//! One module per stage, and data flows one way through them:
-//! loader → events → pipeline (connections, protocols) → telemetry → sinks, with discovery
-//! beside them telling the loader what to attach.
+//! One folder per stage, and data flows one way through them:
+//! `capture` (load, attach, decode, sockets) → `sources` (one per capture point) →
+//! `protocols` (bytes to calls) → `correlate` (trace ids across calls) → `telemetry` (spans,
+//! metrics, own counters) → `sinks`. `pipeline` walks one record through them; `app` wires
+//! them. Beside them, `discovery` tells the loader what to attach and `metadata` says who each
+//! process is.
 // `unsafe` is confined to the loader, which talks to the kernel.
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod capture;
+pub mod commands;
+pub mod correlate;
 pub mod discovery;
-pub mod events;
-pub mod golang;
-pub mod loader;
+pub mod metadata;
 pub mod pipeline;
-pub mod probe_cmd;
-pub mod processes;
 pub mod protocols;
 pub mod sinks;
-pub mod sockets;
-pub mod symbols_cmd;
+pub mod sources;
 pub mod telemetry;
-pub mod twins;

@@ -108,7 +108,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             json,
             offset_sources,
             debug_root,
-        }) => sightline::symbols_cmd::run(
+        }) => sightline::commands::symbols::run(
             &target,
             json,
             &sightline_symbolizer::Options {
@@ -121,7 +121,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             empty,
             cycles,
             pid,
-        }) => sightline::probe_cmd::run(&target, empty, cycles, pid),
+        }) => sightline::commands::probe_go::run(&target, empty, cycles, pid),
         None | Some(Command::Run) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
             if let Some(o) = cli.output {

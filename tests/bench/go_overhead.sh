@@ -17,7 +17,8 @@ secs=${1:-8}
 runs=${2:-3}
 conns=${CONNS:-16}
 agent_cpu=${AGENT_CPU:-1}
-bin=target/release/sightline
+# SIGHTLINE_BIN compares another build (say, the previous commit's) in the same run.
+bin=${SIGHTLINE_BIN:-target/release/sightline}
 [ -x "$bin" ] || cargo build --release --bin sightline
 for t in wrk; do command -v $t >/dev/null || { echo "missing $t: run tests/prereqs.sh" >&2; exit 1; }; done
 go=/usr/lib/go-1.23/bin/go

@@ -11,7 +11,8 @@ cd "$(dirname "$0")/../.."
 secs=${1:-10}
 runs=${2:-3}
 conns=${CONNS:-16}
-bin=target/release/sightline
+# SIGHTLINE_BIN compares another build (say, the previous commit's) in the same run.
+bin=${SIGHTLINE_BIN:-target/release/sightline}
 [ -x "$bin" ] || cargo build --release --bin sightline
 for t in nginx wrk bpftrace openssl; do command -v $t >/dev/null || { echo "missing $t: run tests/prereqs.sh" >&2; exit 1; }; done
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing

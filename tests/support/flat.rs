@@ -41,6 +41,10 @@ pub fn attrs(kvs: &[KeyValue]) -> Attrs {
         .collect()
 }
 
+/// `Span.kind` as OTLP numbers it (SPAN_KIND_SERVER, SPAN_KIND_CLIENT).
+pub const SERVER: i32 = 2;
+pub const CLIENT: i32 = 3;
+
 #[derive(Debug, Clone)]
 pub struct FlatSpan {
     pub resource: Attrs,

@@ -121,7 +121,7 @@ pub fn build(program: &str, version: &str, shape: Shape, unstripped: bool) -> Pa
 pub const GOPATH: &str = "/usr/share/gocode";
 
 /// Builds `tests/go/<program>`, which imports golang.org/x/net, with Go `version` in GOPATH
-/// mode against Debian's x/net source (no module download: this machine has no proxy).
+/// mode against Debian's x/net source (no module download: the tests reach no module proxy).
 /// Unstripped: such a build records no module versions, so x/net's struct offsets come from
 /// its DWARF.
 pub fn build_gopath(program: &str, version: &str) -> PathBuf {

@@ -1,5 +1,5 @@
 //! Another kernel: Debian 12's own 6.1 cloud kernel, booted under qemu's software emulation
-//! (this machine offers no usable KVM), for what this host's kernel forbids or lacks. It has
+//! (KVM is not assumed), for what this host's kernel forbids or lacks. It has
 //! no lockdown, so `bpf_probe_write_user` loads there, and kprobes.
 //!
 //! The guest needs no disk image: its root is an initramfs holding this host's own files at

@@ -1,6 +1,14 @@
-//! Protocol reconstruction: byte streams per connection in, typed request/response exchanges out.
+//! Protocol reconstruction: byte streams per connection in, protocol-neutral [`call::Call`]s
+//! out. A connection's protocol is chosen by detection ([`Protocol`]); naming (methods),
+//! redaction and the capture clock's conversion to wall-clock time live here, once, for every
+//! source.
 
+pub mod call;
 pub mod http1;
+pub mod redact;
+pub mod trace_context;
+
+pub use crate::capture::sockets::Role;
 
 /// Why bytes were given up on. Each reason is a label on `sightline.parse.dropped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,18 +69,106 @@ impl DropReason {
     }
 }
 
-/// Which end of a connection the observed process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Client,
-    Server,
+/// Request methods semantic conventions name; any other is reported as `_OTHER`.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// `http.request.method` and, for a method semconv does not know, the method as sent
+/// (`http.request.method_original`): unknown methods are bounded to one value.
+pub fn method(sent: &str) -> (String, Option<String>) {
+    if KNOWN_METHODS.contains(&sent) {
+        (sent.to_string(), None)
+    } else {
+        ("_OTHER".to_string(), Some(sent.to_string()))
+    }
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
+/// What every source needs to turn what it captured into a [`call::Call`]: whether query
+/// values are redacted, and how the capture clock maps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Conventions {
+    pub redact_query_values: bool,
+    /// Wall-clock minus `CLOCK_MONOTONIC` (the clock the probes read), in ns.
+    pub mono_to_unix_ns: i128,
+}
+
+impl Conventions {
+    /// A capture time as ns since the Unix epoch.
+    pub fn unix_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.mono_to_unix_ns).max(0) as u64
+    }
+
+    /// A query string as it may leave the host.
+    pub fn query(&self, q: &str) -> String {
+        if self.redact_query_values {
+            redact::redact_query(q)
+        } else {
+            q.to_string()
+        }
+    }
+}
+
+/// How one connection's bytes are parsed, chosen from its first bytes by [`Protocol::detect`].
+#[derive(Debug)]
+pub enum Protocol {
+    Http1(http1::Http1Conn),
+}
+
+impl Protocol {
+    /// The protocol of a connection whose first captured bytes are `first`; `role` is the
+    /// process's end when the socket told it. HTTP/1.x is the one parsed; it also counts
+    /// bytes that are not HTTP (`DropReason::NotHttp`), so every connection goes to it until
+    /// another protocol is detected here.
+    pub fn detect(_first: &[u8], role: Option<Role>) -> Protocol {
+        let mut h = http1::Http1Conn::default();
+        if let Some(r) = role {
+            h.set_role(r);
+        }
+        Protocol::Http1(h)
+    }
+
+    /// Feeds one capture record: `len` bytes moved, `data` the part captured. `egress` is true
+    /// for bytes the process sent.
+    pub fn feed(
+        &mut self,
+        egress: bool,
+        data: &[u8],
+        len: usize,
+        first_ns: u64,
+        last_ns: u64,
+        out: &mut http1::Output,
+    ) {
         match self {
-            Role::Client => "client",
-            Role::Server => "server",
+            Protocol::Http1(h) => h.feed(egress, data, len, first_ns, last_ns, out),
+        }
+    }
+
+    /// The connection ended: complete what can be, count what cannot.
+    pub fn close(&mut self, out: &mut http1::Output) {
+        match self {
+            Protocol::Http1(h) => h.close(out),
+        }
+    }
+
+    /// The process's end as the socket told it, learnt after the first bytes: content does
+    /// not override it.
+    pub fn set_role(&mut self, role: Role) {
+        match self {
+            Protocol::Http1(h) => h.set_role(role),
+        }
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Protocol::Http1(h) => h.role(),
+        }
+    }
+
+    /// Requests seen so far on the connection, answered or not.
+    pub fn requests_seen(&self) -> u64 {
+        match self {
+            Protocol::Http1(h) => h.requests_seen(),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::timefmt::{clock, rfc3339};
 use super::Sink;
-use crate::telemetry::call::Call;
+use crate::protocols::call::Call;
 use std::io::Write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub enum Format {
 pub struct LiveView<W: Write + Send> {
     out: std::io::BufWriter<W>,
     format: Format,
+    /// The text view's column titles are out.
+    titled: bool,
 }
 
 impl<W: Write + Send> LiveView<W> {
@@ -21,6 +23,20 @@ impl<W: Write + Send> LiveView<W> {
         LiveView {
             out: std::io::BufWriter::with_capacity(64 << 10, out),
             format,
+            titled: format != Format::Text,
+        }
+    }
+
+    /// The column titles of the text view, once, at the first batch: after capture started,
+    /// before any line.
+    fn title(&mut self) {
+        if !self.titled {
+            self.titled = true;
+            let _ = writeln!(
+                self.out,
+                "{:<12} {:<22} {:<6} {:<7} {:<40} {:>3} {:>10} PEER",
+                "TIME", "PROCESS", "ROLE", "METHOD", "PATH", "ST", "DURATION"
+            );
         }
     }
 }
@@ -81,6 +97,7 @@ pub fn format_duration(ns: u64) -> String {
 
 impl<W: Write + Send> Sink for LiveView<W> {
     fn on_call(&mut self, c: &Call) {
+        self.title();
         let line = match self.format {
             Format::Text => text_line(c),
             Format::Json => json_line(c),
@@ -90,6 +107,7 @@ impl<W: Write + Send> Sink for LiveView<W> {
     }
 
     fn flush(&mut self) {
+        self.title();
         let _ = self.out.flush();
     }
 }

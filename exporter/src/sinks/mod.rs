@@ -5,7 +5,7 @@ pub mod otlp;
 pub mod summary;
 pub mod timefmt;
 
-use crate::telemetry::call::Call;
+use crate::protocols::call::Call;
 
 /// A consumer of finished calls, run on the pipeline's thread: it must not block.
 pub trait Sink: Send {

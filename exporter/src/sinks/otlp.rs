@@ -6,11 +6,11 @@
 //! collector never grows memory or stalls capture.
 
 use super::Sink;
-use crate::processes::ProcessInfo;
-use crate::telemetry::call::Call;
-use crate::telemetry::metrics::{process_resource, Metrics};
+use crate::metadata::{process_resource, ProcessInfo};
+use crate::protocols::call::Call;
+use crate::telemetry::counters::{Counter, Stats};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::spans::{scope, to_span};
-use crate::telemetry::stats::Stats;
 use anyhow::Context;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
@@ -19,7 +19,6 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use otel_config::{BatchSettings, Compression, Protocol, SignalExport};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -180,7 +179,7 @@ impl Sink for SpanSink {
         let span = to_span(call, &self.scope);
         let res = self.resource(&call.process);
         if self.tx.try_send((res, span)).is_err() {
-            self.stats.spans_dropped.fetch_add(1, Relaxed);
+            self.stats.add(Counter::SpansDropped, 1);
         }
     }
 
@@ -264,7 +263,7 @@ async fn export_spans(
             _ = shutdown.changed() => true,
         };
         if interrupted {
-            stats.spans_dropped.fetch_add(n, Relaxed);
+            stats.add(Counter::SpansDropped, n);
             buf.clear();
             break;
         }
@@ -280,7 +279,7 @@ async fn export_spans(
         let take = buf.len().min(batch.max_export_batch_size);
         let mut chunk: Vec<Queued> = buf.drain(..take).collect();
         if left.is_zero() {
-            stats.spans_dropped.fetch_add(chunk.len() as u64, Relaxed);
+            stats.add(Counter::SpansDropped, chunk.len() as u64);
             continue;
         }
         flush(&mut exporter, &mut chunk, left, &stats).await;
@@ -309,11 +308,11 @@ async fn flush(
         exporter.set_resource(&res);
         match tokio::time::timeout(timeout, exporter.export(spans)).await {
             Ok(Ok(())) => {
-                stats.spans_exported.fetch_add(n, Relaxed);
+                stats.add(Counter::SpansExported, n);
             }
             failed => {
-                stats.export_failures.fetch_add(1, Relaxed);
-                stats.spans_dropped.fetch_add(n, Relaxed);
+                stats.add(Counter::ExportFailures, 1);
+                stats.add(Counter::SpansDropped, n);
                 report_failure(
                     "spans",
                     failed
@@ -360,7 +359,7 @@ pub fn start_metrics(
                     }
                 };
                 if result.is_err() {
-                    stats.export_failures.fetch_add(1, Relaxed);
+                    stats.add(Counter::ExportFailures, 1);
                     report_failure("metrics", result);
                 }
             }
@@ -384,5 +383,11 @@ fn report_failure(signal: &'static str, result: Result<(), String>) {
         Some((_, t)) => *t = now,
         None => last.push((signal, now)),
     }
-    tracing::warn!("exporting {signal} failed (counted in sightline.spans.dropped; next report in a minute at most): {e}");
+    // Lost spans are counted on their own; a failed metrics export loses nothing for good,
+    // since the next export carries the cumulative values again.
+    let counted = match signal {
+        "spans" => "counted in sightline.spans.dropped and sightline.export.failures",
+        _ => "counted in sightline.export.failures",
+    };
+    tracing::warn!("exporting {signal} failed ({counted}; next report in a minute at most): {e}");
 }

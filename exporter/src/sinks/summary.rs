@@ -2,8 +2,8 @@
 
 use super::live::format_duration;
 use super::Sink;
+use crate::protocols::call::Call;
 use crate::protocols::Role;
-use crate::telemetry::call::Call;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

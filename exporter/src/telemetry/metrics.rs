@@ -3,9 +3,9 @@
 //! Each process has its own resource, so each gets an `SdkMeterProvider`. They share no
 //! threads: each has a manual reader, and one export task collects them all in turn.
 
-use super::call::Call;
-use super::stats::Stats;
-use crate::processes::ProcessInfo;
+use super::counters::{CounterDef, Stats, COUNTERS};
+use crate::metadata::{common_resource_attributes, process_resource};
+use crate::protocols::call::Call;
 use crate::protocols::{DropReason, Role};
 use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry::KeyValue;
@@ -17,7 +17,6 @@ use opentelemetry_sdk::metrics::{
 };
 use opentelemetry_sdk::Resource;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -56,47 +55,6 @@ struct Instruments {
     client: Histogram<f64>,
     /// The process is gone: export once more, then forget it.
     exited: bool,
-}
-
-/// Builds the resource every signal of an observed process carries.
-pub fn process_resource(p: &ProcessInfo, extra: &[(String, String)]) -> Resource {
-    let mut attrs: Vec<KeyValue> = vec![
-        KeyValue::new("process.pid", p.pid as i64),
-        KeyValue::new("process.executable.name", p.exe_name.clone()),
-        KeyValue::new("process.executable.path", p.exe_path.clone()),
-    ];
-    attrs.extend(common_resource_attributes(extra));
-    attrs.extend(
-        p.attributes
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-    );
-    Resource::builder_empty()
-        .with_attributes(attrs)
-        .with_service_name(p.service_name.clone())
-        .build()
-}
-
-fn common_resource_attributes(extra: &[(String, String)]) -> Vec<KeyValue> {
-    let mut v = vec![
-        KeyValue::new("host.name", host_name()),
-        KeyValue::new("telemetry.sdk.name", "sightline"),
-        KeyValue::new("telemetry.sdk.language", "rust"),
-        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-    ];
-    v.extend(
-        extra
-            .iter()
-            .filter(|(k, _)| k != "service.name")
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-    );
-    v
-}
-
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn new_provider(resource: Resource) -> (SdkMeterProvider, Arc<ManualReader>) {
@@ -240,88 +198,37 @@ fn metric_attributes(c: &Call) -> Vec<KeyValue> {
 
 fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
     let meter = provider.meter("sightline");
-    type Read = fn(&Stats) -> u64;
-    let simple: [(&'static str, &'static str, Read); 10] = [
-        (
-            "sightline.events.lost",
-            "Capture records lost because the ring buffer was full.",
-            |s| s.events_lost.load(Relaxed),
-        ),
-        (
-            "sightline.records",
-            "Capture records received from the kernel.",
-            |s| s.records.load(Relaxed),
-        ),
-        (
-            "sightline.records.truncated",
-            "Capture records cut at the capture size.",
-            |s| s.records_truncated.load(Relaxed),
-        ),
-        (
-            "sightline.records.undecodable",
-            "Capture records that could not be decoded.",
-            |s| s.records_undecodable.load(Relaxed),
-        ),
-        (
-            "sightline.attach.failures",
-            "Probes that could not be attached.",
-            |s| s.attach_failures.load(Relaxed),
-        ),
-        ("sightline.calls", "HTTP calls reconstructed.", |s| {
-            s.calls.load(Relaxed)
-        }),
-        (
-            "sightline.calls.deduplicated",
-            "Requests seen by two capture points (a Go program on OpenSSL: the Go and the OpenSSL probes), reported once.",
-            |s| s.calls_deduplicated.load(Relaxed),
-        ),
-        (
-            "sightline.spans.dropped",
-            "Spans dropped because the export queue was full or the export failed.",
-            |s| s.spans_dropped.load(Relaxed),
-        ),
-        (
-            "sightline.spans.exported",
-            "Spans accepted by the collector.",
-            |s| s.spans_exported.load(Relaxed),
-        ),
-        (
-            "sightline.kernel.calls.untracked",
-            "Library calls not tracked (no in-flight slot, unreadable memory, or a return without its entry).",
-            |s| {
-                s.kernel_active_full.load(Relaxed)
-                    + s.kernel_read_failed.load(Relaxed)
-                    + s.kernel_orphan_returns.load(Relaxed)
-            },
-        ),
-    ];
-    for (name, desc, read) in simple {
+    let mut metrics: Vec<&'static str> = Vec::new();
+    for d in &COUNTERS {
+        if !metrics.contains(&d.metric) {
+            metrics.push(d.metric);
+        }
+    }
+    for metric in metrics {
+        let defs: Vec<&'static CounterDef> =
+            COUNTERS.iter().filter(|d| d.metric == metric).collect();
         let stats = stats.clone();
         let _ = meter
-            .u64_observable_counter(name)
-            .with_description(desc)
-            .with_callback(move |o| o.observe(read(&stats), &[]))
+            .u64_observable_counter(metric)
+            .with_description(defs[0].description)
+            .with_callback(move |o| {
+                // Rows with the same attributes are one series: their sum.
+                let mut series: Vec<(&[(&str, &str)], u64)> = Vec::new();
+                for d in &defs {
+                    let v = stats.get(d.counter);
+                    match series.iter_mut().find(|(a, _)| *a == d.attributes) {
+                        Some((_, sum)) => *sum += v,
+                        None => series.push((d.attributes, v)),
+                    }
+                }
+                for (attrs, v) in series {
+                    let kv: Vec<KeyValue> =
+                        attrs.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect();
+                    o.observe(v, &kv);
+                }
+            })
             .build();
     }
-    let injection = stats.clone();
-    let _ = meter
-        .u64_observable_counter("sightline.traceparent.injections")
-        .with_description("Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).")
-        .with_callback(move |o| {
-            for (via, outcome, n) in [
-                ("socket", "written", &injection.traceparent_injected),
-                ("socket", "skipped", &injection.traceparent_skipped),
-                ("socket", "no_socket", &injection.traceparent_sockets_full),
-                ("memory", "written", &injection.traceparent_written_in_process),
-                ("memory", "skipped", &injection.traceparent_write_skipped),
-            ] {
-                o.observe(
-                    n.load(Relaxed),
-                    &[KeyValue::new("via", via), KeyValue::new("outcome", outcome)],
-                );
-            }
-        })
-        .build();
     let _ = meter
         .u64_observable_counter("sightline.parse.dropped")
         .with_description("Captured bytes given up on, by reason.")

@@ -1,9 +1,5 @@
-//! Finished exchanges as OpenTelemetry: calls, spans, metrics and sightline's own health.
+//! Calls as OpenTelemetry: spans, RED histograms, and sightline's own counters.
 
-pub mod call;
-pub mod join;
+pub mod counters;
 pub mod metrics;
-pub mod redact;
 pub mod spans;
-pub mod stats;
-pub mod trace_context;

@@ -1,6 +1,6 @@
 //! A [`Call`] as an OpenTelemetry span, with the stable HTTP semantic conventions.
 
-use super::call::Call;
+use crate::protocols::call::Call;
 use crate::protocols::Role;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,

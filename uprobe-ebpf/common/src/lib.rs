@@ -45,6 +45,70 @@ pub mod names {
     pub const WRITE_ON: &str = "WRITE_ON";
 }
 
+/// Names of the eBPF programs: each is its function's name in the eBPF crate, and the loader
+/// finds it by this name.
+pub mod programs {
+    // OpenSSL (`openssl.rs`).
+    pub const SSL_READ: &str = "ssl_read";
+    pub const SSL_WRITE: &str = "ssl_write";
+    pub const SSL_READ_EX: &str = "ssl_read_ex";
+    pub const SSL_WRITE_EX: &str = "ssl_write_ex";
+    pub const SSL_FREE: &str = "ssl_free";
+    pub const SSL_RET: &str = "ssl_ret";
+    // Go net/http (`go/`).
+    pub const GO_SERVER_ENTER: &str = "go_server_enter";
+    pub const GO_XSERVER_ENTER: &str = "go_xserver_enter";
+    pub const GO_SERVER_RET: &str = "go_server_ret";
+    pub const GO_CLIENT_ENTER: &str = "go_client_enter";
+    pub const GO_CLIENT_RET: &str = "go_client_ret";
+    pub const GO_NEWPROC_ENTER: &str = "go_newproc_enter";
+    pub const GO_NEWPROC_RET: &str = "go_newproc_ret";
+    pub const GO_PCONN_ENTER: &str = "go_pconn_enter";
+    pub const GO_H2CC_ENTER: &str = "go_h2cc_enter";
+    /// Does nothing but count: benchmarks attach it where the Go probes would go.
+    pub const GO_EMPTY: &str = "go_empty";
+    // traceparent written in the process's memory (`propagate/memory.rs`).
+    pub const GO_TP_H1: &str = "go_tp_h1";
+    pub const GO_TP_H2_ENTER: &str = "go_tp_h2_enter";
+    pub const GO_TP_H2_FLUSH: &str = "go_tp_h2_flush";
+    // traceparent written at the socket (`propagate/socket.rs`).
+    pub const GO_INJECT: &str = "go_inject";
+    pub const GO_SOCKOPS: &str = "go_sockops";
+    pub const GO_CONNECT4: &str = "go_connect4";
+    pub const GO_CONNECT6: &str = "go_connect6";
+    // Tracepoints: discovery (`process.rs`) and sockets (`sockets.rs`).
+    pub const PROC_EXEC: &str = "proc_exec";
+    pub const PROC_EXIT: &str = "proc_exit";
+    pub const SOCK_CONNECT: &str = "sock_connect";
+    pub const ACCEPT_ENTER: &str = "accept_enter";
+    pub const ACCEPT_EXIT: &str = "accept_exit";
+    pub const FD_LINK: &str = "fd_link";
+    pub const SOCK_STATE: &str = "sock_state";
+
+    /// Every uprobe program, loaded at start (the memory-writing ones load on their own,
+    /// since lockdown refuses them).
+    pub const UPROBES: [&str; 16] = [
+        SSL_READ,
+        SSL_WRITE,
+        SSL_READ_EX,
+        SSL_WRITE_EX,
+        SSL_FREE,
+        SSL_RET,
+        GO_SERVER_ENTER,
+        GO_XSERVER_ENTER,
+        GO_SERVER_RET,
+        GO_CLIENT_ENTER,
+        GO_CLIENT_RET,
+        GO_NEWPROC_ENTER,
+        GO_NEWPROC_RET,
+        GO_PCONN_ENTER,
+        GO_H2CC_ENTER,
+        GO_EMPTY,
+    ];
+    /// The programs that write into a process's memory.
+    pub const MEMORY_WRITERS: [&str; 3] = [GO_TP_H1, GO_TP_H2_ENTER, GO_TP_H2_FLUSH];
+}
+
 /// Field offsets of the `sock:inet_sock_set_state` tracepoint, from its tracefs `format`, so
 /// no layout is guessed. A zero `newstate` offset means the tracepoint is not used.
 #[repr(C)]
@@ -79,11 +143,6 @@ pub mod direction {
     pub const INGRESS: u32 = 0;
     /// Bytes the process sent (`SSL_write`).
     pub const EGRESS: u32 = 1;
-}
-
-/// Which capture point produced a record.
-pub mod source {
-    pub const OPENSSL: u32 = 1;
 }
 
 /// Indexes into the per-CPU `COUNTERS` array. The user side sums them over CPUs and exports
@@ -132,7 +191,7 @@ pub struct DataHeader {
     /// Socket fd the library touched during this call, or -1 if it touched none (data served
     /// from the library's own buffer, or a memory BIO as in node).
     pub fd: i32,
-    pub source: u32,
+    pub _pad: u32,
     /// True length the call transferred.
     pub len: u32,
     /// Payload bytes that follow the header (`<= len`, `<= MAX_CAPTURE`).
@@ -269,7 +328,6 @@ pub struct GoOffsets {
     pub req_proto_major: u32,
     pub req_proto_minor: u32,
     pub req_header: u32,
-    pub req_content_length: u32,
     pub req_host: u32,
     pub req_remote_addr: u32,
     pub req_tls: u32,
@@ -342,7 +400,6 @@ impl Default for GoOffsets {
             req_proto_major: GO_NO_OFFSET,
             req_proto_minor: GO_NO_OFFSET,
             req_header: GO_NO_OFFSET,
-            req_content_length: GO_NO_OFFSET,
             req_host: GO_NO_OFFSET,
             req_remote_addr: GO_NO_OFFSET,
             req_tls: GO_NO_OFFSET,
@@ -458,11 +515,6 @@ pub struct GoHttpRecord {
     /// time), or zeros when there is none.
     pub parent_goid: u64,
     pub parent_start_ns: u64,
-    /// Server: the ResponseWriter's data pointer, read again at return for the status.
-    pub object: u64,
-    /// Server: the `*http.Request`, read again at return for the route the mux chose.
-    pub request: u64,
-    pub content_length: i64,
     pub status: u32,
     pub proto_major: u16,
     pub proto_minor: u16,
@@ -519,9 +571,6 @@ impl GoHttpRecord {
         end_ns: 0,
         parent_goid: 0,
         parent_start_ns: 0,
-        object: 0,
-        request: 0,
-        content_length: 0,
         status: 0,
         proto_major: 0,
         proto_minor: 0,
@@ -585,12 +634,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 40 * 4);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 39 * 4);
         assert_eq!(core::mem::size_of::<InjectKey>(), 24);
         assert_eq!(core::mem::size_of::<PendingTrace>(), 40);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),
-            80 + 16
+            56 + 16
                 + 8
                 + 32
                 + 32

@@ -8,7 +8,8 @@
 //! connections whose connect and accept sightline saw take part; the rest start fresh traces,
 //! which is the safe answer.
 
-use super::trace_context::{new_span_id, new_trace_id};
+use super::hold::POSITION_BATCHES;
+use crate::protocols::trace_context::{new_span_id, new_trace_id};
 use crate::protocols::Role;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -43,11 +44,6 @@ pub struct Ends {
 
 /// Where the two ends meet: client address and port, server port, request position.
 pub type Key = (IpAddr, u16, u16, u64);
-
-/// Batches a client registration stays claimable. The server's call can complete before the
-/// client's request record is read (the server answers while the client is still returning
-/// from its write), so each side waits for the other for a batch or two.
-const KEEP_EPOCHS: u64 = 2;
 
 fn key(role: Role, ends: Ends, seq: u64) -> Key {
     let (client, server_port) = match role {
@@ -139,7 +135,7 @@ impl Joins {
     /// elsewhere, or not observed).
     pub fn end_batch(&mut self) {
         self.epoch += 1;
-        let oldest = self.epoch.saturating_sub(KEEP_EPOCHS);
+        let oldest = self.epoch.saturating_sub(POSITION_BATCHES);
         self.pending.retain(|_, (_, _, e)| *e >= oldest);
     }
 
@@ -225,7 +221,7 @@ mod tests {
         j.forget(&c2, client);
         assert_eq!(j.pending(), 0);
         j.on_requests(&mut ConnJoin::default(), 1, Some(Role::Client), client);
-        for _ in 0..=KEEP_EPOCHS {
+        for _ in 0..=POSITION_BATCHES {
             j.end_batch();
         }
         assert_eq!(j.pending(), 0, "unclaimed registrations expire");

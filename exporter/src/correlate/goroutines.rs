@@ -1,42 +1,28 @@
-//! Go net/http records → calls. The Go probes see requests as Go's own structs, so no bytes
-//! are parsed here; what remains is naming, addresses and the trace relation between a
-//! server request and the client calls its handler made.
+//! In-process parents for Go: a client call made while a server request is handled (on its
+//! goroutine or one it spawned) is that request's child, and a server request whose caller
+//! runs on this host joins the caller's trace. Calls are held until their request's trace is
+//! known.
 
-use crate::events::GoRecord;
-use crate::processes::ProcessInfo;
+use super::hold::{CONTEXT_TTL, JOIN_GRACE, NO_CALLER_KEEP, SETTLED_KEEP};
+use crate::protocols::call::Call;
+use crate::protocols::trace_context::{new_span_id, new_trace_id};
 use crate::protocols::Role;
-use crate::telemetry::call::{split_host, Call};
-use crate::telemetry::redact::redact_query;
-use crate::telemetry::trace_context::{new_span_id, new_trace_id};
+use crate::sources::go::call::{GoConn, Goroutine};
 use rustc_hash::FxHashMap;
-use sightline_common::go_role;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A server request, by process, goroutine and entry time.
 type ServerKey = (u32, u64, u64);
 
 /// Where a client call and the server call answering it on this host meet: the client's
 /// address and port, and the server's port.
-type ConnKey = (IpAddr, u16, u16);
+type CallerKey = (IpAddr, u16, u16);
 
-/// How long a server request whose caller is on this host waits for that caller's record.
-/// The caller's round trip ends after the request does, and records are read in batches.
-pub const JOIN_GRACE: Duration = Duration::from_millis(150);
-/// Contexts older than this are settled as they are: their server request never ended.
-const CONTEXT_TTL: Duration = Duration::from_secs(120);
-/// How long a settled request's context is kept for late client calls.
-const SETTLED_KEEP: Duration = Duration::from_secs(2);
 /// Calls held at once; past this the oldest contexts are settled early (joins are lost,
 /// never memory).
 const MAX_HELD: usize = 65_536;
-/// How long a connection whose caller never showed up is remembered as having none. Its later
-/// requests are then settled at once instead of each waiting out [`JOIN_GRACE`]: a busy
-/// keep-alive connection from an untraced client (a load balancer, wrk) would otherwise hold
-/// every request it carries.
-const NO_CALLER_KEEP: Duration = Duration::from_secs(60);
 
 /// The trace a server request belongs to, once known.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +52,7 @@ struct Ctx {
     /// When to stop waiting for a caller on this host.
     deadline: Option<Instant>,
     /// Where the request's caller would show up, to stop waiting for it once settled.
-    awaiting: Option<ConnKey>,
+    awaiting: Option<CallerKey>,
     born: Instant,
 }
 
@@ -113,26 +99,19 @@ pub struct GoCalls {
     /// Settled server requests, for [`SETTLED_KEEP`].
     done: FxHashMap<ServerKey, Done>,
     /// Server requests waiting for their caller, by where that caller would be.
-    waiting: FxHashMap<ConnKey, Vec<(ServerKey, u64, u64)>>,
-    recent_clients: FxHashMap<ConnKey, Vec<RecentClient>>,
+    waiting: FxHashMap<CallerKey, Vec<(ServerKey, u64, u64)>>,
+    recent_clients: FxHashMap<CallerKey, Vec<RecentClient>>,
     /// Time-ordered queues, so that expiry costs what expires, not what is kept: server
     /// requests waiting for a caller, contexts by birth, settled contexts, recent clients.
     due: VecDeque<(Instant, ServerKey)>,
     born: VecDeque<(Instant, ServerKey)>,
     retire: VecDeque<(Instant, ServerKey)>,
-    recent: VecDeque<(Instant, ConnKey)>,
+    recent: VecDeque<(Instant, CallerKey)>,
     /// Connections on this host whose caller is not traced, with when that was last relied on.
-    no_caller: FxHashMap<ConnKey, Instant>,
+    no_caller: FxHashMap<CallerKey, Instant>,
     no_caller_swept: Option<Instant>,
     held: usize,
     ready: Vec<Call>,
-}
-
-/// Where the call's socket ends are, when the probes could follow its fd.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GoConn {
-    pub peer: Option<SocketAddr>,
-    pub local: Option<SocketAddr>,
 }
 
 impl GoCalls {
@@ -145,20 +124,8 @@ impl GoCalls {
         self.held
     }
 
-    pub fn add(
-        &mut self,
-        process: Arc<ProcessInfo>,
-        r: &GoRecord,
-        conn: GoConn,
-        redact_query_values: bool,
-        mono_to_unix_ns: i128,
-    ) {
-        // An h2c connection's preface reaches the HTTP/1 server as `PRI *` and is handed, for
-        // the whole connection, to x/net's ServeConn, whose requests are recorded on their own.
-        if r.role == go_role::SERVER && r.method == "PRI" && r.path == "*" {
-            return;
-        }
-        let mut call = base_call(process, r, conn, redact_query_values, mono_to_unix_ns);
+    /// A Go call, held until its trace is known.
+    pub fn add(&mut self, mut call: Call, r: &Goroutine, conn: GoConn) {
         match call.role {
             Role::Server => self.add_server(r, call, conn),
             Role::Client => {
@@ -216,7 +183,7 @@ impl GoCalls {
         }
     }
 
-    fn add_server(&mut self, r: &GoRecord, mut call: Call, conn: GoConn) {
+    fn add_server(&mut self, r: &Goroutine, mut call: Call, conn: GoConn) {
         let key = (r.tgid, r.goid, r.start_ns);
         // An incoming traceparent is what the caller itself said: it wins, unless sightline
         // wrote it for a caller on this host (see `Ctx::fallback`).
@@ -307,7 +274,7 @@ impl GoCalls {
         &mut self,
         key: ServerKey,
         call: Call,
-        here: Option<ConnKey>,
+        here: Option<CallerKey>,
         found: Option<RecentClient>,
         no_caller: bool,
         end_ns: u64,
@@ -334,8 +301,33 @@ impl GoCalls {
             .push((key, key.2, end_ns));
     }
 
+    /// A client call on this host that another capture point saw (an OpenSSL client, say), with
+    /// its final ids: a Go server request it carried joins its trace, as it would a Go
+    /// caller's. Times are the capture clock's (`CLOCK_MONOTONIC`).
+    pub fn foreign_client(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        span_id: u64,
+        trace: (u128, u8),
+        (start_ns, end_ns): (u64, u64),
+    ) {
+        self.client_seen(
+            (local.ip(), local.port(), peer.port()),
+            RecentClient {
+                owner: None,
+                span_id,
+                injected: false,
+                trace: Some(trace),
+                start_ns,
+                end_ns,
+                seen: Instant::now(),
+            },
+        );
+    }
+
     /// A client call on this host: if a server request waits for it, that request joins it.
-    fn client_seen(&mut self, ck: ConnKey, c: RecentClient) {
+    fn client_seen(&mut self, ck: CallerKey, c: RecentClient) {
         self.no_caller.remove(&ck);
         let matched = self.waiting.get_mut(&ck).and_then(|v| {
             let i = v
@@ -576,92 +568,16 @@ fn nonzero_or<T: Default + PartialEq>(v: T, fresh: fn() -> T) -> T {
     }
 }
 
-fn base_call(
-    process: Arc<ProcessInfo>,
-    r: &GoRecord,
-    conn: GoConn,
-    redact_query_values: bool,
-    mono_to_unix_ns: i128,
-) -> Call {
-    let role = if r.role == go_role::CLIENT {
-        Role::Client
-    } else {
-        Role::Server
-    };
-    let known = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    let (method, method_original) = if known.contains(&r.method.as_str()) {
-        (r.method.clone(), None)
-    } else {
-        ("_OTHER".to_string(), Some(r.method.clone()))
-    };
-    let (host, host_port) = split_host(Some(&r.host));
-    let scheme = match role {
-        Role::Client if r.scheme == "https" => "https",
-        Role::Client => "http",
-        Role::Server if r.tls => "https",
-        Role::Server => "http",
-    };
-    let query = (!r.query.is_empty()).then(|| {
-        if redact_query_values {
-            redact_query(&r.query)
-        } else {
-            r.query.clone()
-        }
-    });
-    let peer = match role {
-        Role::Server => r.addr.parse().ok().or(conn.peer),
-        Role::Client => conn.peer,
-    };
-    Call {
-        process,
-        role,
-        method,
-        method_original,
-        path: if r.path.is_empty() {
-            "/".into()
-        } else {
-            r.path.clone()
-        },
-        query,
-        absolute_authority: None,
-        status: u16::try_from(r.status).unwrap_or(0),
-        route: (!r.pattern.is_empty()).then(|| route_of(&r.pattern)),
-        protocol_version: match (r.proto_major, r.proto_minor) {
-            (2, _) => "2",
-            (1, 0) => "1.0",
-            _ => "1.1",
-        },
-        scheme,
-        host,
-        host_port,
-        peer,
-        local: conn.local,
-        user_agent: None,
-        start_unix_ns: (r.start_ns as i128 + mono_to_unix_ns).max(0) as u64,
-        duration_ns: r.end_ns.saturating_sub(r.start_ns),
-        trace_id: 0,
-        span_id: 0,
-        parent_span_id: None,
-        trace_flags: 1,
-        tracestate: None,
-    }
-}
-
-/// A ServeMux pattern (`GET /items/{id}`, `example.com/static/`) as `http.route`: the path
-/// part, since the method and host are attributes of their own.
-fn route_of(pattern: &str) -> String {
-    let p = pattern.split_once(' ').map_or(pattern, |(_, p)| p).trim();
-    match p.find('/') {
-        Some(i) => p[i..].to_string(),
-        None => p.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::ProcessInfo;
+    use crate::protocols::Conventions;
+    use crate::sources::go::call::call;
+    use crate::sources::go::record::GoRecord;
+    use sightline_common::go_role;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     fn rec(role: u32, tgid: u32, goid: u64, start: u64, end: u64) -> GoRecord {
         GoRecord {
@@ -695,6 +611,14 @@ mod tests {
         ))
     }
 
+    fn add(g: &mut GoCalls, p: Arc<ProcessInfo>, r: &GoRecord, conn: GoConn) {
+        let conv = Conventions {
+            redact_query_values: true,
+            mono_to_unix_ns: 0,
+        };
+        g.add(call(p, r, conn, &conv), &Goroutine::from(r), conn);
+    }
+
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
@@ -705,7 +629,7 @@ mod tests {
         let mut client = rec(go_role::CLIENT, 7, 9, 150, 160);
         client.parent_goid = 5;
         client.parent_start_ns = 100;
-        g.add(process(7), &client, GoConn::default(), true, 0);
+        add(&mut g, process(7), &client, GoConn::default());
         assert_eq!(
             g.take_ready().count(),
             0,
@@ -713,7 +637,7 @@ mod tests {
         );
         let mut server = rec(go_role::SERVER, 7, 5, 100, 200);
         server.addr = "10.0.0.9:5555".into();
-        g.add(process(7), &server, GoConn::default(), true, 0);
+        add(&mut g, process(7), &server, GoConn::default());
         let out: Vec<Call> = g.take_ready().collect();
         assert_eq!(out.len(), 2);
         let (c, s) = (&out[0], &out[1]);
@@ -734,14 +658,14 @@ mod tests {
             0x0af7651916cd43dd8448eb211c80319c,
             0xb7ad6b7169203331,
         );
-        g.add(process(7), &server, GoConn::default(), true, 0);
+        add(&mut g, process(7), &server, GoConn::default());
         let s: Vec<Call> = g.take_ready().collect();
         assert_eq!(s.len(), 1, "nothing to wait for");
         // A goroutine the handler started calls out after the handler returned.
         let mut client = rec(go_role::CLIENT, 7, 9, 150, 900);
         client.parent_goid = 5;
         client.parent_start_ns = 100;
-        g.add(process(7), &client, GoConn::default(), true, 0);
+        add(&mut g, process(7), &client, GoConn::default());
         let c: Vec<Call> = g.take_ready().collect();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].parent_span_id, Some(s[0].span_id));
@@ -756,14 +680,14 @@ mod tests {
         let mut client = rec(go_role::CLIENT, 7, 5, 120, 130);
         client.parent_goid = 5;
         client.parent_start_ns = 100;
-        g.add(process(7), &client, GoConn::default(), true, 0);
+        add(&mut g, process(7), &client, GoConn::default());
         let mut server = rec(go_role::SERVER, 7, 5, 100, 200);
         given(
             &mut server,
             0x0af7651916cd43dd8448eb211c80319c,
             0xb7ad6b7169203331,
         );
-        g.add(process(7), &server, GoConn::default(), true, 0);
+        add(&mut g, process(7), &server, GoConn::default());
         let out: Vec<Call> = g.take_ready().collect();
         let c = out.iter().find(|c| c.role == Role::Client).unwrap();
         let s = out.iter().find(|c| c.role == Role::Server).unwrap();
@@ -785,42 +709,38 @@ mod tests {
         // C (pid 3) serves B's call, arriving from B's port 4002.
         let mut c_srv = rec(go_role::SERVER, 3, 1, 300, 310);
         c_srv.addr = "127.0.0.1:4002".into();
-        g.add(
+        add(
+            &mut g,
             process(3),
             &c_srv,
             conn("127.0.0.1:9003", "127.0.0.1:4002"),
-            true,
-            0,
         );
         // B's client call to C, made while serving request (2, 11, 200).
         let mut b_cli = rec(go_role::CLIENT, 2, 12, 290, 320);
         b_cli.parent_goid = 11;
         b_cli.parent_start_ns = 200;
-        g.add(
+        add(
+            &mut g,
             process(2),
             &b_cli,
             conn("127.0.0.1:4002", "127.0.0.1:9003"),
-            true,
-            0,
         );
         let mut b_srv = rec(go_role::SERVER, 2, 11, 200, 400);
         b_srv.addr = "127.0.0.1:4001".into();
-        g.add(
+        add(
+            &mut g,
             process(2),
             &b_srv,
             conn("127.0.0.1:9002", "127.0.0.1:4001"),
-            true,
-            0,
         );
         let mut a_cli = rec(go_role::CLIENT, 1, 21, 150, 450);
         a_cli.parent_goid = 20;
         a_cli.parent_start_ns = 100;
-        g.add(
+        add(
+            &mut g,
             process(1),
             &a_cli,
             conn("127.0.0.1:4001", "127.0.0.1:9002"),
-            true,
-            0,
         );
         assert_eq!(
             g.take_ready().count(),
@@ -829,12 +749,11 @@ mod tests {
         );
         let mut a_srv = rec(go_role::SERVER, 1, 20, 100, 500);
         a_srv.addr = "192.0.2.1:5000".into();
-        g.add(
+        add(
+            &mut g,
             process(1),
             &a_srv,
             conn("192.0.2.2:9001", "192.0.2.1:5000"),
-            true,
-            0,
         );
         let out: Vec<Call> = g.take_ready().collect();
         assert_eq!(out.len(), 5);
@@ -864,7 +783,7 @@ mod tests {
             local: Some(addr("127.0.0.1:8080")),
             peer: None,
         };
-        g.add(process(1), &s, conn, true, 0);
+        add(&mut g, process(1), &s, conn);
         assert_eq!(g.take_ready().count(), 0);
         std::thread::sleep(JOIN_GRACE + Duration::from_millis(20));
         g.expire(false);
@@ -886,12 +805,12 @@ mod tests {
             s.addr = "127.0.0.1:4444".into();
             s
         };
-        g.add(process(1), &server(1, 100, 200), conn, true, 0);
+        add(&mut g, process(1), &server(1, 100, 200), conn);
         std::thread::sleep(JOIN_GRACE + Duration::from_millis(20));
         g.expire(false);
         assert_eq!(g.take_ready().count(), 1);
         // The same connection again: settled at once.
-        g.add(process(1), &server(2, 300, 400), conn, true, 0);
+        add(&mut g, process(1), &server(2, 300, 400), conn);
         assert_eq!(g.take_ready().count(), 1);
         // Its caller shows up after all (a client call from 127.0.0.1:4444 to port 8080): the
         // next request waits for, and joins, the call that carried it.
@@ -901,20 +820,13 @@ mod tests {
             local: Some(addr("127.0.0.1:4444")),
             peer: Some(addr("127.0.0.1:8080")),
         };
-        g.add(process(2), &c, cconn, true, 0);
+        add(&mut g, process(2), &c, cconn);
         let client: Vec<Call> = g.take_ready().collect();
         assert_eq!(client.len(), 1);
-        g.add(process(1), &server(3, 500, 600), conn, true, 0);
+        add(&mut g, process(1), &server(3, 500, 600), conn);
         let out: Vec<Call> = g.take_ready().collect();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].parent_span_id, Some(client[0].span_id));
         assert_eq!(out[0].trace_id, client[0].trace_id);
-    }
-
-    #[test]
-    fn routes_drop_method_and_host() {
-        assert_eq!(route_of("GET /items/{id}"), "/items/{id}");
-        assert_eq!(route_of("example.com/static/"), "/static/");
-        assert_eq!(route_of("/"), "/");
     }
 }

@@ -1,6 +1,8 @@
 //! `traceparent` written into a Go client's request in the process's own memory, for the
-//! requests the socket path (`inject.rs`) cannot reach: HTTPS, whose bytes are encrypted
-//! before any socket sees them, and HTTP/2, whose headers are HPACK-compressed frames.
+//! requests the socket path (`socket`) cannot reach: HTTPS, whose bytes are encrypted
+//! before any socket sees them, and HTTP/2, whose headers are HPACK-compressed frames. The
+//! client probes (`go::client`) leave an HTTP/1 request's traceparent under its connection's
+//! writer in `PENDING_WRITE`, and mark an HTTP/2 round trip `want_write`.
 //!
 //! It takes `bpf_probe_write_user`. Kernel lockdown refuses that helper, and then these
 //! programs fail to load, `WRITE_ON` stays 0 and user space reports it once.
@@ -18,16 +20,17 @@
 //! - When anything does not match (no room, the frame was flushed early or split, a failed
 //!   write), the request is sent as the program wrote it, and counted.
 
+use super::traceparent::traceparent_value;
 use crate::{
-    bump,
-    go::{current, field, read, regs, InFlight, GO_CLIENT, GO_PARENT, GO_PROCS},
-    inject::traceparent_value,
-    now,
+    go::{current, field, read, regs},
+    maps::{
+        bump, now, H2Headers, InFlight, WriterKey, GO_CLIENT, GO_PARENT, GO_PROCS, H2_HEADERS,
+        PENDING_WRITE,
+    },
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated},
-    macros::{map, uprobe},
-    maps::{Array, LruHashMap},
+    macros::uprobe,
     programs::ProbeContext,
 };
 use sightline_common::{
@@ -35,113 +38,11 @@ use sightline_common::{
     TRACEPARENT_LINE_LEN,
 };
 
-/// Index 0 is 1 once user space attached these programs; until then nothing waits for them.
-#[map]
-pub(crate) static WRITE_ON: Array<u32> = Array::with_max_entries(1, 0);
-
-/// A `*bufio.Writer` of a process.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct WriterKey {
-    tgid: u32,
-    _pad: u32,
-    writer: u64,
-}
-
-/// HTTP/1 requests waiting for their line, by their connection's writer: left by the client
-/// goroutine, written by the connection's write loop (another goroutine).
-#[map]
-static PENDING_WRITE: LruHashMap<WriterKey, PendingTrace> = LruHashMap::with_max_entries(16384, 0);
-
-/// An HTTP/2 request's headers between `writeHeaders`' entry and its flush.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct H2Headers {
-    /// The connection's `*bufio.Writer`, and its `n` at entry: where the frame starts.
-    writer: u64,
-    start: u64,
-    /// The header block's length and the largest frame payload the peer takes.
-    block: u64,
-    max_frame: u64,
-    /// The goroutine of the round trip the request belongs to.
-    client_goid: u64,
-    trace: [u8; 16],
-    span: u64,
-    stream: u32,
-    flags: u8,
-    _pad: [u8; 3],
-}
-
-#[map]
-static H2_HEADERS: LruHashMap<GoKey, H2Headers> = LruHashMap::with_max_entries(16384, 0);
-
-#[inline(always)]
-pub(crate) fn writes_on() -> bool {
-    WRITE_ON.get(0).is_some_and(|on| *on == 1)
-}
-
 /// An HTTP/2 frame header: 9 bytes, the first 3 the payload length.
 const FRAME_HEADER: u64 = 9;
 const FRAME_HEADERS: u8 = 1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
-
-/// Leaves an HTTP/1 call's traceparent for its connection's writer (`persistConn.bw`, of `pc`).
-#[inline(always)]
-pub(crate) fn pend_h1(off: &GoOffsets, tgid: u32, pc: u64, call: &mut InFlight) {
-    if !writes_on() || !crate::go::carries_none(off, call) {
-        return;
-    }
-    let Some(writer) = field::<u64>(pc, off.pconn_bw).filter(|w| *w != 0) else {
-        return;
-    };
-    // A retry on another connection: the first one's entry is not to be written any more.
-    if call.writer != 0 && call.writer != writer {
-        let _ = PENDING_WRITE.remove(&WriterKey {
-            tgid,
-            _pad: 0,
-            writer: call.writer,
-        });
-    }
-    let pending = PendingTrace {
-        trace_id: call.trace,
-        span_id: call.span,
-        at_ns: now(),
-        flags: call.flags,
-        done: 0,
-        _pad: [0; 6],
-    };
-    let key = WriterKey {
-        tgid,
-        _pad: 0,
-        writer,
-    };
-    if PENDING_WRITE.insert(&key, &pending, 0).is_ok() {
-        call.writer = writer;
-    }
-}
-
-/// At the call's return: 1 if its traceparent was written into its request in memory.
-#[inline(always)]
-pub(crate) fn settle(tgid: u32, call: &InFlight) -> u8 {
-    if call.writer == 0 {
-        return call.written;
-    }
-    let key = WriterKey {
-        tgid,
-        _pad: 0,
-        writer: call.writer,
-    };
-    let mut done = 0;
-    // SAFETY: map lookup, read at once.
-    if let Some(p) = unsafe { PENDING_WRITE.get(&key) } {
-        if p.span_id == call.span {
-            done = (p.done == 1) as u8;
-            let _ = PENDING_WRITE.remove(&key);
-        }
-    }
-    done | call.written
-}
 
 /// `bpf_probe_write_user` of `len` bytes from `src` to `dst` in the current process.
 #[inline(always)]

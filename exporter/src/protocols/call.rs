@@ -1,18 +1,13 @@
-//! A finished HTTP call, with everything every sink needs, decided once: names, redacted
-//! query, trace ids and wall-clock times.
+//! A finished HTTP call, whichever capture point and protocol it came from, with everything
+//! every later stage needs decided once: names, redacted query, wall-clock times and trace ids
+//! (which `correlate` may still change).
 
-use super::join::Origin;
-use super::redact::redact_query;
+use super::http1::Exchange;
 use super::trace_context::{new_span_id, new_trace_id, parse_traceparent};
-use crate::processes::ProcessInfo;
-use crate::protocols::http1::Exchange;
-use crate::protocols::Role;
+use super::{Conventions, Role};
+use crate::metadata::ProcessInfo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-const KNOWN_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
@@ -56,20 +51,16 @@ pub struct ConnFacts {
 }
 
 impl Call {
-    pub fn new(
+    /// An HTTP/1.x exchange as a call. Its ids continue an incoming `traceparent`, or are
+    /// fresh.
+    pub fn from_http1(
         process: Arc<ProcessInfo>,
         ex: &Exchange,
         conn: ConnFacts,
-        origin: Origin,
-        redact_query_values: bool,
-        mono_to_unix_ns: i128,
+        conv: &Conventions,
     ) -> Call {
         let req = &ex.request;
-        let (method, method_original) = if KNOWN_METHODS.contains(&req.method.as_str()) {
-            (req.method.clone(), None)
-        } else {
-            ("_OTHER".to_string(), Some(req.method.clone()))
-        };
+        let (method, method_original) = super::method(&req.method);
         let scheme = if conn.tls { "https" } else { "http" };
         // Absolute-form (`GET http://host/path`) is what proxies receive.
         let (absolute_authority, target) = match req.target.split_once("://") {
@@ -86,27 +77,16 @@ impl Call {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
-        let query = query.map(|q| {
-            if redact_query_values {
-                redact_query(q)
-            } else {
-                q.to_string()
-            }
-        });
+        let query = query.map(|q| conv.query(q));
         let (host, host_port) = split_host(req.host.as_deref().or(absolute_authority.as_deref()));
 
         let incoming = match ex.role {
             Role::Server => req.traceparent.as_deref().and_then(parse_traceparent),
             Role::Client => None,
         };
-        // An incoming traceparent wins: it is what the caller itself said.
-        let (trace_id, span_id, parent_span_id, trace_flags) = match (incoming, origin) {
-            (Some(tp), _) => (tp.trace_id, new_span_id(), Some(tp.span_id), tp.flags),
-            (None, Origin::ChildOf { trace_id, parent }) => {
-                (trace_id, new_span_id(), Some(parent), 1)
-            }
-            (None, Origin::Client { trace_id, span_id }) => (trace_id, span_id, None, 1),
-            (None, Origin::Fresh) => (new_trace_id(), new_span_id(), None, 1),
+        let (trace_id, parent_span_id, trace_flags) = match incoming {
+            Some(tp) => (tp.trace_id, Some(tp.span_id), tp.flags),
+            None => (new_trace_id(), None, 1),
         };
         let tracestate = incoming.and(req.tracestate.clone());
 
@@ -127,14 +107,20 @@ impl Call {
             peer: conn.peer,
             local: conn.local,
             user_agent: req.user_agent.clone(),
-            start_unix_ns: (ex.start_ns as i128 + mono_to_unix_ns).max(0) as u64,
+            start_unix_ns: conv.unix_ns(ex.start_ns),
             duration_ns: ex.end_ns.saturating_sub(ex.start_ns),
             trace_id,
-            span_id,
+            span_id: new_span_id(),
             parent_span_id,
             trace_flags,
             tracestate,
         }
+    }
+
+    /// Whether the call's trace came from an incoming `traceparent`: what the caller itself
+    /// said wins over any join.
+    pub fn continues_incoming(&self) -> bool {
+        self.role == Role::Server && self.parent_span_id.is_some()
     }
 
     /// `url.full` for CLIENT spans, with the query already redacted.
@@ -243,7 +229,7 @@ mod tests {
             b"GET /api/items?token=s3cret&page=2 HTTP/1.1\r\nHost: shop.example:8443\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracestate: k=v\r\n\r\n",
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
         );
-        let c = Call::new(
+        let c = Call::from_http1(
             proc(),
             &ex,
             ConnFacts {
@@ -251,9 +237,10 @@ mod tests {
                 local: None,
                 tls: true,
             },
-            Origin::Fresh,
-            true,
-            10,
+            &Conventions {
+                redact_query_values: true,
+                mono_to_unix_ns: 10,
+            },
         );
         assert_eq!(c.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
         assert_eq!(c.parent_span_id, Some(0xb7ad6b7169203331));
@@ -275,7 +262,7 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\n\r\n",
         );
         let peer: SocketAddr = "[::1]:8443".parse().unwrap();
-        let c = Call::new(
+        let c = Call::from_http1(
             proc(),
             &ex,
             ConnFacts {
@@ -283,9 +270,10 @@ mod tests {
                 local: None,
                 tls: true,
             },
-            Origin::Fresh,
-            true,
-            0,
+            &Conventions {
+                redact_query_values: true,
+                mono_to_unix_ns: 0,
+            },
         );
         assert_eq!(c.method, "_OTHER");
         assert_eq!(c.method_original.as_deref(), Some("BREW"));

@@ -9,26 +9,13 @@
 //! from, each view waits a while for its twin: same role, method and path, overlapping in
 //! time. The OpenSSL twin is then dropped, and counted.
 
-use crate::telemetry::call::Call;
+use super::hold::{GO_HOLD, RECENT_KEEP, SSL_HOLD};
+use crate::protocols::call::Call;
+use crate::sources::CapturePoint;
 use rustc_hash::FxHashSet;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Which capture point made a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Go,
-    Openssl,
-}
-
-/// How long a Go view waits for its OpenSSL twin. Both are written within microseconds of
-/// each other, so they are read in the same batch (20 ms) or the next.
-const GO_HOLD: Duration = Duration::from_millis(60);
-/// How long an OpenSSL view waits for its Go twin: longer, since a Go server request may itself
-/// wait [`crate::golang::JOIN_GRACE`] for a caller on this host before it is released.
-const SSL_HOLD: Duration = Duration::from_millis(300);
-/// How long a released call's outline is kept for a twin read after it.
-const RECENT_KEEP: Duration = Duration::from_secs(2);
 /// Processes remembered per capture point; past this the sets are cleared and relearnt, which
 /// costs at most a few unpaired calls. A process is not forgotten when it exits: its last
 /// views are still being paired, and a new process that gets its pid only has its calls held
@@ -37,7 +24,7 @@ const MAX_PIDS: usize = 65_536;
 
 struct Held {
     call: Call,
-    source: Source,
+    source: CapturePoint,
     since: Instant,
 }
 
@@ -73,10 +60,10 @@ impl Twins {
     }
 
     /// A capture point reported from `pid`.
-    pub fn seen(&mut self, source: Source, pid: u32) {
+    pub fn seen(&mut self, source: CapturePoint, pid: u32) {
         let set = match source {
-            Source::Go => &mut self.go_pids,
-            Source::Openssl => &mut self.ssl_pids,
+            CapturePoint::Go => &mut self.go_pids,
+            CapturePoint::Openssl => &mut self.ssl_pids,
         };
         if !set.contains(&pid) {
             if set.len() >= MAX_PIDS {
@@ -86,6 +73,11 @@ impl Twins {
         }
     }
 
+    /// Whether the Go probes report from `pid`: its Go view of a request is the one kept.
+    pub fn is_go(&self, pid: u32) -> bool {
+        self.go_pids.contains(&pid)
+    }
+
     /// Requests reported by both capture points, and so once.
     pub fn merged(&self) -> u64 {
         self.merged
@@ -93,7 +85,7 @@ impl Twins {
 
     /// A finished call from `source`: out at once (into `out`), merged with its twin, or held
     /// for it.
-    pub fn offer(&mut self, call: Call, source: Source, out: &mut Vec<Call>) {
+    pub fn offer(&mut self, call: Call, source: CapturePoint, out: &mut Vec<Call>) {
         let pid = call.process.pid;
         if !(self.go_pids.contains(&pid) && self.ssl_pids.contains(&pid)) {
             out.push(call);
@@ -102,8 +94,8 @@ impl Twins {
         if let Some(i) = best_twin(self.held.iter(), source, &call) {
             let other = self.held.swap_remove(i).call;
             let (go, ssl) = match source {
-                Source::Go => (call, other),
-                Source::Openssl => (other, call),
+                CapturePoint::Go => (call, other),
+                CapturePoint::Openssl => (other, call),
             };
             self.merged += 1;
             out.push(merge(go, &ssl));
@@ -136,8 +128,8 @@ impl Twins {
         let mut i = 0;
         while i < self.held.len() {
             let hold = match self.held[i].source {
-                Source::Go => self.go_hold,
-                Source::Openssl => self.ssl_hold,
+                CapturePoint::Go => self.go_hold,
+                CapturePoint::Openssl => self.ssl_hold,
             };
             if force || now.duration_since(self.held[i].since) >= hold {
                 let h = self.held.swap_remove(i);
@@ -159,7 +151,7 @@ impl Twins {
 /// most time with this one (both clocks are the kernel's, so a request's two views nest).
 fn best_twin<'a>(
     views: impl Iterator<Item = &'a Held>,
-    source: Source,
+    source: CapturePoint,
     call: &Call,
 ) -> Option<usize> {
     views
@@ -212,7 +204,7 @@ fn merge(mut go: Call, ssl: &Call) -> Call {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::processes::ProcessInfo;
+    use crate::metadata::ProcessInfo;
     use crate::protocols::Role;
     use std::sync::Arc;
 
@@ -252,19 +244,19 @@ mod tests {
     /// Twins that wait until the next batch ends, seeing both capture points in `pid`.
     fn both(pid: u32) -> Twins {
         let mut t = Twins::with_holds(Duration::ZERO, Duration::ZERO);
-        t.seen(Source::Go, pid);
-        t.seen(Source::Openssl, pid);
+        t.seen(CapturePoint::Go, pid);
+        t.seen(CapturePoint::Openssl, pid);
         t
     }
 
     #[test]
     fn a_process_seen_by_one_capture_point_is_not_held() {
         let mut t = Twins::default();
-        t.seen(Source::Go, 1);
+        t.seen(CapturePoint::Go, 1);
         let mut out = Vec::new();
         t.offer(
             call(1, Role::Server, "/a", 10, 5, "http"),
-            Source::Go,
+            CapturePoint::Go,
             &mut out,
         );
         assert_eq!(out.len(), 1);
@@ -277,9 +269,9 @@ mod tests {
         let go = call(1, Role::Server, "/a", 1_000_000, 500_000, "http");
         let mut ssl = call(1, Role::Server, "/a", 900_000, 800_000, "https");
         ssl.user_agent = Some("curl/7.88".into());
-        t.offer(go, Source::Go, &mut out);
+        t.offer(go, CapturePoint::Go, &mut out);
         assert!(out.is_empty(), "held for its twin");
-        t.offer(ssl, Source::Openssl, &mut out);
+        t.offer(ssl, CapturePoint::Openssl, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].scheme, "https");
         assert_eq!(out[0].user_agent.as_deref(), Some("curl/7.88"));
@@ -295,22 +287,22 @@ mod tests {
         // Two requests on one keep-alive connection, 10 ms apart; and another path.
         t.offer(
             call(1, Role::Server, "/a", 0, 1_000, "http"),
-            Source::Go,
+            CapturePoint::Go,
             &mut out,
         );
         t.offer(
             call(1, Role::Server, "/a", 10_000_000, 1_000, "https"),
-            Source::Openssl,
+            CapturePoint::Openssl,
             &mut out,
         );
         t.offer(
             call(1, Role::Client, "/a", 0, 1_000, "https"),
-            Source::Openssl,
+            CapturePoint::Openssl,
             &mut out,
         );
         t.offer(
             call(1, Role::Server, "/b", 0, 1_000, "https"),
-            Source::Openssl,
+            CapturePoint::Openssl,
             &mut out,
         );
         assert!(out.is_empty(), "each waits for its twin");
@@ -334,12 +326,12 @@ mod tests {
         for i in 0..3 {
             t.offer(
                 call(1, Role::Client, "/a", ssl[i].0, ssl[i].1, "https"),
-                Source::Openssl,
+                CapturePoint::Openssl,
                 &mut out,
             );
             t.offer(
                 call(1, Role::Client, "/a", go[i].0, go[i].1, "https"),
-                Source::Go,
+                CapturePoint::Go,
                 &mut out,
             );
         }
@@ -356,14 +348,14 @@ mod tests {
         let mut out = Vec::new();
         t.offer(
             call(1, Role::Client, "/a", 0, 1_000, "https"),
-            Source::Go,
+            CapturePoint::Go,
             &mut out,
         );
         t.end_batch(false, &mut out);
         assert_eq!(out.len(), 1);
         t.offer(
             call(1, Role::Client, "/a", 100, 5_000, "https"),
-            Source::Openssl,
+            CapturePoint::Openssl,
             &mut out,
         );
         assert_eq!(out.len(), 1, "the late view is dropped");

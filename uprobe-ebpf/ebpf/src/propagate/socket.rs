@@ -8,27 +8,15 @@
 //! take this path: `go_connect4/6` mark them as they connect and `go_sockops` adds them to
 //! the sockhash once established. Everything else on the host is left alone.
 
-use crate::{
-    bump,
-    go::{GO_PROCS, INJECT_ON, PENDING_TRACE},
-    now,
-};
+use super::traceparent::traceparent_value;
+use crate::maps::{bump, now, GO_PROCS, INJECT_ON, INJECT_SOCKS, INJECT_WANTED, PENDING_TRACE};
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
     helpers::{bpf_get_current_pid_tgid, generated},
-    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
-    maps::{LruHashMap, SockHash},
+    macros::{cgroup_sock_addr, sk_msg, sock_ops},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use sightline_common::{counter, InjectKey, PENDING_TRACE_NS, TRACEPARENT_LINE_LEN};
-
-/// Client sockets of traced Go processes, by socket cookie.
-#[map]
-static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
-
-/// Sockets that connected from a traced Go process, by cookie, until established.
-#[map]
-static INJECT_WANTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Longest request line looked at: a line longer than this is sent untouched (and counted).
 const MAX_LINE: u32 = 1024;
@@ -152,8 +140,6 @@ pub fn go_inject(ctx: SkMsgContext) -> u32 {
     SK_PASS
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// Writes `traceparent: 00-<trace>-<span>-<flags>\r\n` after the request line that starts the
 /// message, or leaves the message exactly as it was.
 #[inline(always)]
@@ -243,27 +229,4 @@ fn fill(ctx: &SkMsgContext, at: u32, trace: [u8; 16], span: u64, flags: u8) -> R
     out[68] = b'\r';
     out[69] = b'\n';
     Ok(())
-}
-
-/// Writes the 55 bytes of a version 00 traceparent, `00-<trace>-<span>-<flags>`, at `at`.
-#[inline(always)]
-pub(crate) fn traceparent_value<const N: usize>(
-    out: &mut [u8; N],
-    at: usize,
-    trace: [u8; 16],
-    span: u64,
-    flags: u8,
-) {
-    out[at..at + 3].copy_from_slice(b"00-");
-    for (i, b) in trace.iter().enumerate() {
-        out[at + 3 + 2 * i] = HEX[(b >> 4) as usize];
-        out[at + 4 + 2 * i] = HEX[(b & 15) as usize];
-    }
-    out[at + 35] = b'-';
-    for i in 0..16 {
-        out[at + 36 + i] = HEX[((span >> (60 - 4 * i)) & 15) as usize];
-    }
-    out[at + 52] = b'-';
-    out[at + 53] = HEX[(flags >> 4) as usize];
-    out[at + 54] = HEX[(flags & 15) as usize];
 }

@@ -1,7 +1,16 @@
-//! What we know about an observed process: its identity for the OpenTelemetry resource.
+//! Who an observed process is: its identity, and the OpenTelemetry resource every signal from
+//! it carries. Enrichers add what the host knows beyond `/proc` (containers, Kubernetes).
 
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
+
+/// Adds resource attributes to a process as it is first read (a container runtime's or
+/// Kubernetes' names for it, say). Runs off the capture path, once per process.
+pub trait Enricher: Send {
+    fn enrich(&self, process: &mut ProcessInfo);
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -77,12 +86,24 @@ impl ProcessInfo {
 #[derive(Default)]
 pub struct Processes {
     map: HashMap<u32, Arc<ProcessInfo>>,
+    enrichers: Vec<Box<dyn Enricher>>,
 }
 
 impl Processes {
+    pub fn with_enrichers(enrichers: Vec<Box<dyn Enricher>>) -> Processes {
+        Processes {
+            map: HashMap::default(),
+            enrichers,
+        }
+    }
+
     /// Reads /proc now; done at exec so short-lived clients are identified before they exit.
     pub fn refresh(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
-        let info = Arc::new(ProcessInfo::read(pid)?);
+        let mut info = ProcessInfo::read(pid)?;
+        for e in &self.enrichers {
+            e.enrich(&mut info);
+        }
+        let info = Arc::new(info);
         self.map.insert(pid, info.clone());
         Some(info)
     }
@@ -101,6 +122,47 @@ impl Processes {
     pub fn remove(&mut self, pid: u32) {
         self.map.remove(&pid);
     }
+}
+
+/// Builds the resource every signal of an observed process carries.
+pub fn process_resource(p: &ProcessInfo, extra: &[(String, String)]) -> Resource {
+    let mut attrs: Vec<KeyValue> = vec![
+        KeyValue::new("process.pid", p.pid as i64),
+        KeyValue::new("process.executable.name", p.exe_name.clone()),
+        KeyValue::new("process.executable.path", p.exe_path.clone()),
+    ];
+    attrs.extend(common_resource_attributes(extra));
+    attrs.extend(
+        p.attributes
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    Resource::builder_empty()
+        .with_attributes(attrs)
+        .with_service_name(p.service_name.clone())
+        .build()
+}
+
+pub fn common_resource_attributes(extra: &[(String, String)]) -> Vec<KeyValue> {
+    let mut v = vec![
+        KeyValue::new("host.name", host_name()),
+        KeyValue::new("telemetry.sdk.name", "sightline"),
+        KeyValue::new("telemetry.sdk.language", "rust"),
+        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ];
+    v.extend(
+        extra
+            .iter()
+            .filter(|(k, _)| k != "service.name")
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    v
+}
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

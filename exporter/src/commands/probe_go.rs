@@ -3,10 +3,12 @@
 //! floor and hits per request; the safety test uses it to attach and detach in a loop while
 //! a server is under load.
 
-use crate::discovery::go_offsets;
-use crate::loader::{preflight, Loader};
+use crate::capture::kernel::preflight;
+use crate::capture::loader::Loader;
+use crate::sources::go::attach::attach;
+use crate::sources::go::offsets::go_offsets;
 use anyhow::Context;
-use sightline_common::{counter, DEFAULT_CAPTURE};
+use sightline_common::{counter, programs, DEFAULT_CAPTURE};
 use sightline_symbolizer::{analyze, Options};
 use std::path::Path;
 use std::time::Duration;
@@ -26,12 +28,12 @@ pub fn run(
         let offsets = go_offsets(&go).map_err(anyhow::Error::msg)?;
         loader.set_go_process(pid, &offsets)?;
     }
-    let instead = empty.then_some("go_empty");
+    let instead = empty.then_some(programs::GO_EMPTY);
     // The real probes include the ones that write a traceparent, where the kernel allows.
     let writes = !empty && loader.enable_memory_writes().is_ok();
     if let Some(n) = cycles {
         for _ in 0..n {
-            loader.attach_go_as(target, &go, instead)?;
+            attach(&mut loader, target, &go, instead)?;
             std::thread::sleep(Duration::from_millis(20));
             loader.detach_all();
         }
@@ -46,7 +48,7 @@ pub fn run(
         }
         return Ok(());
     }
-    let probed = loader.attach_go_as(target, &go, instead)?;
+    let probed = attach(&mut loader, target, &go, instead)?;
     println!("attached {}", probed.join(" "));
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,0 +1,229 @@
+//! What the kernel offers and the few system calls around loading: privileges, BTF, tracefs,
+//! lockdown, cgroup v2, clocks and the memlock limit. Each missing feature is an error that
+//! says what to do about it.
+#![allow(unsafe_code)]
+
+use sightline_common::SockStateOffsets;
+use std::path::Path;
+
+/// Things the kernel must offer; each failure says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("sightline must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE: it loads eBPF programs and reads other processes' memory maps. Try `sudo sightline`.")]
+    NotPrivileged,
+    #[error("this kernel has no uprobe support (no /sys/bus/event_source/devices/uprobe): sightline needs CONFIG_UPROBE_EVENTS=y, which every mainstream distribution kernel has")]
+    NoUprobes,
+    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): sightline needs CONFIG_DEBUG_INFO_BTF=y (kernels from Debian 11, Ubuntu 20.10 and RHEL 8.2 on have it)")]
+    NoBtf,
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}); mount it with `mount -t tracefs nodev /sys/kernel/tracing`")]
+    NoTracefs(std::io::Error),
+}
+
+pub fn preflight() -> Result<(), PreflightError> {
+    if !privileged() {
+        return Err(PreflightError::NotPrivileged);
+    }
+    kernel_features(Path::new("/"))?;
+    ensure_tracefs().map_err(PreflightError::NoTracefs)?;
+    Ok(())
+}
+
+/// What the kernel under `root` offers (a parameter so tests can present a kernel without).
+fn kernel_features(root: &Path) -> Result<(), PreflightError> {
+    if !root.join("sys/bus/event_source/devices/uprobe").exists() {
+        return Err(PreflightError::NoUprobes);
+    }
+    if !root.join("sys/kernel/btf/vmlinux").exists() {
+        return Err(PreflightError::NoBtf);
+    }
+    Ok(())
+}
+
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    // CAP_BPF = 39, CAP_PERFMON = 38, CAP_SYS_PTRACE = 19.
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let need = (1u64 << 39) | (1u64 << 38) | (1u64 << 19);
+    eff & need == need
+}
+
+/// Tracepoints are found through tracefs; hosts often leave it unmounted.
+fn ensure_tracefs() -> std::io::Result<()> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(());
+        }
+    }
+    mount_fs(c"tracefs", c"/sys/kernel/tracing")
+}
+
+/// Mounts a kernel filesystem of type `fstype` (its name as source too) at `target`.
+fn mount_fs(fstype: &std::ffi::CStr, target: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: NUL-terminated strings that outlive the call; a null data pointer is allowed.
+    let r = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`), from securityfs,
+/// mounted if the host left it unmounted. `None` when the kernel has no lockdown support.
+pub fn lockdown_mode() -> Option<String> {
+    let path = Path::new("/sys/kernel/security/lockdown");
+    if !path.exists() {
+        // Absent support shows as the file still missing below.
+        let _ = mount_fs(c"securityfs", c"/sys/kernel/security");
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    // "none [integrity] confidentiality": the bracketed one is in force.
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_string())
+}
+
+/// Field offsets of a tracepoint, from its tracefs format description.
+fn tracepoint_fields(category: &str, name: &str, fields: &[&str]) -> Option<Vec<u32>> {
+    let text = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(format!("{d}/events/{category}/{name}/format")).ok()
+        })?;
+    fields
+        .iter()
+        .map(|f| {
+            text.lines().find_map(|l| {
+                let decl = l.trim().strip_prefix("field:")?;
+                let (decl, rest) = decl.split_once(';')?;
+                let field = decl.split_whitespace().last()?;
+                let field = field.split('[').next()?;
+                if field != *f {
+                    return None;
+                }
+                rest.trim()
+                    .strip_prefix("offset:")?
+                    .split(';')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+        .collect()
+}
+
+pub(super) fn sock_state_offsets() -> Option<SockStateOffsets> {
+    let o = tracepoint_fields(
+        "sock",
+        "inet_sock_set_state",
+        &["newstate", "sport", "family", "saddr", "saddr_v6", "skaddr"],
+    )?;
+    Some(SockStateOffsets {
+        newstate: o[0],
+        sport: o[1],
+        family: o[2],
+        saddr: o[3],
+        saddr_v6: o[4],
+        skaddr: o[5],
+    })
+}
+
+/// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Wall clock now, in ns since the epoch.
+pub fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Where a cgroup v2 hierarchy is mounted (its root holds every process of a hybrid or pure
+/// v2 host), mounted under /run when the host has none.
+pub(super) fn cgroup2_root() -> std::io::Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if let Some(dir) = mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| dir.to_string())
+    }) {
+        return Ok(dir.into());
+    }
+    let dir = Path::new("/run/sightline/cgroup2");
+    std::fs::create_dir_all(dir)?;
+    mount_fs(c"cgroup2", c"/run/sightline/cgroup2")?;
+    Ok(dir.into())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+pub(super) fn bump_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an rlimit; failure only matters on old kernels and is reported
+    // by the load that follows.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kernel_features_are_named() {
+        let root = std::env::temp_dir().join(format!("sightline-kernel-{}", std::process::id()));
+        let uprobe = root.join("sys/bus/event_source/devices/uprobe");
+        std::fs::create_dir_all(root.join("sys/kernel/btf")).unwrap();
+        let err = kernel_features(&root).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_UPROBE_EVENTS"), "{err}");
+        std::fs::create_dir_all(&uprobe).unwrap();
+        let err = kernel_features(&root).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+        std::fs::write(root.join("sys/kernel/btf/vmlinux"), b"").unwrap();
+        assert!(kernel_features(&root).is_ok());
+        // The kernel the tests run on has both: sightline needs them.
+        assert!(kernel_features(Path::new("/")).is_ok());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn tracepoint_offsets_come_from_tracefs() {
+        ensure_tracefs().unwrap();
+        let o = sock_state_offsets().expect("the kernel has sock:inet_sock_set_state");
+        // Independent ground truth: the format file itself, parsed by hand here.
+        let text =
+            std::fs::read_to_string("/sys/kernel/tracing/events/sock/inet_sock_set_state/format")
+                .unwrap();
+        let line = text.lines().find(|l| l.contains(" newstate;")).unwrap();
+        assert!(line.contains(&format!("offset:{};", o.newstate)), "{line}");
+        assert!(o.sport > o.newstate && o.saddr_v6 > o.saddr);
+    }
+}

@@ -1,0 +1,332 @@
+//! Loads the embedded eBPF programs, attaches them, and gives the rest of the agent safe
+//! handles. This is the one module of the agent that talks to the kernel directly, so it is
+//! the one place `unsafe` is allowed.
+#![allow(unsafe_code)]
+
+use super::kernel::{bump_memlock, cgroup2_root, lockdown_mode, sock_state_offsets};
+use super::sockets::ConnInfo;
+use anyhow::Context;
+use aya::maps::{
+    Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SockHash,
+};
+use aya::programs::trace_point::TracePointLink;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, TracePoint, UProbe};
+use aya::{Ebpf, EbpfLoader};
+use sightline_common::{counter, names, programs, GoOffsets};
+use std::path::Path;
+
+#[cfg(feature = "probes")]
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sightline-probes"));
+/// Built without the `probes` feature (fuzzing): loading fails with a clear error.
+#[cfg(not(feature = "probes"))]
+static PROBES: &[u8] = &[];
+
+/// Socket syscalls during which a TLS library moves its ciphertext.
+const FD_SYSCALLS: [&str; 8] = [
+    "sys_enter_read",
+    "sys_enter_write",
+    "sys_enter_recvfrom",
+    "sys_enter_sendto",
+    "sys_enter_readv",
+    "sys_enter_writev",
+    "sys_enter_recvmsg",
+    "sys_enter_sendmsg",
+];
+
+/// The loaded programs. Dropping it detaches and unloads everything: nothing is pinned, so
+/// nothing outlives the process, even on a crash.
+pub struct Loader {
+    /// Every uprobe attached, owned here rather than by its program so that shutdown can drop
+    /// them from many threads at once: each detach waits for grace periods of its own, and
+    /// concurrent ones share them.
+    links: Vec<UProbeLink>,
+    /// Tracepoint links, owned here for the same reason: each close waits for a grace period,
+    /// and closing them one after another would add those up at shutdown.
+    tracepoint_links: Vec<TracePointLink>,
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    go_procs: BpfHashMap<MapData, u32, GoOffsets>,
+    /// The sockhash `go_inject` is attached to, once it is.
+    inject_socks: Option<SockHash<MapData, u64>>,
+    /// The programs that write a traceparent into Go requests in memory loaded (the kernel
+    /// allows `bpf_probe_write_user`): Go binaries get them too.
+    writes: bool,
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        let (uprobes, tracepoints) = (
+            std::mem::take(&mut self.links),
+            std::mem::take(&mut self.tracepoint_links),
+        );
+        // The two kinds wait on different kernel locks, so they go at once.
+        std::thread::scope(|s| {
+            s.spawn(move || detach_links(tracepoints));
+            detach_links(uprobes);
+        });
+        // Sockets in the sockhash keep its sk_msg program until they leave it; taking them out
+        // now, rather than when the kernel gets round to freeing the map, means the program is
+        // gone when sightline is.
+        if let Some(socks) = self.inject_socks.as_mut() {
+            let keys: Vec<u64> = socks.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = socks.remove(&k);
+            }
+        }
+    }
+}
+
+fn detach_links<L: Send>(links: Vec<L>) {
+    {
+        // The kernel serialises most of each detach (under its perf event mutex), so threads
+        // only overlap the rest.
+        const THREADS: usize = 64;
+        if links.is_empty() {
+            return;
+        }
+        let per = links.len().div_ceil(THREADS);
+        let mut chunks: Vec<Vec<L>> = Vec::new();
+        let mut it = links.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(per).collect());
+        }
+        std::thread::scope(|s| {
+            for chunk in chunks {
+                s.spawn(move || drop(chunk));
+            }
+        });
+    }
+}
+
+/// Maps that other stages read, handed out once.
+pub struct Channels {
+    pub events: RingBuf<MapData>,
+    pub conn_info: ConnInfo,
+}
+
+impl Loader {
+    pub fn load(capture_len: u32) -> anyhow::Result<(Loader, Channels)> {
+        bump_memlock();
+        let me = std::process::id();
+        let ss = sock_state_offsets().unwrap_or_default();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CAPTURE_LEN, &capture_len, true)
+            .override_global(names::AGENT_TGID, &me, true)
+            .override_global(names::SS_OFFSETS, &ss, true)
+            .load(PROBES)
+            .context("loading sightline's eBPF programs into the kernel")?;
+
+        for name in programs::UPROBES {
+            let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+        }
+        let tracepoints: [(&str, &str, &[&str]); 6] = [
+            (programs::PROC_EXEC, "sched", &["sched_process_exec"]),
+            (programs::PROC_EXIT, "sched", &["sched_process_exit"]),
+            (programs::SOCK_CONNECT, "syscalls", &["sys_enter_connect"]),
+            (
+                programs::ACCEPT_ENTER,
+                "syscalls",
+                &["sys_enter_accept", "sys_enter_accept4"],
+            ),
+            (
+                programs::ACCEPT_EXIT,
+                "syscalls",
+                &["sys_exit_accept", "sys_exit_accept4"],
+            ),
+            (programs::FD_LINK, "syscalls", &FD_SYSCALLS),
+        ];
+        let mut tracepoint_links = Vec::new();
+        for (name, category, events) in tracepoints {
+            let p: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+            for ev in events {
+                let id = p
+                    .attach(category, ev)
+                    .with_context(|| format!("attaching {name} to {category}:{ev}"))?;
+                tracepoint_links.push(p.take_link(id)?);
+            }
+        }
+
+        // Local addresses of client sockets; optional, as the tracepoint's fields may differ.
+        if ss.newstate != 0 {
+            let p: &mut TracePoint = program(&mut ebpf, programs::SOCK_STATE)?.try_into()?;
+            p.load()
+                .context("the kernel's verifier rejected sock_state")?;
+            let id = p
+                .attach("sock", "inet_sock_set_state")
+                .context("attaching sock_state to sock:inet_sock_set_state")?;
+            tracepoint_links.push(p.take_link(id)?);
+        } else {
+            tracing::info!("sock:inet_sock_set_state has unexpected fields; client local addresses come from /proc only");
+        }
+
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)?;
+        let conn_info = ConnInfo::new(
+            BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_INFO)?)?,
+            BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_PAST)?)?,
+        );
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)?;
+        let go_procs = BpfHashMap::try_from(take_map(&mut ebpf, names::GO_PROCS)?)?;
+        Ok((
+            Loader {
+                links: Vec::new(),
+                tracepoint_links,
+                ebpf,
+                counters,
+                go_procs,
+                inject_socks: None,
+                writes: false,
+            },
+            Channels { events, conn_info },
+        ))
+    }
+
+    /// Loads the programs that write a traceparent into Go clients' HTTPS and HTTP/2 requests
+    /// in their memory, so Go binaries attached from now on get them. Fails where the kernel
+    /// refuses `bpf_probe_write_user` (lockdown), and then nothing is ever written.
+    pub fn enable_memory_writes(&mut self) -> anyhow::Result<()> {
+        for name in programs::MEMORY_WRITERS {
+            let p: &mut UProbe = program(&mut self.ebpf, name)?.try_into()?;
+            if let Err(e) = p.load() {
+                // The verifier's whole log says little more than that the helper is unknown.
+                tracing::debug!(program = name, error = %e, "loading a memory-writing program failed");
+                anyhow::bail!(match lockdown_mode().as_deref() {
+                    Some(m @ ("integrity" | "confidentiality")) =>
+                        format!("kernel lockdown ({m}) forbids bpf_probe_write_user"),
+                    _ => "the kernel refused a program that calls bpf_probe_write_user".into(),
+                });
+            }
+        }
+        self.switch_on(names::WRITE_ON)
+            .context("turning memory writes on")?;
+        self.writes = true;
+        Ok(())
+    }
+
+    /// Whether the memory-writing programs are loaded, so Go binaries get them too.
+    pub fn memory_writes(&self) -> bool {
+        self.writes
+    }
+
+    /// Detaches every uprobe attached so far.
+    pub fn detach_all(&mut self) {
+        detach_links(std::mem::take(&mut self.links));
+    }
+
+    /// Attaches `prog` at `offset` of the file, for every process that maps it, and keeps the
+    /// link so that shutdown can detach all links at once (see `Drop`).
+    pub fn uprobe(&mut self, prog: &str, offset: u64, path: &Path) -> anyhow::Result<()> {
+        let p: &mut UProbe = program(&mut self.ebpf, prog)?.try_into()?;
+        let id = p
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                path,
+                UProbeScope::AllProcesses,
+            )
+            .with_context(|| {
+                format!(
+                    "attaching {prog} to {} at offset {offset:#x}",
+                    path.display()
+                )
+            })?;
+        self.links.push(p.take_link(id)?);
+        Ok(())
+    }
+
+    /// Attaches what writes a `traceparent` into Go clients' plaintext HTTP/1.x requests at
+    /// the socket: connect hooks and a sock_ops program on the root cgroup (v2, mounted if the
+    /// host has none), and the sk_msg program on their sockhash. Nothing is written into any
+    /// process, so this works under kernel lockdown. On error, nothing is injected and the
+    /// error says why.
+    pub fn attach_injection(&mut self) -> anyhow::Result<()> {
+        let root = cgroup2_root().context("finding or mounting a cgroup v2 hierarchy")?;
+        let cgroup = std::fs::File::open(&root)
+            .with_context(|| format!("opening the cgroup {}", root.display()))?;
+        let socks: SockHash<MapData, u64> =
+            SockHash::try_from(take_map(&mut self.ebpf, names::INJECT_SOCKS)?)?;
+        let p: &mut SkMsg = program(&mut self.ebpf, programs::GO_INJECT)?.try_into()?;
+        p.load()
+            .context("the kernel's verifier rejected go_inject")?;
+        p.attach(socks.fd())
+            .context("attaching go_inject to its sockhash")?;
+        self.inject_socks = Some(socks);
+        // Links (kernel 5.7+, which aya uses when it can) always run beside other programs on
+        // the cgroup and take no mode flag: BPF_F_ALLOW_MULTI there is EINVAL.
+        let mode = CgroupAttachMode::Single;
+        let p: &mut SockOps = program(&mut self.ebpf, programs::GO_SOCKOPS)?.try_into()?;
+        p.load()
+            .context("the kernel's verifier rejected go_sockops")?;
+        p.attach(&cgroup, mode)
+            .with_context(|| format!("attaching go_sockops to {}", root.display()))?;
+        for name in [programs::GO_CONNECT4, programs::GO_CONNECT6] {
+            let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+            p.attach(&cgroup, mode)
+                .with_context(|| format!("attaching {name} to {}", root.display()))?;
+        }
+        self.switch_on(names::INJECT_ON)
+            .context("turning injection on")?;
+        Ok(())
+    }
+
+    /// Sets the one-slot array `map` to 1: the probes that read it start their work.
+    fn switch_on(&mut self, map: &str) -> anyhow::Result<()> {
+        let mut on: BpfArray<_, u32> = BpfArray::try_from(
+            self.ebpf
+                .map_mut(map)
+                .with_context(|| format!("map {map} missing; rebuild sightline"))?,
+        )?;
+        on.set(0, 1, 0)?;
+        Ok(())
+    }
+
+    /// Tells the Go probes where process `tgid` keeps what they read.
+    pub fn set_go_process(&mut self, tgid: u32, offsets: &GoOffsets) -> anyhow::Result<()> {
+        self.go_procs
+            .insert(tgid, offsets, 0)
+            .context("storing a Go process's offsets")
+    }
+
+    pub fn forget_go_process(&mut self, tgid: u32) {
+        let _ = self.go_procs.remove(&tgid);
+    }
+
+    /// Kernel-side counters summed over CPUs, indexed by `sightline_common::counter`.
+    pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| {
+        format!("program {name} missing from the embedded object; rebuild sightline")
+    })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the embedded object; rebuild sightline"))
+}
+
+/// Registers the ring buffer with tokio so the main loop wakes when records arrive.
+pub fn watch_ring(
+    events: RingBuf<MapData>,
+) -> std::io::Result<tokio::io::unix::AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the AsyncFd takes ownership of the ring buffer, which owns the fd; the fd is
+    // therefore open for as long as it is registered.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into())
+}

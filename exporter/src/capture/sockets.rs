@@ -1,0 +1,240 @@
+//! A socket's role and ends, for a record that names it by (process, fd, stamp): from the
+//! kernel's connect/accept record, or from /proc for connections older than sightline.
+
+use super::proc_net::tcp_addrs;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use rustc_hash::FxHashMap as HashMap;
+use sightline_common::{sock_role, ConnKey, SockInfo};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Which end of a connection the observed process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// Socket peers recorded at connect/accept time, looked up once per connection.
+pub struct ConnInfo {
+    map: BpfHashMap<MapData, ConnKey, SockInfo>,
+    past: BpfHashMap<MapData, u64, SockInfo>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        map: BpfHashMap<MapData, ConnKey, SockInfo>,
+        past: BpfHashMap<MapData, u64, SockInfo>,
+    ) -> ConnInfo {
+        ConnInfo { map, past }
+    }
+
+    /// The socket `fd` of `tgid` holds now, as its connect or accept recorded it.
+    pub fn get(&self, tgid: u32, fd: i32) -> Option<SockInfo> {
+        self.map.get(&ConnKey { tgid, fd }, 0).ok()
+    }
+
+    /// An earlier socket whose fd a newer one took, by its stamp.
+    pub fn before(&self, stamp: u64) -> Option<SockInfo> {
+        self.past.get(&stamp, 0).ok().filter(|i| i.ts_ns == stamp)
+    }
+}
+
+/// Where socket facts recorded by the kernel are looked up.
+pub trait SockLookup: Send {
+    /// What socket `fd` of `tgid` was when stamped `stamp` (0: not stamped).
+    fn lookup(&self, tgid: u32, fd: i32, stamp: u64) -> Sock;
+}
+
+/// A socket as the kernel recorded its connect or accept.
+pub enum Sock {
+    /// The one the fd holds now: /proc may fill in what the record lacks.
+    Now(SockInfo),
+    /// One a newer socket has since replaced on the same fd.
+    Before(SockInfo),
+    /// Replaced, and its record is gone: nothing known is about it.
+    Replaced,
+    /// Never recorded (older than sightline, or dropped): only /proc can tell.
+    Unknown,
+}
+
+impl SockLookup for ConnInfo {
+    fn lookup(&self, tgid: u32, fd: i32, stamp: u64) -> Sock {
+        match self.get(tgid, fd) {
+            Some(i) if stamp == 0 || i.ts_ns == stamp => Sock::Now(i),
+            // A record read after its process reused the fd: another connection's ends
+            // would be wrong, so only the earlier socket's own record will do.
+            Some(_) => self.before(stamp).map_or(Sock::Replaced, Sock::Before),
+            None => Sock::Unknown,
+        }
+    }
+}
+
+/// No kernel map: for benchmarks and unit tests.
+pub struct NoLookup;
+
+impl SockLookup for NoLookup {
+    fn lookup(&self, _: u32, _: i32, _: u64) -> Sock {
+        Sock::Unknown
+    }
+}
+
+/// What is known of a socket.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Resolved {
+    pub role: Option<Role>,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+/// Resolves sockets for every source, remembering listening sockets' addresses (accepted
+/// sockets share them).
+pub struct Sockets {
+    lookup: Box<dyn SockLookup>,
+    /// Whether /proc may be read; off in benchmarks, where pids are synthetic.
+    use_proc: bool,
+    /// Local addresses of listening sockets, by (pid, fd).
+    listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+}
+
+impl Sockets {
+    pub fn new(lookup: Box<dyn SockLookup>, use_proc: bool) -> Sockets {
+        Sockets {
+            lookup,
+            use_proc,
+            listeners: HashMap::default(),
+        }
+    }
+
+    /// The role and ends of socket `fd` of `tgid`, as it was when stamped `stamp`.
+    pub fn resolve(&mut self, tgid: u32, fd: i32, stamp: u64) -> Resolved {
+        let (mut r, listen_fd) = resolve(&*self.lookup, tgid, fd, stamp, self.use_proc);
+        if let (None, Some(lfd), true) = (r.local, listen_fd, self.use_proc) {
+            r.local = *self
+                .listeners
+                .entry((tgid, lfd))
+                .or_insert_with(|| tcp_addrs(tgid, lfd).map(|(local, _)| local));
+        }
+        r
+    }
+
+    /// Never read /proc (benchmarks, whose pids are synthetic).
+    pub fn without_proc(&mut self) {
+        self.use_proc = false;
+    }
+
+    /// A process is gone: its fds mean nothing any more.
+    pub fn process_exit(&mut self, tgid: u32) {
+        self.listeners.retain(|(t, _), _| *t != tgid);
+    }
+}
+
+fn sock_addr(family: u16, addr: [u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match family as i32 {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        libc::AF_INET6 => {
+            let v6 = Ipv6Addr::from(addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The socket's role and ends, and for an accepted socket, its listening fd.
+fn resolve(
+    lookup: &dyn SockLookup,
+    tgid: u32,
+    fd: i32,
+    stamp: u64,
+    use_proc: bool,
+) -> (Resolved, Option<i32>) {
+    let from_proc = || if use_proc { tcp_addrs(tgid, fd) } else { None };
+    let (info, current) = match lookup.lookup(tgid, fd, stamp) {
+        Sock::Now(i) => (i, true),
+        Sock::Before(i) => (i, false),
+        Sock::Replaced => return (Resolved::default(), None),
+        Sock::Unknown => {
+            let (local, peer) = from_proc().unzip();
+            return (
+                Resolved {
+                    peer,
+                    local,
+                    role: None,
+                },
+                None,
+            );
+        }
+    };
+    let role = match info.role {
+        sock_role::CONNECTED => Some(Role::Client),
+        sock_role::ACCEPTED => Some(Role::Server),
+        _ => None,
+    };
+    let mut r = Resolved {
+        role,
+        peer: sock_addr(info.family, info.addr, info.port),
+        local: (info.local_port != 0)
+            .then(|| sock_addr(info.family, info.local_addr, info.local_port))
+            .flatten(),
+    };
+    let listen_fd =
+        (info.role == sock_role::ACCEPTED && info.listen_fd >= 0).then_some(info.listen_fd);
+    if r.peer.is_none() && current {
+        if let Some((local, peer)) = from_proc() {
+            r.peer = Some(peer);
+            r.local = r.local.or(Some(local));
+        }
+    }
+    (r, listen_fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(fn(u64) -> Sock);
+
+    impl SockLookup for Fixed {
+        fn lookup(&self, _: u32, _: i32, stamp: u64) -> Sock {
+            (self.0)(stamp)
+        }
+    }
+
+    fn connected(ts_ns: u64, port: u16) -> SockInfo {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        SockInfo {
+            role: sock_role::CONNECTED,
+            ts_ns,
+            family: 2,
+            addr,
+            port,
+            listen_fd: -1,
+            ..SockInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_record_read_after_its_fd_was_reused_keeps_its_own_ends() {
+        let before = Fixed(|stamp| Sock::Before(connected(stamp, 8443)));
+        let (r, _) = resolve(&before, 1, 5, 42, false);
+        assert_eq!(r.peer, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(r.role, Some(Role::Client));
+        // Once the earlier socket's record is gone too, no ends are better than another's.
+        let replaced = Fixed(|_| Sock::Replaced);
+        let (r, _) = resolve(&replaced, 1, 5, 42, true);
+        assert_eq!((r.peer, r.local, r.role), (None, None, None));
+    }
+}

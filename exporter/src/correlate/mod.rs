@@ -1,0 +1,204 @@
+//! The one place that ties calls together, keyed by connection plus position or time:
+//!
+//! - [`same_host`]: a SERVER call answering a CLIENT call seen on this host becomes its child,
+//!   matched by the connection's ends and the request's position on it;
+//! - [`goroutines`]: Go's in-process parents (a handler's client calls are its children) and
+//!   Go's same-host joins, matched by the connection's ends and time;
+//! - [`twins`]: one request seen by two capture points is reported once.
+//!
+//! Calls come in from the sources and leave, with their final ids, through [`Correlator::ready`].
+//! [`hold`] is the one policy for how long any of them waits.
+
+pub mod goroutines;
+pub mod hold;
+pub mod same_host;
+pub mod twins;
+
+use crate::protocols::call::Call;
+use crate::protocols::{Conventions, Role};
+use crate::sources::go::call::{GoConn, Goroutine};
+use crate::sources::{CapturePoint, ConnView, Made};
+use crate::telemetry::counters::{Counter, Stats};
+use goroutines::GoCalls;
+use rustc_hash::FxHashMap as HashMap;
+use same_host::{ConnJoin, Joins, Key, Origin};
+use std::sync::Arc;
+use twins::Twins;
+
+/// Most OpenSSL connections whose request positions are tracked; the sources close (and so
+/// release) connections long before, so this only guards against a leak.
+const MAX_CONN_JOINS: usize = 65_536;
+
+pub struct Correlator {
+    joins: Joins,
+    /// Request positions of each byte-stream connection, until it closes.
+    conn_joins: HashMap<(CapturePoint, (u32, u64)), ConnJoin>,
+    /// Server calls waiting (a batch at most) for their client's request to be read: where
+    /// they wait, who saw them, and whether they waited a batch already.
+    waiting: Vec<(Call, Key, CapturePoint, bool)>,
+    go: GoCalls,
+    twins: Twins,
+    ready: Vec<Call>,
+    stats: Arc<Stats>,
+    /// Wall-clock minus the capture clock, to put calls' times back on the capture clock.
+    mono_to_unix_ns: i128,
+}
+
+impl Correlator {
+    pub fn new(stats: Arc<Stats>, conv: &Conventions) -> Correlator {
+        Correlator {
+            joins: Joins::default(),
+            conn_joins: HashMap::default(),
+            waiting: Vec::new(),
+            go: GoCalls::default(),
+            twins: Twins::default(),
+            ready: Vec::new(),
+            stats,
+            mono_to_unix_ns: conv.mono_to_unix_ns,
+        }
+    }
+
+    /// Capture point `point` reports from `pid`: a request there may be seen twice.
+    pub fn seen(&mut self, point: CapturePoint, pid: u32) {
+        self.twins.seen(point, pid);
+    }
+
+    /// What a source made.
+    pub fn take(&mut self, made: Made) {
+        match made {
+            Made::Stream { conn, calls } => {
+                self.seen(conn.point, conn.process.pid);
+                self.stream(conn, calls);
+            }
+            Made::Go(g) => {
+                self.seen(CapturePoint::Go, g.goroutine.tgid);
+                self.go(g.call, &g.goroutine, g.conn);
+            }
+        }
+    }
+
+    /// What a byte-stream connection showed after a record: its requests register for the
+    /// other end, and its finished calls take their trace.
+    fn stream(&mut self, conn: ConnView, calls: Vec<Call>) {
+        let key = (conn.point, conn.id);
+        if !self.conn_joins.contains_key(&key) && self.conn_joins.len() >= MAX_CONN_JOINS {
+            self.conn_joins.clear();
+        }
+        let cj = self.conn_joins.entry(key).or_default();
+        self.joins
+            .on_requests(cj, conn.requests_seen, conn.role, conn.ends);
+        for mut call in calls {
+            let (origin, wait) = self.joins.next_origin(cj, call.role, conn.ends);
+            // What an incoming traceparent said wins over any join.
+            if !call.continues_incoming() {
+                apply(&mut call, origin);
+            }
+            self.stats.add(Counter::Calls, 1);
+            // A Go program's own view of its call is the one that joins (its OpenSSL view is
+            // a twin, dropped below).
+            if call.role == Role::Client && !self.twins.is_go(call.process.pid) {
+                local_caller(&mut self.go, self.mono_to_unix_ns, &call);
+            }
+            match wait {
+                Some(k) if call.parent_span_id.is_none() => {
+                    self.waiting.push((call, k, conn.point, false))
+                }
+                _ => self.twins.offer(call, conn.point, &mut self.ready),
+            }
+        }
+        if conn.closed {
+            if let Some(cj) = self.conn_joins.remove(&key) {
+                self.joins.forget(&cj, conn.ends);
+            }
+        }
+    }
+
+    /// A Go call: held until its trace is known.
+    fn go(&mut self, call: Call, g: &Goroutine, conn: GoConn) {
+        self.go.add(call, g, conn);
+        self.release_go();
+    }
+
+    /// Go calls whose trace is now known, on towards the sinks.
+    fn release_go(&mut self) {
+        for call in self.go.take_ready() {
+            self.stats.add(Counter::Calls, 1);
+            self.twins.offer(call, CapturePoint::Go, &mut self.ready);
+        }
+    }
+
+    /// Server calls whose client was read since: joined. Those that waited a whole batch
+    /// already: sent as they are.
+    fn settle_waiting(&mut self, force: bool) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (mut call, k, point, waited) in waiting {
+            if let Some(Origin::ChildOf { trace_id, parent }) = self.joins.take(&k) {
+                call.trace_id = trace_id;
+                call.parent_span_id = Some(parent);
+            } else if !(waited || force) {
+                self.waiting.push((call, k, point, true));
+                continue;
+            }
+            self.twins.offer(call, point, &mut self.ready);
+        }
+    }
+
+    /// After each batch of records: what waited long enough goes on.
+    pub fn end_batch(&mut self) {
+        self.go.expire(false);
+        self.release_go();
+        self.settle_waiting(false);
+        self.joins.end_batch();
+        self.twins.end_batch(false, &mut self.ready);
+    }
+
+    /// Shutdown: everything held goes on as it is.
+    pub fn close_all(&mut self) {
+        self.settle_waiting(true);
+        self.go.expire(true);
+        self.release_go();
+        self.twins.end_batch(true, &mut self.ready);
+    }
+
+    /// Calls whose ids are final, in the order they became so.
+    pub fn ready(&mut self) -> std::vec::Drain<'_, Call> {
+        self.stats
+            .set(Counter::CallsDeduplicated, self.twins.merged());
+        self.ready.drain(..)
+    }
+}
+
+/// Gives an OpenSSL call the trace its connection decided.
+fn apply(call: &mut Call, origin: Origin) {
+    match origin {
+        Origin::Fresh => {}
+        Origin::Client { trace_id, span_id } => {
+            call.trace_id = trace_id;
+            call.span_id = span_id;
+        }
+        Origin::ChildOf { trace_id, parent } => {
+            call.trace_id = trace_id;
+            call.parent_span_id = Some(parent);
+            call.trace_flags = 1;
+        }
+    }
+}
+
+/// A byte-stream client call to a server on this host: a Go server request it carried joins
+/// its trace (byte-stream servers join it by position).
+fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &Call) {
+    let (Some(local), Some(peer)) = (call.local, call.peer) else {
+        return;
+    };
+    if !(peer.ip().is_loopback() || peer.ip() == local.ip()) {
+        return;
+    }
+    let start = (call.start_unix_ns as i128 - mono_to_unix_ns).max(0) as u64;
+    go.foreign_client(
+        local,
+        peer,
+        call.span_id,
+        (call.trace_id, call.trace_flags),
+        (start, start.saturating_add(call.duration_ns)),
+    );
+}

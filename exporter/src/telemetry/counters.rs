@@ -1,0 +1,145 @@
+//! sightline's own health: every loss is counted here and exported as a metric, never logged
+//! once per event (Coroot #369 turned loss into a log flood).
+//!
+//! [`COUNTERS`] is the one table of them: adding a counter is one variant and one row.
+//! Counters that share a metric name and attributes are summed into one series.
+
+use crate::protocols::DropReason;
+use sightline_common::counter as kernel;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One of sightline's own counters; [`COUNTERS`] says how each is exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    EventsLost,
+    KernelActiveFull,
+    KernelReadFailed,
+    KernelOrphanReturns,
+    TraceparentInjected,
+    TraceparentSkipped,
+    TraceparentSocketsFull,
+    TraceparentWrittenInProcess,
+    TraceparentWriteSkipped,
+    Records,
+    RecordsTruncated,
+    RecordsUndecodable,
+    AttachFailures,
+    Calls,
+    CallsDeduplicated,
+    SpansDropped,
+    SpansExported,
+    ExportFailures,
+}
+
+/// How a counter is exported: its metric, the attributes of its series, what it means, and
+/// the kernel counter it copies, if the kernel keeps it.
+pub struct CounterDef {
+    pub counter: Counter,
+    pub metric: &'static str,
+    pub attributes: &'static [(&'static str, &'static str)],
+    pub description: &'static str,
+    pub kernel: Option<u32>,
+}
+
+const UNTRACKED: &str = "Library calls not tracked (no in-flight slot, unreadable memory, or a return without its entry).";
+const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).";
+
+macro_rules! def {
+    ($c:ident, $metric:expr, $attrs:expr, $desc:expr, $kernel:expr) => {
+        CounterDef {
+            counter: Counter::$c,
+            metric: $metric,
+            attributes: $attrs,
+            description: $desc,
+            kernel: $kernel,
+        }
+    };
+}
+
+/// Every counter, in [`Counter`]'s order.
+pub const COUNTERS: [CounterDef; 18] = [
+    def!(EventsLost, "sightline.events.lost", &[], "Capture records lost because the ring buffer was full.", Some(kernel::RINGBUF_FULL)),
+    def!(KernelActiveFull, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::ACTIVE_FULL)),
+    def!(KernelReadFailed, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::READ_FAILED)),
+    def!(KernelOrphanReturns, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::ORPHAN_RETURN)),
+    def!(TraceparentInjected, "sightline.traceparent.injections", &[("via", "socket"), ("outcome", "written")], INJECTIONS, Some(kernel::INJECTED)),
+    def!(TraceparentSkipped, "sightline.traceparent.injections", &[("via", "socket"), ("outcome", "skipped")], INJECTIONS, Some(kernel::INJECT_SKIPPED)),
+    def!(TraceparentSocketsFull, "sightline.traceparent.injections", &[("via", "socket"), ("outcome", "no_socket")], INJECTIONS, Some(kernel::INJECT_SOCKS_FULL)),
+    def!(TraceparentWrittenInProcess, "sightline.traceparent.injections", &[("via", "memory"), ("outcome", "written")], INJECTIONS, Some(kernel::WRITTEN_IN_PROCESS)),
+    def!(TraceparentWriteSkipped, "sightline.traceparent.injections", &[("via", "memory"), ("outcome", "skipped")], INJECTIONS, Some(kernel::WRITE_SKIPPED)),
+    def!(Records, "sightline.records", &[], "Capture records received from the kernel.", None),
+    def!(RecordsTruncated, "sightline.records.truncated", &[], "Capture records cut at the capture size.", None),
+    def!(RecordsUndecodable, "sightline.records.undecodable", &[], "Capture records that could not be decoded.", None),
+    def!(AttachFailures, "sightline.attach.failures", &[], "Probes that could not be attached.", None),
+    def!(Calls, "sightline.calls", &[], "HTTP calls reconstructed.", None),
+    def!(CallsDeduplicated, "sightline.calls.deduplicated", &[], "Requests seen by two capture points (a Go program on OpenSSL: the Go and the OpenSSL probes), reported once.", None),
+    def!(SpansDropped, "sightline.spans.dropped", &[], "Spans dropped because the export queue was full or the export failed.", None),
+    def!(SpansExported, "sightline.spans.exported", &[], "Spans accepted by the collector.", None),
+    def!(ExportFailures, "sightline.export.failures", &[], "Exports of spans or metrics that the collector did not accept.", None),
+];
+
+/// The counters' values, shared by every stage and read by the metrics and the summary.
+#[derive(Debug, Default)]
+pub struct Stats {
+    values: [AtomicU64; COUNTERS.len()],
+    parse_dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl Stats {
+    pub fn add(&self, c: Counter, n: u64) {
+        self.values[c as usize].fetch_add(n, Relaxed);
+    }
+
+    pub fn set(&self, c: Counter, n: u64) {
+        self.values[c as usize].store(n, Relaxed);
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Relaxed)
+    }
+
+    /// Copies the kernel's counters (summed over CPUs, indexed by `sightline_common::counter`).
+    pub fn copy_kernel(&self, k: &[u64]) {
+        for d in &COUNTERS {
+            if let Some(v) = d.kernel.and_then(|i| k.get(i as usize)) {
+                self.set(d.counter, *v);
+            }
+        }
+    }
+
+    pub fn count_drop(&self, r: DropReason) {
+        self.parse_dropped[r.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn parse_dropped(&self, r: DropReason) -> u64 {
+        self.parse_dropped[r.index()].load(Relaxed)
+    }
+
+    pub fn parse_dropped_total(&self) -> u64 {
+        self.parse_dropped.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_in_the_enums_order() {
+        for (i, d) in COUNTERS.iter().enumerate() {
+            assert_eq!(d.counter as usize, i, "{}", d.metric);
+        }
+    }
+
+    #[test]
+    fn kernel_counters_are_copied_by_their_index() {
+        let s = Stats::default();
+        let mut k = [0u64; kernel::COUNT as usize];
+        k[kernel::RINGBUF_FULL as usize] = 7;
+        k[kernel::WRITE_SKIPPED as usize] = 3;
+        s.copy_kernel(&k);
+        assert_eq!(s.get(Counter::EventsLost), 7);
+        assert_eq!(s.get(Counter::TraceparentWriteSkipped), 3);
+        assert_eq!(s.get(Counter::Calls), 0);
+    }
+}
