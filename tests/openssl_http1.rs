@@ -439,6 +439,50 @@ fn unprivileged_run_says_what_to_do() {
     assert!(err.contains("must run as root"), "{err}");
 }
 
+/// sightline leaves the host's mounts as it found them: what it mounts to read the kernel
+/// (securityfs for the lockdown mode, a cgroup v2 hierarchy for the socket programs) is gone at
+/// exit. Run in a private mount namespace whose securityfs and cgroup v2 mounts were removed.
+#[test]
+fn mounts_it_makes_are_gone_at_exit() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("unshare");
+    let bin = sightline_e2e::procs::sightline_bin();
+    let ours = r#"awk '$3 == "securityfs" || $3 == "cgroup2" {printf "%s:%s ", $3, $2}' /proc/self/mounts"#;
+    let script = format!(
+        r#"umount /sys/kernel/security 2>/dev/null
+for m in $(awk '$3 == "cgroup2" {{print $2}}' /proc/self/mounts); do umount "$m"; done
+echo "before: $({ours})"
+{bin} --output none 2>/dev/null & p=$!
+sleep 4
+echo "during: $({ours})"
+kill -TERM $p; wait $p; echo "status: $?"
+echo "after: $({ours})""#,
+        bin = bin.display()
+    );
+    let out = run(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]))
+    .unwrap();
+    let line = |tag: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag} in {out}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(line("before:"), "", "{out}");
+    assert_eq!(line("status:"), "0", "{out}");
+    let during = line("during:");
+    assert!(during.contains("securityfs:/sys/kernel/security"), "{out}");
+    assert!(during.contains("cgroup2:/run/sightline/cgroup2"), "{out}");
+    assert_eq!(line("after:"), "", "{out}");
+}
+
 /// With the collector down, export retries and drops (counted), while capture and the live
 /// view go on, and shutdown still takes under 5 s.
 #[test]

@@ -69,6 +69,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
     stats.copy_kernel(&loader.counters());
     drop(loader);
+    kernel::unmount_ours();
     pipeline.close_all();
     drop(pipeline);
     outputs.finish(deadline, started.elapsed()).await;

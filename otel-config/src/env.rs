@@ -69,6 +69,18 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// [`Self::key_values`] for a variable that may hold credentials (headers): an error never
+    /// repeats any part of the value.
+    pub fn secret_key_values(&self, var: &str) -> Result<Vec<(String, String)>, ConfigError> {
+        match self.get(var) {
+            None => Ok(Vec::new()),
+            Some(v) => parse_key_values(v).map_err(|_| ConfigError::Secret {
+                var: var.to_string(),
+                message: "expected comma-separated key=value pairs with percent-encoded values, such as Authorization=Bearer%20<token>".into(),
+            }),
+        }
+    }
+
     /// `OTEL_TRACES_EXPORTER=none` turns a signal off; only `otlp` and `none` make sense here.
     pub fn exporter_is_none(&self, var: &str) -> Result<bool, ConfigError> {
         match self.get(var).map(str::trim) {
@@ -145,8 +157,8 @@ pub fn signal(
     for src in [&common.headers, &own.headers].into_iter().flatten() {
         add(src.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     }
-    add(env.key_values(&general("HEADERS"))?);
-    add(env.key_values(&var("HEADERS"))?);
+    add(env.secret_key_values(&general("HEADERS"))?);
+    add(env.secret_key_values(&var("HEADERS"))?);
 
     let timeout = env
         .millis(&var("TIMEOUT"))?

@@ -39,6 +39,9 @@ pub enum ConfigError {
         value: String,
         message: String,
     },
+    /// A variable that may hold credentials: its value is never shown.
+    #[error("{var}: {message} (its value is not shown, as it may hold credentials)")]
+    Secret { var: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -210,3 +210,31 @@ fn the_annotated_example_file_is_valid() {
     assert!(c.write_process_memory);
     assert_eq!(c.redaction.headers.len(), 4);
 }
+
+#[test]
+fn malformed_headers_never_show_their_value() {
+    let e = load(
+        None,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization Bearer s3cr3t-token",
+            ),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
+    assert!(!e.contains("s3cr3t"), "{e}");
+    let e = load(
+        None,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x=%ff%fe-s3cr3t"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains("s3cr3t"), "{e}");
+}

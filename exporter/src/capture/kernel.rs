@@ -67,8 +67,26 @@ fn ensure_tracefs() -> std::io::Result<()> {
     mount_fs(c"tracefs", c"/sys/kernel/tracing")
 }
 
-/// Mounts a kernel filesystem of type `fstype` (its name as source too) at `target`.
-fn mount_fs(fstype: &std::ffi::CStr, target: &std::ffi::CStr) -> std::io::Result<()> {
+/// What sightline mounted, to unmount at exit: the host is left as it was found.
+static MOUNTED: std::sync::Mutex<Vec<&'static std::ffi::CStr>> = std::sync::Mutex::new(Vec::new());
+
+/// Unmounts what sightline mounted, newest first; for exit, once every program is detached.
+/// A mount something else still uses is detached lazily (`MNT_DETACH`), never forced.
+pub fn unmount_ours() {
+    let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(target) = mounted.pop() {
+        // SAFETY: a NUL-terminated static string.
+        let r = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!(target = ?target, error = %e, "unmounting");
+        }
+    }
+}
+
+/// Mounts a kernel filesystem of type `fstype` (its name as source too) at `target`, and
+/// remembers it for [`unmount_ours`].
+fn mount_fs(fstype: &std::ffi::CStr, target: &'static std::ffi::CStr) -> std::io::Result<()> {
     // SAFETY: NUL-terminated strings that outlive the call; a null data pointer is allowed.
     let r = unsafe {
         libc::mount(
@@ -82,6 +100,10 @@ fn mount_fs(fstype: &std::ffi::CStr, target: &std::ffi::CStr) -> std::io::Result
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    MOUNTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(target);
     Ok(())
 }
 

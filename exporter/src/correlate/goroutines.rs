@@ -8,7 +8,7 @@ use crate::protocols::call::Call;
 use crate::protocols::trace_context::{new_span_id, new_trace_id};
 use crate::protocols::Role;
 use crate::sources::go::call::{GoConn, Goroutine};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -23,6 +23,11 @@ type CallerKey = (IpAddr, u16, u16);
 /// Calls held at once; past this the oldest contexts are settled early (joins are lost,
 /// never memory).
 const MAX_HELD: usize = 65_536;
+/// Client calls kept for server records read after them; past this, new ones are not kept
+/// (their servers start their own traces).
+const MAX_RECENT: usize = 65_536;
+/// Server ports remembered; past this the set is relearnt from the next requests.
+const MAX_SERVER_PORTS: usize = 4_096;
 
 /// The trace a server request belongs to, once known.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +105,10 @@ pub struct GoCalls {
     done: FxHashMap<ServerKey, Done>,
     /// Server requests waiting for their caller, by where that caller would be.
     waiting: FxHashMap<CallerKey, Vec<(ServerKey, u64, u64)>>,
-    recent_clients: FxHashMap<CallerKey, Vec<RecentClient>>,
+    recent_clients: FxHashMap<CallerKey, VecDeque<RecentClient>>,
+    /// Ports Go servers here were seen serving on: a client call from another capture point
+    /// is kept for joining only when its peer is one of them.
+    server_ports: FxHashSet<u16>,
     /// Time-ordered queues, so that expiry costs what expires, not what is kept: server
     /// requests waiting for a caller, contexts by birth, settled contexts, recent clients.
     due: VecDeque<(Instant, ServerKey)>,
@@ -184,6 +192,14 @@ impl GoCalls {
     }
 
     fn add_server(&mut self, r: &Goroutine, mut call: Call, conn: GoConn) {
+        if let Some(port) = conn.local.map(|l| l.port()).or(call.host_port) {
+            if !self.server_ports.contains(&port) {
+                if self.server_ports.len() >= MAX_SERVER_PORTS {
+                    self.server_ports.clear();
+                }
+                self.server_ports.insert(port);
+            }
+        }
         let key = (r.tgid, r.goid, r.start_ns);
         // An incoming traceparent is what the caller itself said: it wins, unless sightline
         // wrote it for a caller on this host (see `Ctx::fallback`).
@@ -301,6 +317,11 @@ impl GoCalls {
             .push((key, key.2, end_ns));
     }
 
+    /// Whether a Go server here was seen serving on `port`.
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.server_ports.contains(&port)
+    }
+
     /// A client call on this host that another capture point saw (an OpenSSL client, say), with
     /// its final ids: a Go server request it carried joins its trace, as it would a Go
     /// caller's. Times are the capture clock's (`CLOCK_MONOTONIC`).
@@ -338,8 +359,10 @@ impl GoCalls {
         if let Some(server) = matched {
             self.join(server, c);
         } else {
-            self.recent_clients.entry(ck).or_default().push(c);
-            self.recent.push_back((c.seen, ck));
+            if self.recent.len() < MAX_RECENT {
+                self.recent_clients.entry(ck).or_default().push_back(c);
+                self.recent.push_back((c.seen, ck));
+            }
         }
     }
 
@@ -519,7 +542,13 @@ impl GoCalls {
             }
             self.recent.pop_front();
             if let Some(v) = self.recent_clients.get_mut(&ck) {
-                v.retain(|c| now.duration_since(c.seen) < JOIN_GRACE * 4);
+                // In the order they were seen: the expired ones are at the front.
+                while v
+                    .front()
+                    .is_some_and(|c| now.duration_since(c.seen) >= JOIN_GRACE * 4)
+                {
+                    v.pop_front();
+                }
                 if v.is_empty() {
                     self.recent_clients.remove(&ck);
                 }

@@ -25,8 +25,8 @@ use same_host::{ConnJoin, Joins, Key, Origin};
 use std::sync::Arc;
 use twins::Twins;
 
-/// Most OpenSSL connections whose request positions are tracked; the sources close (and so
-/// release) connections long before, so this only guards against a leak.
+/// Most byte-stream connections whose request positions are tracked; the sources close (and
+/// so release) connections long before, so this only guards against a leak.
 const MAX_CONN_JOINS: usize = 65_536;
 
 pub struct Correlator {
@@ -82,7 +82,14 @@ impl Correlator {
     fn stream(&mut self, conn: ConnView, calls: Vec<Call>) {
         let key = (conn.point, conn.id);
         if !self.conn_joins.contains_key(&key) && self.conn_joins.len() >= MAX_CONN_JOINS {
-            self.conn_joins.clear();
+            // Positions on a connection tracked from the middle would pair the wrong requests:
+            // untracked, its calls keep their own traces.
+            for mut call in calls {
+                call.fresh_ids();
+                self.stats.add(Counter::Calls, 1);
+                self.twins.offer(call, conn.point, &mut self.ready);
+            }
+            return;
         }
         let cj = self.conn_joins.entry(key).or_default();
         self.joins
@@ -93,6 +100,7 @@ impl Correlator {
             if !call.continues_incoming() {
                 apply(&mut call, origin);
             }
+            call.fresh_ids();
             self.stats.add(Counter::Calls, 1);
             // A Go program's own view of its call is the one that joins (its OpenSSL view is
             // a twin, dropped below).
@@ -168,7 +176,7 @@ impl Correlator {
     }
 }
 
-/// Gives an OpenSSL call the trace its connection decided.
+/// Gives a byte-stream call the trace its connection decided (fresh ids are filled in after).
 fn apply(call: &mut Call, origin: Origin) {
     match origin {
         Origin::Fresh => {}
@@ -190,7 +198,7 @@ fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &Call) {
     let (Some(local), Some(peer)) = (call.local, call.peer) else {
         return;
     };
-    if !(peer.ip().is_loopback() || peer.ip() == local.ip()) {
+    if !(peer.ip().is_loopback() || peer.ip() == local.ip()) || !go.serves_port(peer.port()) {
         return;
     }
     let start = (call.start_unix_ns as i128 - mono_to_unix_ns).max(0) as u64;

@@ -139,6 +139,9 @@ impl Discovery {
         loader: &mut Loader,
         wants: impl Fn(&dyn Attach) -> bool,
     ) {
+        if !self.attachers.iter().any(|(_, a)| wants(a.as_ref())) {
+            return;
+        }
         tracing::debug!(file = %path.display(), "considering");
         let Ok(meta) = std::fs::metadata(path) else {
             return;

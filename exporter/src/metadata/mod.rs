@@ -126,17 +126,20 @@ impl Processes {
 
 /// Builds the resource every signal of an observed process carries.
 pub fn process_resource(p: &ProcessInfo, extra: &[(String, String)]) -> Resource {
-    let mut attrs: Vec<KeyValue> = vec![
+    // The process's own attributes first: what sightline knows of it and what the operator
+    // set come after, and a later value wins, so a traced process cannot rename the host or
+    // pose as another process.
+    let mut attrs: Vec<KeyValue> = p
+        .attributes
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    attrs.extend([
         KeyValue::new("process.pid", p.pid as i64),
         KeyValue::new("process.executable.name", p.exe_name.clone()),
         KeyValue::new("process.executable.path", p.exe_path.clone()),
-    ];
+    ]);
     attrs.extend(common_resource_attributes(extra));
-    attrs.extend(
-        p.attributes
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-    );
     Resource::builder_empty()
         .with_attributes(attrs)
         .with_service_name(p.service_name.clone())
@@ -188,6 +191,26 @@ mod tests {
         assert_eq!(p.service_name, "checkout");
         let p = ProcessInfo::from_parts(1, "/usr/sbin/nginx".into(), "nginx".into(), b"");
         assert_eq!(p.service_name, "nginx");
+    }
+
+    #[test]
+    fn a_process_cannot_override_what_sightline_and_the_operator_say() {
+        let p = ProcessInfo::from_parts(
+            42,
+            "/usr/bin/app".into(),
+            "app".into(),
+            b"OTEL_RESOURCE_ATTRIBUTES=host.name=spoofed,process.pid=1,team=pay,env=dev\0",
+        );
+        let r = process_resource(&p, &[("env".into(), "prod".into())]);
+        let get = |k: &str| {
+            r.iter()
+                .find(|(key, _)| key.as_str() == k)
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(get("host.name"), Some(host_name()));
+        assert_eq!(get("process.pid"), Some("42".into()));
+        assert_eq!(get("team"), Some("pay".into()));
+        assert_eq!(get("env"), Some("prod".into()));
     }
 
     #[test]

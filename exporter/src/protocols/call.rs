@@ -51,8 +51,8 @@ pub struct ConnFacts {
 }
 
 impl Call {
-    /// An HTTP/1.x exchange as a call. Its ids continue an incoming `traceparent`, or are
-    /// fresh.
+    /// An HTTP/1.x exchange as a call. Its ids continue an incoming `traceparent`; without
+    /// one they are 0, for `correlate` to decide (a join, or [`Call::fresh_ids`]).
     pub fn from_http1(
         process: Arc<ProcessInfo>,
         ex: &Exchange,
@@ -69,6 +69,8 @@ impl Call {
                     Some(i) => (&rest[..i], &rest[i..]),
                     None => (rest, "/"),
                 };
+                // `user:password@host`: the credentials never leave the host.
+                let auth = auth.rsplit_once('@').map_or(auth, |(_, host)| host);
                 (Some(auth.to_string()), path)
             }
             _ => (None, req.target.as_str()),
@@ -84,9 +86,9 @@ impl Call {
             Role::Server => req.traceparent.as_deref().and_then(parse_traceparent),
             Role::Client => None,
         };
-        let (trace_id, parent_span_id, trace_flags) = match incoming {
-            Some(tp) => (tp.trace_id, Some(tp.span_id), tp.flags),
-            None => (new_trace_id(), None, 1),
+        let (trace_id, span_id, parent_span_id, trace_flags) = match incoming {
+            Some(tp) => (tp.trace_id, new_span_id(), Some(tp.span_id), tp.flags),
+            None => (0, 0, None, 1),
         };
         let tracestate = incoming.and(req.tracestate.clone());
 
@@ -110,10 +112,20 @@ impl Call {
             start_unix_ns: conv.unix_ns(ex.start_ns),
             duration_ns: ex.end_ns.saturating_sub(ex.start_ns),
             trace_id,
-            span_id: new_span_id(),
+            span_id,
             parent_span_id,
             trace_flags,
             tracestate,
+        }
+    }
+
+    /// Ids for a call that starts its own trace, where none are set.
+    pub fn fresh_ids(&mut self) {
+        if self.trace_id == 0 {
+            self.trace_id = new_trace_id();
+        }
+        if self.span_id == 0 {
+            self.span_id = new_span_id();
         }
     }
 
@@ -252,6 +264,31 @@ mod tests {
         assert_eq!(c.start_unix_ns, 1_010);
         assert_eq!(c.duration_ns, 2_500);
         assert!(c.is_error());
+    }
+
+    #[test]
+    fn userinfo_in_an_absolute_target_is_dropped() {
+        let ex = exchange(
+            Role::Server,
+            b"GET http://alice:s3cret@upstream.example:8080/x?q=1 HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        let c = Call::from_http1(
+            proc(),
+            &ex,
+            ConnFacts::default(),
+            &Conventions {
+                redact_query_values: true,
+                mono_to_unix_ns: 0,
+            },
+        );
+        assert_eq!(
+            c.absolute_authority.as_deref(),
+            Some("upstream.example:8080")
+        );
+        assert_eq!(c.host.as_deref(), Some("upstream.example"));
+        assert_eq!(c.url_full(), "http://upstream.example:8080/x?q=REDACTED");
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 pub const REDACTED: &str = "REDACTED";
 
-/// `a=1&b=&c` → `a=REDACTED&b=REDACTED&c`: names stay (they are useful and rarely secret),
-/// values go.
+/// `a=1&b=&c` → `a=REDACTED&b=REDACTED&REDACTED`: names stay (they are useful and rarely
+/// secret), values go, and so does a part with no `=`, which is all value (`?<token>`).
 pub fn redact_query(query: &str) -> String {
     let mut out = String::with_capacity(query.len());
     for (i, pair) in query.split('&').enumerate() {
@@ -17,7 +17,8 @@ pub fn redact_query(query: &str) -> String {
                 out.push('=');
                 out.push_str(REDACTED);
             }
-            None => out.push_str(pair),
+            None if pair.is_empty() => {}
+            None => out.push_str(REDACTED),
         }
     }
     out
@@ -31,8 +32,10 @@ mod tests {
     fn values_are_replaced() {
         assert_eq!(
             redact_query("token=abc&page=2&flag"),
-            "token=REDACTED&page=REDACTED&flag"
+            "token=REDACTED&page=REDACTED&REDACTED"
         );
+        assert_eq!(redact_query("eyJhbGciOi.s3cret"), "REDACTED");
+        assert_eq!(redact_query("a=1&&b"), "a=REDACTED&&REDACTED");
         assert_eq!(redact_query(""), "");
     }
 }

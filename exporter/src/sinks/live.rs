@@ -1,7 +1,7 @@
 //! The live view: one line per call, for people (text) or programs (JSON lines).
 
 use super::timefmt::{clock, rfc3339};
-use super::Sink;
+use super::{printable, Sink};
 use crate::protocols::call::Call;
 use std::io::Write;
 
@@ -47,7 +47,7 @@ pub fn text_line(c: &Call) -> String {
         target.push('?');
         target.push_str(q);
     }
-    let who = format!("{}[{}]", c.process.service_name, c.process.pid);
+    let who = format!("{}[{}]", printable(&c.process.service_name), c.process.pid);
     let peer = c.peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
     let method = c.method_original.as_deref().unwrap_or(&c.method);
     format!(
@@ -55,8 +55,8 @@ pub fn text_line(c: &Call) -> String {
         clock(c.start_unix_ns),
         who,
         c.role.as_str(),
-        method,
-        target,
+        printable(method),
+        printable(&target),
         c.status,
         format_duration(c.duration_ns),
         peer
@@ -109,5 +109,71 @@ impl<W: Write + Send> Sink for LiveView<W> {
     fn flush(&mut self) {
         self.title();
         let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::ProcessInfo;
+    use crate::protocols::Role;
+    use std::sync::Arc;
+
+    fn call(service: &str, path: &str) -> Call {
+        let env = format!("OTEL_SERVICE_NAME={service}\0");
+        Call {
+            process: Arc::new(ProcessInfo::from_parts(
+                7,
+                "/bin/x".into(),
+                "x".into(),
+                env.as_bytes(),
+            )),
+            role: Role::Server,
+            method: "GET".into(),
+            method_original: None,
+            path: path.into(),
+            query: None,
+            absolute_authority: None,
+            status: 200,
+            route: None,
+            protocol_version: "1.1",
+            scheme: "http",
+            host: None,
+            host_port: None,
+            peer: None,
+            local: None,
+            user_agent: Some("\u{1b}]0;pwned\u{7}".into()),
+            start_unix_ns: 0,
+            duration_ns: 1_000,
+            trace_id: 1,
+            span_id: 1,
+            parent_span_id: None,
+            trace_flags: 1,
+            tracestate: None,
+        }
+    }
+
+    #[test]
+    fn escape_sequences_reach_no_terminal() {
+        let line = text_line(&call("svc\u{1b}[2J", "/a\u{1b}[31mred\r"));
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("svc\\u{1b}[2J[7]"), "{line}");
+        assert!(line.contains("/a\\u{1b}[31mred\\r"), "{line}");
+        let json = json_line(&call("svc", "/a\u{1b}"));
+        assert!(!json.chars().any(char::is_control), "{json:?}");
+    }
+
+    #[test]
+    fn the_text_view_titles_its_columns_once() {
+        let mut v = LiveView::new(Vec::new(), Format::Text);
+        v.flush();
+        v.on_call(&call("svc", "/a"));
+        v.flush();
+        let out = String::from_utf8(v.out.into_inner().unwrap()).unwrap();
+        assert_eq!(out.matches("TIME").count(), 1, "{out}");
+        assert!(out.starts_with("TIME"), "{out}");
+        let mut j = LiveView::new(Vec::new(), Format::Json);
+        j.flush();
+        assert!(j.out.into_inner().unwrap().is_empty());
     }
 }

@@ -6,6 +6,24 @@ pub mod summary;
 pub mod timefmt;
 
 use crate::protocols::call::Call;
+use std::borrow::Cow;
+
+/// `s` safe to print on a terminal: control characters (escape sequences from a path Go
+/// decoded, a service name from any process's environment) are shown escaped, never sent.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// A consumer of finished calls, run on the pipeline's thread: it must not block.
 pub trait Sink: Send {

@@ -250,7 +250,9 @@ async fn export_spans(
                 }
                 None => break,
             },
-            _ = tokio::time::sleep(wait) => true,
+            // Armed only while something waits: with a zero delay (OTEL_BSP_SCHEDULE_DELAY=0)
+            // an empty queue would otherwise wake this loop without end.
+            _ = tokio::time::sleep(wait), if !buf.is_empty() => true,
             _ = shutdown.changed() => break,
         };
         if !due {

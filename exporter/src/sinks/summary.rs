@@ -103,7 +103,7 @@ impl Summary {
         for r in rows {
             s.push_str(&format!(
                 "{:<28} {:<6} {:>8} {:>9.2} {:>8} {:>10} {:>10} {:>10}\n",
-                r.service,
+                super::printable(&r.service),
                 r.role,
                 r.calls,
                 r.rate_per_s,

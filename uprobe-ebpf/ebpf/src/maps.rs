@@ -59,9 +59,11 @@ pub(crate) static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entri
 pub(crate) static SYN_SENT: LruHashMap<u64, ConnKey> = LruHashMap::with_max_entries(8192, 0);
 
 /// `connect()` in progress per thread: the fd whose local address the SYN_SENT transition
-/// inside the same syscall will tell.
+/// inside the same syscall will tell. Every AF_INET/INET6 connect() fills it, UDP ones and
+/// early failures included, and only a TCP socket reaching SYN_SENT empties it: an LRU, so
+/// those leftovers age out instead of filling it for good.
 #[map]
-pub(crate) static PENDING_CONNECT: HashMap<u64, i32> = HashMap::with_max_entries(4096, 0);
+pub(crate) static PENDING_CONNECT: LruHashMap<u64, i32> = LruHashMap::with_max_entries(4096, 0);
 
 #[map]
 pub(crate) static SOCK_GEN: Array<SockGen> = Array::with_max_entries(SOCK_GEN_SLOTS, 0);
@@ -75,9 +77,10 @@ pub(crate) static CONN_INFO: LruHashMap<ConnKey, SockInfo> = LruHashMap::with_ma
 #[map]
 pub(crate) static CONN_PAST: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
 
-/// `accept()`'s sockaddr pointer and listening fd, from syscall entry to exit.
+/// `accept()`'s sockaddr pointer and listening fd, from syscall entry to exit. An LRU: a thread
+/// that dies inside accept() leaves its entry.
 #[map]
-pub(crate) static ACCEPT_ARGS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
+pub(crate) static ACCEPT_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
 
 // Go net/http (`go`).
 
@@ -134,18 +137,20 @@ pub(crate) struct InFlight {
 #[map]
 pub(crate) static GO_SERVER: LruHashMap<GoKey, InFlight> = LruHashMap::with_max_entries(65536, 0);
 
-/// Client round trips in flight, by goroutine.
+/// Client round trips in flight, by goroutine. An LRU: a process that exits mid-call leaves
+/// its entries.
 #[map]
-pub(crate) static GO_CLIENT: HashMap<GoKey, InFlight> = HashMap::with_max_entries(16384, 0);
+pub(crate) static GO_CLIENT: LruHashMap<GoKey, InFlight> = LruHashMap::with_max_entries(16384, 0);
 
 /// The goroutine that started each goroutine, so a call made from a goroutine a handler
 /// spawned still finds its request.
 #[map]
 pub(crate) static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// `runtime.newproc1`'s caller goroutine, from entry to return, by thread.
+/// `runtime.newproc1`'s caller goroutine, from entry to return, by thread (an LRU, for
+/// threads that die in between).
 #[map]
-pub(crate) static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+pub(crate) static GO_NEWPROC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Go's classic map layout (every release this supports, up to 1.23) for the `http.Header`
 /// type `map[string][]string`: a bucket is 8 top hashes, 8 string keys, 8 slices and an
@@ -174,10 +179,11 @@ pub(crate) static GO_WINDOWS: PerCpuArray<Windows> = PerCpuArray::with_max_entri
 // traceparent propagation (`propagate`).
 
 /// Outgoing HTTP/1.x requests waiting for their `traceparent`, by connection: set by the
-/// client probes before the request is written, filled in by `go_inject` as it is sent.
+/// client probes before the request is written, filled in by `go_inject` as it is sent. An
+/// LRU: a request never sent (its process exited) leaves its entry.
 #[map]
-pub(crate) static PENDING_TRACE: HashMap<InjectKey, PendingTrace> =
-    HashMap::with_max_entries(16384, 0);
+pub(crate) static PENDING_TRACE: LruHashMap<InjectKey, PendingTrace> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Index 0 is 1 once user space attached the injection programs; until then the client
 /// probes leave nothing pending.

@@ -44,7 +44,15 @@ impl Go {
     /// One Go net/http record as a call, with its connection's ends; `None` for a process not
     /// selected, and for what is not a request.
     fn call(&mut self, r: &GoRecord, cx: &mut Context<'_>) -> Option<Made> {
-        tracing::trace!(?r, "go record");
+        // Never the query or the headers' values: a log may leave the host in clear.
+        tracing::trace!(
+            tgid = r.tgid,
+            goid = r.goid,
+            role = r.role,
+            method = %r.method,
+            status = r.status,
+            "go record"
+        );
         // An h2c connection's preface reaches the HTTP/1 server as `PRI *` and is handed, for
         // the whole connection, to x/net's ServeConn, whose requests are recorded on their own.
         if r.role == go_role::SERVER && r.method == "PRI" && r.path == "*" {
