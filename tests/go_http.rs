@@ -853,6 +853,58 @@ async fn curl_over_openssl_and_a_go_server_are_one_trace() {
     );
 }
 
+/// `--exe` restricts what sightline touches, not only what it reports: a Go program that is
+/// not selected is neither analysed nor given offsets (so nothing is read from or written into
+/// it), and its calls make no spans; the selected one is traced as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_program_not_selected_is_left_alone() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let chosen = gobuild::build("probe", "1.22", Shape::Plain, false);
+    let other = gobuild::build("probe", "1.23", Shape::Plain, false);
+    let chosen_name = chosen.file_name().unwrap().to_str().unwrap().to_string();
+    let other_name = other.file_name().unwrap().to_str().unwrap().to_string();
+    let (addr, rec) = receiver::start_grpc().await.unwrap();
+    let mut agent = Agent::start(
+        &["--output", "json", "--exe", &chosen_name],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ],
+    )
+    .unwrap();
+    let a = GoService::start(&chosen, &[]);
+    let b = GoService::start(&other, &[]);
+    std::thread::sleep(Duration::from_millis(1000));
+    curl(&[&a.url("http", "/items/chosen")]);
+    curl(&[&b.url("http", "/items/other")]);
+    wait_spans(&rec, &agent, |all| {
+        all.iter().any(|s| server_port_is(s, a.port))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    let srv = one(&all, "the selected program's span", |s| {
+        server_port_is(s, a.port)
+    });
+    assert_eq!(s(srv.attr("url.path")), "/items/chosen");
+    assert_eq!(srv.service(), chosen_name);
+    assert!(
+        !all.iter().any(|s| s.service() == other_name),
+        "nothing from the program not selected: {all:#?}"
+    );
+    let said = agent.stderr.lock().unwrap().join("\n");
+    let probing = |name: &str| {
+        said.lines()
+            .any(|l| l.contains("probing Go net/http") && l.contains(name))
+    };
+    assert!(probing(&chosen_name), "{said}");
+    assert!(!probing(&other_name), "{said}");
+}
+
 /// What lockdown forbids on this host, on a kernel that allows it: Debian 12's own 6.1 cloud
 /// kernel, booted under qemu (software emulation). In it, Go clients' HTTPS and HTTP/2
 /// requests to another host get their traceparent written into the process's memory, and

@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 # rustup's tools live here; a non-login shell (CI) may not have it on PATH.
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
-  die "cargo and rustup are needed (https://rustup.rs); this machine image ships them"
+  die "cargo and rustup are needed: install them with rustup (https://rustup.rs), then run this again"
 fi
 
 # LLVM 22 and Go 1.21+ live in bookworm-backports.

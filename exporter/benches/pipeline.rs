@@ -15,6 +15,7 @@ use sightline::protocols::call::Call;
 use sightline::protocols::Conventions;
 use sightline::sinks::otlp::MetricsSink;
 use sightline::sinks::Sink;
+use sightline::sources;
 use sightline::telemetry::counters::{Counter, Stats};
 use sightline::telemetry::metrics::Metrics;
 use sightline::telemetry::spans::{scope, to_span};
@@ -77,17 +78,13 @@ fn bench(c: &mut Criterion) {
             bytes: bytes.clone(),
         }),
     ];
-    let mut p = Pipeline::new(
-        Box::new(NoLookup),
-        sinks,
-        stats.clone(),
-        Default::default(),
-        Conventions {
-            redact_query_values: true,
-            mono_to_unix_ns: 0,
-        },
-    )
-    .with_fixed_process(process);
+    let conv = Conventions {
+        redact_query_values: true,
+        mono_to_unix_ns: 0,
+    };
+    let (sources, _) = sources::split(sources::all(&Default::default(), conv, &stats));
+    let mut p = Pipeline::new(Box::new(NoLookup), sources, sinks, stats.clone(), conv)
+        .with_fixed_process(process);
 
     let req = b"GET /api/v1/items/42?page=2&sort=asc HTTP/1.1\r\nHost: shop.example:8443\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n";
     let resp = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: keep-alive\r\n\r\n{\"id\":42,\"name\":\"widget\"}\n";

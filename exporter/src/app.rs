@@ -2,13 +2,14 @@
 
 use crate::capture::kernel::{self, lockdown_mode};
 use crate::capture::loader::{self, Loader};
-use crate::discovery::{Discovery, RESCAN_AFTER};
+use crate::discovery::{Discovery, Rescans};
 use crate::pipeline::{Notice, Pipeline};
 use crate::protocols::{Conventions, DropReason};
 use crate::sinks::live::{Format, LiveView};
 use crate::sinks::otlp;
 use crate::sinks::summary::Summary;
 use crate::sinks::Sink;
+use crate::sources;
 use crate::telemetry::counters::{Counter, Stats};
 use crate::telemetry::metrics::Metrics;
 use anyhow::Context;
@@ -19,7 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+/// How often new processes' second looks are taken: a fraction of the first delay.
+const RESCAN_TICK: Duration = Duration::from_millis(25);
 
 /// Everything must be detached and flushed within this after SIGINT/SIGTERM.
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
@@ -39,27 +43,38 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "the configuration turns it off (propagation.process_memory: false)"
         ))
     };
-    let mut discovery = Discovery::new(stats.clone());
-    discovery.scan_all(&mut loader);
     let conv = Conventions {
         redact_query_values: cfg.redaction.query_values,
         mono_to_unix_ns: kernel::realtime_ns() as i128 - kernel::monotonic_ns() as i128,
     };
+    let (sources, attachers) = sources::split(sources::all(&cfg.selection, conv, &stats));
+    let mut discovery = Discovery::new(attachers, stats.clone(), cfg.selection.clone());
+    discovery.scan_all(&mut loader);
     let mut pipeline = Pipeline::new(
         Box::new(channels.conn_info),
+        sources,
         outputs.sinks(),
         stats.clone(),
-        cfg.selection.clone(),
         conv,
     );
     for (point, pid) in discovery.traced() {
         pipeline.traced(point, pid);
     }
-    report_propagation(
-        loader.attach_injection(),
-        writes,
-        lockdown_mode().as_deref(),
-    );
+    let others = loader::other_socket_programs();
+    if !others.is_empty() {
+        tracing::warn!(
+            programs = ?others,
+            "other agents' programs are loaded on the socket hooks sightline's plaintext propagation uses; if one of them must own those hooks (an L7 proxy such as Cilium's), set propagation.socket: false"
+        );
+    }
+    let socket = if cfg.inject_at_socket {
+        loader.attach_injection()
+    } else {
+        Err(anyhow::anyhow!(
+            "the configuration turns it off (propagation.socket: false)"
+        ))
+    };
+    report_propagation(socket, writes, lockdown_mode().as_deref());
     tracing::info!("sightline is running; Ctrl-C to stop");
 
     let ring = loader::watch_ring(channels.events).context("watching the ring buffer")?;
@@ -181,7 +196,10 @@ async fn capture(
     loader: &mut Loader,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let (rescan_tx, mut rescan_rx) = mpsc::unbounded_channel::<u32>();
+    let mut rescans = Rescans::default();
+    let mut rescan_tick = tokio::time::interval(RESCAN_TICK);
+    rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut due = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -197,10 +215,13 @@ async fn capture(
             }
             // Records are mostly written without a wakeup; collect them here.
             _ = drain.tick() => drain_ring(ring.get_mut(), pipeline, &mut notices),
-            Some(pid) = rescan_rx.recv() => {
-                discovery.scan_pid(pid, loader);
-                for point in discovery.tracing(pid) {
-                    pipeline.traced(point, pid);
+            _ = rescan_tick.tick() => {
+                rescans.due(Instant::now(), &mut due);
+                for pid in due.drain(..) {
+                    discovery.scan_pid(pid, loader);
+                    for point in discovery.tracing(pid) {
+                        pipeline.traced(point, pid);
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -219,13 +240,7 @@ async fn capture(
                     for point in discovery.tracing(pid) {
                         pipeline.traced(point, pid);
                     }
-                    for delay in RESCAN_AFTER {
-                        let tx = rescan_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = tx.send(pid);
-                        });
-                    }
+                    rescans.exec(pid, Instant::now());
                 }
             }
         }

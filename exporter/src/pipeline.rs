@@ -7,9 +7,8 @@ use crate::correlate::Correlator;
 use crate::metadata::{ProcessInfo, Processes};
 use crate::protocols::Conventions;
 use crate::sinks::Sink;
-use crate::sources::{self, CapturePoint, Context, Made, Source};
+use crate::sources::{CapturePoint, Context, Made, Source};
 use crate::telemetry::counters::{Counter, Stats};
-use otel_config::Selection;
 use std::sync::Arc;
 
 /// What the pipeline tells discovery.
@@ -35,15 +34,15 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(
         lookup: Box<dyn SockLookup>,
+        sources: Vec<Box<dyn Source>>,
         sinks: Vec<Box<dyn Sink>>,
         stats: Arc<Stats>,
-        selection: Selection,
         conv: Conventions,
     ) -> Pipeline {
         Pipeline {
             processes: Processes::default(),
             sockets: Sockets::new(lookup, true),
-            sources: sources::all(&selection, conv, &stats),
+            sources,
             correlate: Correlator::new(stats.clone(), &conv),
             sinks,
             stats,

@@ -34,6 +34,10 @@ pub struct PropagationFile {
     /// in their memory (where the kernel allows it). Plaintext HTTP/1.x ones get theirs at the
     /// socket either way.
     pub process_memory: Option<bool>,
+    /// Whether sightline may add a `traceparent` to Go clients' plaintext HTTP/1.x requests at
+    /// the socket (cgroup connect and sock_ops hooks, an sk_msg program). Off where another
+    /// agent's sk_msg or sock_ops programs must have those hooks alone.
+    pub socket: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -125,6 +125,11 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// No rule given: every process is selected.
+    pub fn is_everything(&self) -> bool {
+        self.executables.is_empty() && self.pids.is_empty()
+    }
+
     /// Everything is selected when no rule is given.
     pub fn matches(&self, pid: u32, exe_name: &str) -> bool {
         (self.executables.is_empty() && self.pids.is_empty())
@@ -147,6 +152,9 @@ pub struct Config {
     /// Extra resource attributes for every observed process (`OTEL_RESOURCE_ATTRIBUTES`).
     pub resource_attributes: Vec<(String, String)>,
     pub sdk_disabled: bool,
+    /// `propagation.socket`: a traceparent may be added to Go clients' plaintext HTTP/1.x
+    /// requests at the socket (on by default).
+    pub inject_at_socket: bool,
     /// `propagation.process_memory`: a traceparent may be written into Go clients' HTTPS and
     /// HTTP/2 requests in their memory (on by default; the kernel may still refuse).
     pub write_process_memory: bool,
@@ -332,6 +340,7 @@ fn resolve(file: file::FileConfig, vars: &BTreeMap<String, String>) -> Result<Co
         resource_attributes,
         sdk_disabled,
         write_process_memory: file.propagation.process_memory.unwrap_or(true),
+        inject_at_socket: file.propagation.socket.unwrap_or(true),
     })
 }
 

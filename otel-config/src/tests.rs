@@ -30,6 +30,10 @@ fn nothing_set_means_no_export_and_safe_defaults() {
 fn writing_into_process_memory_can_be_turned_off() {
     let c = load(Some("propagation:\n  process_memory: false\n"), &[]).unwrap();
     assert!(!c.write_process_memory);
+    assert!(c.inject_at_socket);
+    let c = load(Some("propagation:\n  socket: false\n"), &[]).unwrap();
+    assert!(!c.inject_at_socket);
+    assert!(c.write_process_memory);
     let e = load(Some("propagation:\n  memory: false\n"), &[]).unwrap_err();
     assert!(e.to_string().starts_with("sightline.yaml:2:3"), "{e}");
 }

@@ -11,7 +11,9 @@ use aya::maps::{
 };
 use aya::programs::trace_point::TracePointLink;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, TracePoint, UProbe};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, ProgramType, SkMsg, SockOps, TracePoint, UProbe,
+};
 use aya::{Ebpf, EbpfLoader};
 use sightline_common::{counter, names, programs, GoOffsets};
 use std::path::Path;
@@ -317,6 +319,34 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .with_context(|| format!("map {name} missing from the embedded object; rebuild sightline"))
+}
+
+/// Programs of other agents on the socket hooks the socket path of propagation uses (sk_msg,
+/// sock_ops, cgroup connect), by kind and name: a host whose L7 proxy (Cilium's, say) owns
+/// those hooks may want `propagation.socket: false`. Call before sightline loads its own.
+pub fn other_socket_programs() -> Vec<String> {
+    let kinds = [
+        (ProgramType::SkMsg, "sk_msg"),
+        (ProgramType::SockOps, "sock_ops"),
+        (ProgramType::CgroupSockAddr, "cgroup/connect"),
+    ];
+    // A sightline that just exited may still have its own on the way out.
+    let ours = [
+        programs::GO_INJECT,
+        programs::GO_SOCKOPS,
+        programs::GO_CONNECT4,
+        programs::GO_CONNECT6,
+    ];
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            let (_, kind) = kinds
+                .iter()
+                .find(|(t, _)| p.program_type() == (*t).into())?;
+            let name = p.name_as_str().unwrap_or("(unnamed)");
+            (!ours.contains(&name)).then(|| format!("{kind} {name}"))
+        })
+        .collect()
 }
 
 /// Registers the ring buffer with tokio so the main loop wakes when records arrive.

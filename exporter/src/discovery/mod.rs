@@ -6,13 +6,15 @@
 //! within the first second to catch libraries loaded with dlopen.
 
 use crate::capture::loader::Loader;
-use crate::sources::{self, Attach, AttachContext, CapturePoint, Found};
+use crate::sources::{Attach, AttachContext, CapturePoint, Found};
 use crate::telemetry::counters::Stats;
+use otel_config::Selection;
 use sightline_symbolizer::Cache;
+use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// When to look at a new process again after its exec: dlopen'd libraries (Python's `_ssl`)
 /// appear after start. The last look is inside the 1 s promise.
@@ -21,6 +23,41 @@ pub const RESCAN_AFTER: [Duration; 3] = [
     Duration::from_millis(250),
     Duration::from_millis(800),
 ];
+
+/// New processes waiting for their next look, per delay; past this, a storm of execs gets one
+/// look per process (at exec) instead of four.
+const MAX_RESCANS: usize = 65_536;
+
+/// New processes to look at again, [`RESCAN_AFTER`] their exec: one queue per delay, each in
+/// time order, drained by the capture loop's timer (no task or timer per exec).
+#[derive(Default)]
+pub struct Rescans {
+    queues: [VecDeque<(Instant, u32)>; RESCAN_AFTER.len()],
+}
+
+impl Rescans {
+    /// `pid` just exec'd.
+    pub fn exec(&mut self, pid: u32, now: Instant) {
+        for (q, delay) in self.queues.iter_mut().zip(RESCAN_AFTER) {
+            if q.len() < MAX_RESCANS {
+                q.push_back((now + delay, pid));
+            }
+        }
+    }
+
+    /// The pids whose next look is due by `now`, into `out`.
+    pub fn due(&mut self, now: Instant, out: &mut Vec<u32>) {
+        for q in &mut self.queues {
+            while let Some(&(at, pid)) = q.front() {
+                if at > now {
+                    break;
+                }
+                q.pop_front();
+                out.push(pid);
+            }
+        }
+    }
+}
 
 const LIB_DIRS: [&str; 6] = [
     "/usr/lib/x86_64-linux-gnu",
@@ -33,15 +70,23 @@ const LIB_DIRS: [&str; 6] = [
 
 pub struct Discovery {
     attachers: Vec<(CapturePoint, Box<dyn Attach>)>,
+    /// Only selected processes are analysed, attached to or written into (a library every
+    /// process may map, such as the system's libssl, is still probed once for all).
+    selection: Selection,
     /// What each binary contains: analysed once per build-id, whatever the path.
     symbols: Cache,
     stats: Arc<Stats>,
 }
 
 impl Discovery {
-    pub fn new(stats: Arc<Stats>) -> Self {
+    pub fn new(
+        attachers: Vec<(CapturePoint, Box<dyn Attach>)>,
+        stats: Arc<Stats>,
+        selection: Selection,
+    ) -> Self {
         Discovery {
-            attachers: sources::attachers(),
+            attachers,
+            selection,
             symbols: Cache::default(),
             stats,
         }
@@ -62,12 +107,20 @@ impl Discovery {
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return;
         };
+        let mut selected = 0;
         for p in procs.flatten() {
             if let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if pid != std::process::id() {
-                    self.scan_pid(pid, loader);
+                if pid != std::process::id() && self.scan_pid(pid, loader) {
+                    selected += 1;
                 }
             }
+        }
+        if !self.selection.is_everything() && selected == 0 {
+            tracing::info!(
+                executables = ?self.selection.executables,
+                pids = ?self.selection.pids,
+                "the selection matches no running process; sightline attaches to one as soon as it starts"
+            );
         }
     }
 
@@ -87,20 +140,29 @@ impl Discovery {
             .collect()
     }
 
-    /// The executable and the mapped libraries of one process.
-    pub fn scan_pid(&mut self, pid: u32, loader: &mut Loader) {
+    /// The executable and the mapped libraries of one process, if it is selected; returns
+    /// whether it was.
+    pub fn scan_pid(&mut self, pid: u32, loader: &mut Loader) -> bool {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return false;
+        };
+        let exe = exe.to_string_lossy();
+        let deleted = exe.ends_with(" (deleted)");
+        let exe = exe.trim_end_matches(" (deleted)");
+        let name = exe.rsplit('/').next().unwrap_or(exe);
+        if !self.selection.matches(pid, name) {
+            return false;
+        }
         // Through the process's root the file is reachable whatever mount namespace it lives
         // in, and, unlike /proc/PID/exe, the path stays valid if the process exits mid-attach.
-        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-            let exe = exe.to_string_lossy();
-            if exe.starts_with('/') && !exe.ends_with(" (deleted)") {
-                let path = stable_path(&root, &exe);
-                self.offer(&path, Some(pid), loader, |_| true);
-            }
+        // A deleted executable's path may name another file by now.
+        if exe.starts_with('/') && !deleted {
+            let path = stable_path(&root, exe);
+            self.offer(&path, Some(pid), loader, |_| true);
         }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return;
+            return true;
         };
         let mut seen: Vec<&str> = Vec::new();
         for line in maps.lines() {
@@ -121,6 +183,7 @@ impl Discovery {
                 self.offer(&path, None, loader, |a| a.wants_mapped_library(name));
             }
         }
+        true
     }
 
     /// A process is gone: what the kernel holds for it goes (its pid may be reused).
@@ -175,5 +238,27 @@ fn stable_path(root: &Path, path: &str) -> PathBuf {
     match (std::fs::metadata(&ours), std::fs::metadata(&through_root)) {
         (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => ours,
         _ => through_root,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_new_process_is_looked_at_again_at_each_delay() {
+        let mut r = Rescans::default();
+        let t0 = Instant::now();
+        r.exec(1, t0);
+        r.exec(2, t0 + Duration::from_millis(10));
+        let mut due = Vec::new();
+        r.due(t0 + Duration::from_millis(40), &mut due);
+        assert!(due.is_empty());
+        r.due(t0 + Duration::from_millis(55), &mut due);
+        assert_eq!(due, [1]);
+        due.clear();
+        r.due(t0 + Duration::from_secs(1), &mut due);
+        due.sort_unstable();
+        assert_eq!(due, [1, 1, 2, 2, 2]);
     }
 }

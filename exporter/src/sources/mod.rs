@@ -2,7 +2,7 @@
 //! that has what it probes (its `attach` module), and turns its records into protocol-neutral
 //! calls that it returns as [`Made`]. No source calls into a later stage.
 //!
-//! Adding a capture point is a folder here and a line in [`all`] and [`attachers`].
+//! Adding a capture point is a folder here and a line in [`all`].
 
 pub mod go;
 pub mod openssl;
@@ -128,25 +128,39 @@ pub trait Attach: Send {
     fn forget(&mut self, _pid: u32, _loader: &mut Loader) {}
 }
 
-/// Every capture point's discovery side.
-pub fn attachers() -> Vec<(CapturePoint, Box<dyn Attach>)> {
+/// A capture point's two sides: what discovery asks (`attach`) and what the pipeline feeds
+/// its records to (`source`).
+pub struct Point {
+    pub point: CapturePoint,
+    pub source: Box<dyn Source>,
+    pub attach: Box<dyn Attach>,
+}
+
+/// Every capture point, in the order records are offered to them. Adding one is a line here.
+pub fn all(selection: &Selection, conv: Conventions, stats: &Arc<Stats>) -> Vec<Point> {
     vec![
-        (
-            CapturePoint::Openssl,
-            Box::<openssl::attach::OpensslAttach>::default(),
-        ),
-        (CapturePoint::Go, Box::<go::attach::GoAttach>::default()),
+        Point {
+            point: CapturePoint::Openssl,
+            source: Box::new(openssl::Openssl::new(
+                selection.clone(),
+                conv,
+                stats.clone(),
+            )),
+            attach: Box::<openssl::attach::OpensslAttach>::default(),
+        },
+        Point {
+            point: CapturePoint::Go,
+            source: Box::new(go::Go::new(selection.clone(), conv, stats.clone())),
+            attach: Box::<go::attach::GoAttach>::default(),
+        },
     ]
 }
 
-/// Every capture point's user side, in the order records are offered to them.
-pub fn all(selection: &Selection, conv: Conventions, stats: &Arc<Stats>) -> Vec<Box<dyn Source>> {
-    vec![
-        Box::new(openssl::Openssl::new(
-            selection.clone(),
-            conv,
-            stats.clone(),
-        )),
-        Box::new(go::Go::new(selection.clone(), conv, stats.clone())),
-    ]
+/// The capture points' two sides apart: the pipeline's and discovery's.
+#[allow(clippy::type_complexity)]
+pub fn split(points: Vec<Point>) -> (Vec<Box<dyn Source>>, Vec<(CapturePoint, Box<dyn Attach>)>) {
+    points
+        .into_iter()
+        .map(|p| (p.source, (p.point, p.attach)))
+        .unzip()
 }

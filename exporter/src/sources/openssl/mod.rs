@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 /// Connections tracked at once; past this the least recently used one is evicted.
 pub const MAX_CONNECTIONS: usize = 16_384;
+/// Connections evicted together when the table is full.
+const EVICT_BATCH: usize = MAX_CONNECTIONS / 16;
 /// A connection silent this long is closed: its open exchanges end or are counted.
 pub const IDLE_NS: u64 = 30_000_000_000;
 
@@ -218,13 +220,17 @@ impl Openssl {
         }
     }
 
+    /// The table is full: the least recently used [`EVICT_BATCH`] connections go at once, so
+    /// the scan that finds them is paid once per batch, not once per new connection.
     fn evict_oldest(&mut self, made: &mut Vec<Made>) {
-        if let Some(key) = self
-            .conns
-            .iter()
-            .min_by_key(|(_, c)| c.last_ns)
-            .map(|(k, _)| *k)
-        {
+        let mut by_age: Vec<(u64, ConnId)> =
+            self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        let n = EVICT_BATCH.min(by_age.len());
+        if n == 0 {
+            return;
+        }
+        by_age.select_nth_unstable(n - 1);
+        for (_, key) in by_age.into_iter().take(n) {
             self.stats.count_drop(DropReason::Evicted);
             self.close(key, made);
         }
