@@ -109,6 +109,16 @@ fn locked_down() -> bool {
         .unwrap_or(false)
 }
 
+/// The CLIENT span curl's socket gave for `url`: a Go server on this host that it called
+/// joins its trace.
+fn curl_span<'a>(all: &'a [FlatSpan], url: &str) -> &'a FlatSpan {
+    let sp = one(all, url, |s| {
+        s.kind == CLIENT && s.attr("url.full") == Some(&Val::S(url.into()))
+    });
+    assert_eq!(sp.service(), "curl", "{url}");
+    sp
+}
+
 fn server_port_is(s: &FlatSpan, port: u16) -> bool {
     s.kind == SERVER && s.attr("server.port") == Some(&Val::I(port as i64))
 }
@@ -203,8 +213,18 @@ async fn go_servers_of_every_toolchain_and_shape() {
             assert_eq!(items.trace_id, trace_id, "{what}");
             assert_eq!(items.parent_span_id, parent, "{what}");
         } else {
+            // No traceparent: the server joins the trace of curl's CLIENT span, which the
+            // socket syscalls saw.
+            let caller = curl_span(
+                &all,
+                &svc.url("http", "/items/42?token=REDACTED&page=REDACTED"),
+            );
             assert_ne!(items.trace_id, trace_id, "{what}");
-            assert_eq!(items.parent_span_id, "", "{what}");
+            assert_eq!(
+                (items.trace_id.as_str(), items.parent_span_id.as_str()),
+                (caller.trace_id.as_str(), caller.span_id.as_str()),
+                "{what}"
+            );
         }
         let failed = one(&mine, &what, |s| {
             s.attr("url.path") == Some(&Val::S("/status/503".into()))
@@ -344,13 +364,19 @@ async fn a_chain_of_go_services_is_one_trace() {
     assert_eq!(s(c404.attr("http.response.status_code")), "404");
     assert_eq!(c404.parent_span_id, "");
 
-    // The second request, without traceparent: one fresh trace over the same three hops.
+    // The second request, without traceparent: one trace over curl (its plaintext CLIENT span,
+    // from the socket) and the same three hops.
     let a2 = one(&all, "A server 2", |s| {
         server_port_is(s, a.port) && path_is(s, "/chain/again")
     });
-    assert_eq!(a2.parent_span_id, "");
+    let curl2 = curl_span(&all, &a.url("http", "/chain/again"));
+    assert_eq!(curl2.parent_span_id, "");
+    assert_eq!(
+        (a2.trace_id.as_str(), a2.parent_span_id.as_str()),
+        (curl2.trace_id.as_str(), curl2.span_id.as_str())
+    );
     let in_trace: Vec<&FlatSpan> = all.iter().filter(|s| s.trace_id == a2.trace_id).collect();
-    assert_eq!(in_trace.len(), 5, "{in_trace:#?}");
+    assert_eq!(in_trace.len(), 6, "{in_trace:#?}");
 }
 
 /// Safety: the probes attached and detached 100 times, doing their full work (the process's
@@ -589,7 +615,11 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
         (srv.clone(), cli.clone(), remote.clone())
     };
     let (a1, _, b1) = hop(&a, "/chain/one", "/tp/from-a");
-    assert_eq!(a1.parent_span_id, "");
+    let curl1 = curl_span(&all, &a.url("http", "/chain/one"));
+    assert_eq!(
+        (a1.trace_id.as_str(), a1.parent_span_id.as_str()),
+        (curl1.trace_id.as_str(), curl1.span_id.as_str())
+    );
     assert_eq!(s(b1.attr("url.query")), "k=REDACTED");
     assert_eq!(b1.service(), b_bin.file_name().unwrap().to_str().unwrap());
     // curl's trace continues through A's spawned goroutine onto the other host.
@@ -1116,7 +1146,10 @@ async fn in_guest_traceparent_over_https_and_http2() {
         (srv.clone(), remote.clone())
     };
     let (s1, _) = hop(&h1, "/chain/one", "/tp/h1s", "1.1", "https");
-    assert_eq!(s1.parent_span_id, "");
+    assert_eq!(
+        s1.parent_span_id,
+        curl_span(&all, &h1.url("http", "/chain/one")).span_id
+    );
     // curl's trace continues through a Go 1.19 spawned goroutine, over HTTP/2 and TLS.
     let (s2, b2) = hop(&h2, "/spawn/two", "/tp/h2", "2", "https");
     assert_eq!(s2.trace_id, trace_id);
@@ -1142,7 +1175,10 @@ async fn in_guest_traceparent_over_https_and_http2() {
     let c_srv = one(&all, "chain C", |s| {
         server_port_is(s, c.port) && s.parent_span_id == b_cli.span_id
     });
-    assert_eq!(a_srv.parent_span_id, "");
+    assert_eq!(
+        a_srv.parent_span_id,
+        curl_span(&all, &a_start.url("http", "/chain/start")).span_id
+    );
     for (span, proto) in [(b_srv, "2"), (c_srv, "1.1")] {
         assert_eq!(s(span.attr("url.scheme")), "https");
         assert_eq!(s(span.attr("network.protocol.version")), proto);

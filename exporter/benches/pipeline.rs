@@ -53,7 +53,7 @@ fn record(dir: u32, conn: u64, t: u64, payload: &[u8]) -> Vec<u8> {
         end_ns: t + 2_000,
         conn,
         fd: 7,
-        _pad: 0,
+        flags: 0,
         len: payload.len() as u32,
         captured: payload.len() as u32,
         sock_ts: 1,

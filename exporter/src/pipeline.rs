@@ -131,8 +131,12 @@ impl Pipeline {
     }
 
     fn process_exit(&mut self, tgid: u32) {
+        let mut cx = Context {
+            processes: &mut self.processes,
+            sockets: &mut self.sockets,
+        };
         for s in &mut self.sources {
-            s.process_exit(tgid, &mut self.made);
+            s.process_exit(tgid, &mut cx, &mut self.made);
         }
         self.hand_on();
         self.processes.remove(tgid);

@@ -24,16 +24,17 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/si
 #[cfg(not(feature = "probes"))]
 static PROBES: &[u8] = &[];
 
-/// Socket syscalls during which a TLS library moves its ciphertext.
-const FD_SYSCALLS: [&str; 8] = [
-    "sys_enter_read",
-    "sys_enter_write",
-    "sys_enter_recvfrom",
-    "sys_enter_sendto",
-    "sys_enter_readv",
-    "sys_enter_writev",
-    "sys_enter_recvmsg",
-    "sys_enter_sendmsg",
+/// The exits of every syscall a `sys_*` program watches the entry of.
+const DATA_EXITS: [&str; 9] = [
+    "sys_exit_read",
+    "sys_exit_write",
+    "sys_exit_recvfrom",
+    "sys_exit_sendto",
+    "sys_exit_readv",
+    "sys_exit_writev",
+    "sys_exit_recvmsg",
+    "sys_exit_sendmsg",
+    "sys_exit_sendfile64",
 ];
 
 /// The loaded programs. Dropping it detaches and unloads everything: nothing is pinned, so
@@ -124,7 +125,7 @@ impl Loader {
             p.load()
                 .with_context(|| format!("the kernel's verifier rejected {name}"))?;
         }
-        let tracepoints: [(&str, &str, &[&str]); 6] = [
+        let tracepoints: [(&str, &str, &[&str]); 15] = [
             (programs::PROC_EXEC, "sched", &["sched_process_exec"]),
             (programs::PROC_EXIT, "sched", &["sched_process_exit"]),
             (programs::SOCK_CONNECT, "syscalls", &["sys_enter_connect"]),
@@ -138,7 +139,24 @@ impl Loader {
                 "syscalls",
                 &["sys_exit_accept", "sys_exit_accept4"],
             ),
-            (programs::FD_LINK, "syscalls", &FD_SYSCALLS),
+            (programs::SYS_READ, "syscalls", &["sys_enter_read"]),
+            (programs::SYS_RECVFROM, "syscalls", &["sys_enter_recvfrom"]),
+            (
+                programs::SYS_WRITE,
+                "syscalls",
+                &["sys_enter_write", "sys_enter_sendto"],
+            ),
+            (programs::SYS_READV, "syscalls", &["sys_enter_readv"]),
+            (programs::SYS_WRITEV, "syscalls", &["sys_enter_writev"]),
+            (programs::SYS_RECVMSG, "syscalls", &["sys_enter_recvmsg"]),
+            (programs::SYS_SENDMSG, "syscalls", &["sys_enter_sendmsg"]),
+            (
+                programs::SYS_SENDFILE,
+                "syscalls",
+                &["sys_enter_sendfile64"],
+            ),
+            (programs::SYS_DATA_EXIT, "syscalls", &DATA_EXITS),
+            (programs::SYS_CLOSE, "syscalls", &["sys_enter_close"]),
         ];
         let mut tracepoint_links = Vec::new();
         for (name, category, events) in tracepoints {
@@ -170,6 +188,8 @@ impl Loader {
         let conn_info = ConnInfo::new(
             BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_INFO)?)?,
             BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_PAST)?)?,
+            BpfHashMap::try_from(take_map(&mut ebpf, names::SOCK_CLASS)?)?,
+            BpfHashMap::try_from(take_map(&mut ebpf, names::AGENT_PORTS)?)?,
         );
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)?;
         let go_procs = BpfHashMap::try_from(take_map(&mut ebpf, names::GO_PROCS)?)?;

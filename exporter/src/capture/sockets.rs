@@ -4,7 +4,7 @@
 use super::proc_net::tcp_addrs;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use rustc_hash::FxHashMap as HashMap;
-use sightline_common::{sock_role, ConnKey, SockInfo};
+use sightline_common::{sock_class, sock_role, ConnKey, SockClass, SockInfo};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Which end of a connection the observed process is.
@@ -23,18 +23,28 @@ impl Role {
     }
 }
 
-/// Socket peers recorded at connect/accept time, looked up once per connection.
+/// Socket peers recorded at connect/accept time, looked up once per connection, and what the
+/// socket syscall probes copy of each socket.
 pub struct ConnInfo {
     map: BpfHashMap<MapData, ConnKey, SockInfo>,
     past: BpfHashMap<MapData, u64, SockInfo>,
+    class: BpfHashMap<MapData, ConnKey, SockClass>,
+    agent_ports: BpfHashMap<MapData, u32, ConnKey>,
 }
 
 impl ConnInfo {
     pub fn new(
         map: BpfHashMap<MapData, ConnKey, SockInfo>,
         past: BpfHashMap<MapData, u64, SockInfo>,
+        class: BpfHashMap<MapData, ConnKey, SockClass>,
+        agent_ports: BpfHashMap<MapData, u32, ConnKey>,
     ) -> ConnInfo {
-        ConnInfo { map, past }
+        ConnInfo {
+            map,
+            past,
+            class,
+            agent_ports,
+        }
     }
 
     /// The socket `fd` of `tgid` holds now, as its connect or accept recorded it.
@@ -52,6 +62,15 @@ impl ConnInfo {
 pub trait SockLookup: Send {
     /// What socket `fd` of `tgid` was when stamped `stamp` (0: not stamped).
     fn lookup(&self, tgid: u32, fd: i32, stamp: u64) -> Sock;
+    /// The socket syscall probes are to copy nothing more of socket `fd` of `tgid`, if it is
+    /// still the one stamped `stamp`.
+    fn silence(&mut self, _tgid: u32, _fd: i32, _stamp: u64) {}
+    /// Socket `fd` of `tgid` means nothing any more (its process exited).
+    fn forget(&mut self, _tgid: u32, _fd: i32) {}
+    /// sightline's own client socket whose local port is `port`, if it has one.
+    fn agent_socket(&self, _port: u16) -> Option<SockInfo> {
+        None
+    }
 }
 
 /// A socket as the kernel recorded its connect or accept.
@@ -75,6 +94,27 @@ impl SockLookup for ConnInfo {
             Some(_) => self.before(stamp).map_or(Sock::Replaced, Sock::Before),
             None => Sock::Unknown,
         }
+    }
+
+    fn silence(&mut self, tgid: u32, fd: i32, stamp: u64) {
+        let key = ConnKey { tgid, fd };
+        if let Ok(mut c) = self.class.get(&key, 0) {
+            if c.ts_ns == stamp {
+                c.class = sock_class::IGNORED;
+                // Gone meanwhile (closed, evicted): nothing left to silence.
+                let _ = self.class.insert(key, c, 0);
+            }
+        }
+    }
+
+    fn forget(&mut self, tgid: u32, fd: i32) {
+        let _ = self.class.remove(&ConnKey { tgid, fd });
+    }
+
+    fn agent_socket(&self, port: u16) -> Option<SockInfo> {
+        let key = self.agent_ports.get(&(port as u32), 0).ok()?;
+        // The fd may hold a newer connection by now: only one on this port will do.
+        self.map.get(&key, 0).ok().filter(|i| i.local_port == port)
     }
 }
 
@@ -112,6 +152,28 @@ impl Sockets {
             use_proc,
             listeners: HashMap::default(),
         }
+    }
+
+    /// Whether a connection from `peer` to `local` is one of sightline's own (its exporter's,
+    /// seen from a collector on this host).
+    pub fn is_own(&self, peer: SocketAddr, local: Option<SocketAddr>) -> bool {
+        let Some(i) = self.lookup.agent_socket(peer.port()) else {
+            return false;
+        };
+        let ours = sock_addr(i.family, i.local_addr, i.local_port);
+        let theirs = sock_addr(i.family, i.addr, i.port);
+        ours == Some(peer) && local.is_none_or(|l| theirs == Some(l))
+    }
+
+    /// Copy nothing more of socket `fd` of `tgid` (stamped `stamp`) in the kernel.
+    pub fn silence(&mut self, tgid: u32, fd: i32, stamp: u64) {
+        self.lookup.silence(tgid, fd, stamp);
+    }
+
+    /// Socket `fd` of exited process `tgid`: its kernel entry goes, so a process that gets the
+    /// pid next does not inherit it.
+    pub fn forget(&mut self, tgid: u32, fd: i32) {
+        self.lookup.forget(tgid, fd);
     }
 
     /// The role and ends of socket `fd` of `tgid`, as it was when stamped `stamp`.

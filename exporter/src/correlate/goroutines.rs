@@ -322,47 +322,93 @@ impl GoCalls {
         self.server_ports.contains(&port)
     }
 
-    /// A client call on this host that another capture point saw (an OpenSSL client, say), with
-    /// its final ids: a Go server request it carried joins its trace, as it would a Go
-    /// caller's. Times are the capture clock's (`CLOCK_MONOTONIC`).
+    /// A client call on this host that another capture point saw (an OpenSSL or a socket
+    /// client, say), with its ids: a Go server request it carried becomes its child. When the
+    /// client has no parent (`root`) and the request is still held, the request keeps the
+    /// trace the kernel chose for it, which its own client calls may already have carried to
+    /// other hosts, and the trace the client must adopt is returned. Times are the capture
+    /// clock's (`CLOCK_MONOTONIC`).
     pub fn foreign_client(
         &mut self,
         local: SocketAddr,
         peer: SocketAddr,
         span_id: u64,
         trace: (u128, u8),
+        root: bool,
         (start_ns, end_ns): (u64, u64),
-    ) {
-        self.client_seen(
-            (local.ip(), local.port(), peer.port()),
-            RecentClient {
-                owner: None,
-                span_id,
-                injected: false,
-                trace: Some(trace),
-                start_ns,
-                end_ns,
-                seen: Instant::now(),
-            },
-        );
+    ) -> Option<(u128, u8)> {
+        let mut c = RecentClient {
+            owner: None,
+            span_id,
+            injected: false,
+            trace: Some(trace),
+            start_ns,
+            end_ns,
+            seen: Instant::now(),
+        };
+        let ck = (local.ip(), local.port(), peer.port());
+        if root {
+            if let Some(server) = self.waiting_for(ck, &c) {
+                let adopted = self.adopt(server, span_id);
+                if let Some(t) = adopted {
+                    c.trace = Some(t);
+                }
+                self.remember_client(ck, c);
+                return adopted;
+            }
+        }
+        self.client_seen(ck, c);
+        None
     }
 
-    /// A client call on this host: if a server request waits for it, that request joins it.
-    fn client_seen(&mut self, ck: CallerKey, c: RecentClient) {
+    /// The server request waiting at `ck` that client call `c` carried, no longer waiting.
+    fn waiting_for(&mut self, ck: CallerKey, c: &RecentClient) -> Option<ServerKey> {
         self.no_caller.remove(&ck);
-        let matched = self.waiting.get_mut(&ck).and_then(|v| {
+        self.waiting.get_mut(&ck).and_then(|v| {
             let i = v
                 .iter()
                 .position(|(_, s, e)| c.start_ns <= *s && *e <= c.end_ns)?;
             Some(v.swap_remove(i).0)
-        });
-        if let Some(server) = matched {
+        })
+    }
+
+    /// Server request `server`, called by a client with no trace of its own, becomes that
+    /// client's child in the request's own trace, which the client adopts. A traceparent the
+    /// client itself sent holds instead (and nothing is adopted).
+    fn adopt(&mut self, server: ServerKey, client_span: u64) -> Option<(u128, u8)> {
+        let ctx = self.contexts.get_mut(&server)?;
+        ctx.deadline = None;
+        ctx.awaiting = None;
+        if let Some(f) = ctx.fallback {
+            self.settle(server, Some(f));
+            return None;
+        }
+        let trace_id = nonzero_or(ctx.own_trace, new_trace_id);
+        self.settle(
+            server,
+            Some(Settled {
+                trace_id,
+                flags: 1,
+                parent: Some(client_span),
+            }),
+        );
+        Some((trace_id, 1))
+    }
+
+    /// A client call on this host: if a server request waits for it, that request joins it.
+    fn client_seen(&mut self, ck: CallerKey, c: RecentClient) {
+        if let Some(server) = self.waiting_for(ck, &c) {
             self.join(server, c);
         } else {
-            if self.recent.len() < MAX_RECENT {
-                self.recent_clients.entry(ck).or_default().push_back(c);
-                self.recent.push_back((c.seen, ck));
-            }
+            self.remember_client(ck, c);
+        }
+    }
+
+    /// Keeps client call `c` a while, for a server record read after it.
+    fn remember_client(&mut self, ck: CallerKey, c: RecentClient) {
+        if self.recent.len() < MAX_RECENT {
+            self.recent_clients.entry(ck).or_default().push_back(c);
+            self.recent.push_back((c.seen, ck));
         }
     }
 

@@ -105,7 +105,7 @@ impl Correlator {
             // A Go program's own view of its call is the one that joins (its OpenSSL view is
             // a twin, dropped below).
             if call.role == Role::Client && !self.twins.is_go(call.process.pid) {
-                local_caller(&mut self.go, self.mono_to_unix_ns, &call);
+                local_caller(&mut self.go, self.mono_to_unix_ns, &mut call);
             }
             match wait {
                 Some(k) if call.parent_span_id.is_none() => {
@@ -192,9 +192,10 @@ fn apply(call: &mut Call, origin: Origin) {
     }
 }
 
-/// A byte-stream client call to a server on this host: a Go server request it carried joins
-/// its trace (byte-stream servers join it by position).
-fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &Call) {
+/// A byte-stream client call to a server on this host: a Go server request it carried becomes
+/// its child (byte-stream servers join it by position). A client with no parent adopts the
+/// request's trace, which the request's own calls may already have carried elsewhere.
+fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &mut Call) {
     let (Some(local), Some(peer)) = (call.local, call.peer) else {
         return;
     };
@@ -202,11 +203,16 @@ fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &Call) {
         return;
     }
     let start = (call.start_unix_ns as i128 - mono_to_unix_ns).max(0) as u64;
-    go.foreign_client(
+    let adopted = go.foreign_client(
         local,
         peer,
         call.span_id,
         (call.trace_id, call.trace_flags),
+        call.parent_span_id.is_none(),
         (start, start.saturating_add(call.duration_ns)),
     );
+    if let Some((trace_id, flags)) = adopted {
+        call.trace_id = trace_id;
+        call.trace_flags = flags;
+    }
 }

@@ -71,7 +71,9 @@ pub struct Joins {
 }
 
 impl Joins {
-    /// Registers requests the connection has sent since the last call.
+    /// Registers requests the connection has sent since the last call. A client's wait until
+    /// its ends are known (a TLS library with a memory BIO names its socket only at its first
+    /// read); those already answered by then are not registered, so positions never shift.
     pub fn on_requests(
         &mut self,
         cj: &mut ConnJoin,
@@ -79,8 +81,11 @@ impl Joins {
         role: Option<Role>,
         ends: Option<Ends>,
     ) {
+        if role == Some(Role::Client) && ends.is_none() {
+            return;
+        }
         while cj.seen < requests_seen {
-            if role == Some(Role::Client) {
+            if role == Some(Role::Client) && cj.seen >= cj.emitted {
                 let ids = ends.map(|e| {
                     let ids = (new_trace_id(), new_span_id());
                     if self.pending.len() >= MAX_PENDING {
@@ -162,6 +167,44 @@ mod tests {
             local: local.parse().unwrap(),
             peer: peer.parse().unwrap(),
         })
+    }
+
+    #[test]
+    fn a_client_whose_ends_come_late_registers_then_and_never_shifts() {
+        let mut j = Joins::default();
+        let (mut c, mut s) = (ConnJoin::default(), ConnJoin::default());
+        let client = ends("127.0.0.1:50001", "127.0.0.1:8443");
+        let server = ends("127.0.0.1:8443", "127.0.0.1:50001");
+        // A memory-BIO client wrote its first request before any read named its socket.
+        j.on_requests(&mut c, 1, Some(Role::Client), None);
+        assert_eq!(j.pending(), 0);
+        // Its first read names it: the request registers, and its call takes those ids.
+        j.on_requests(&mut c, 1, Some(Role::Client), client);
+        let c0 = j.next_origin(&mut c, Role::Client, client).0;
+        j.on_requests(&mut s, 1, Some(Role::Server), server);
+        let s0 = j.next_origin(&mut s, Role::Server, server).0;
+        match (s0, c0) {
+            (
+                Origin::ChildOf { trace_id, parent },
+                Origin::Client {
+                    trace_id: t,
+                    span_id,
+                },
+            ) => {
+                assert_eq!((trace_id, parent), (t, span_id))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A request answered before the ends were known is never registered: the next one
+        // keeps its own position.
+        let mut late = ConnJoin::default();
+        j.on_requests(&mut late, 1, Some(Role::Client), None);
+        assert_eq!(
+            j.next_origin(&mut late, Role::Client, None).0,
+            Origin::Fresh
+        );
+        j.on_requests(&mut late, 2, Some(Role::Client), client);
+        assert_eq!(j.pending(), 1);
     }
 
     #[test]

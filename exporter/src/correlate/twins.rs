@@ -64,6 +64,8 @@ impl Twins {
         let set = match source {
             CapturePoint::Go => &mut self.go_pids,
             CapturePoint::Openssl => &mut self.ssl_pids,
+            // The kernel leaves the sockets of a process the Go probes report to them.
+            CapturePoint::Syscalls => return,
         };
         if !set.contains(&pid) {
             if set.len() >= MAX_PIDS {
@@ -87,7 +89,9 @@ impl Twins {
     /// for it.
     pub fn offer(&mut self, call: Call, source: CapturePoint, out: &mut Vec<Call>) {
         let pid = call.process.pid;
-        if !(self.go_pids.contains(&pid) && self.ssl_pids.contains(&pid)) {
+        if source == CapturePoint::Syscalls
+            || !(self.go_pids.contains(&pid) && self.ssl_pids.contains(&pid))
+        {
             out.push(call);
             return;
         }
@@ -95,7 +99,7 @@ impl Twins {
             let other = self.held.swap_remove(i).call;
             let (go, ssl) = match source {
                 CapturePoint::Go => (call, other),
-                CapturePoint::Openssl => (other, call),
+                CapturePoint::Openssl | CapturePoint::Syscalls => (other, call),
             };
             self.merged += 1;
             out.push(merge(go, &ssl));
@@ -129,7 +133,7 @@ impl Twins {
         while i < self.held.len() {
             let hold = match self.held[i].source {
                 CapturePoint::Go => self.go_hold,
-                CapturePoint::Openssl => self.ssl_hold,
+                CapturePoint::Openssl | CapturePoint::Syscalls => self.ssl_hold,
             };
             if force || now.duration_since(self.held[i].since) >= hold {
                 let h = self.held.swap_remove(i);

@@ -6,6 +6,8 @@
 
 pub mod go;
 pub mod openssl;
+pub mod stream;
+pub mod syscalls;
 
 use crate::capture::loader::Loader;
 use crate::capture::records::DecodeError;
@@ -25,6 +27,8 @@ use std::sync::Arc;
 pub enum CapturePoint {
     Go,
     Openssl,
+    /// The socket syscalls: plaintext from any runtime.
+    Syscalls,
 }
 
 /// What records are resolved against: who a process is, and where its sockets lead.
@@ -81,7 +85,7 @@ pub trait Source: Send {
     /// Time passed: what went quiet ends.
     fn tick(&mut self, _now_mono_ns: u64, _made: &mut Vec<Made>) {}
     /// A process exited: what it held ends.
-    fn process_exit(&mut self, _pid: u32, _made: &mut Vec<Made>) {}
+    fn process_exit(&mut self, _pid: u32, _cx: &mut Context<'_>, _made: &mut Vec<Made>) {}
     /// Shutdown: everything ends.
     fn close_all(&mut self, _made: &mut Vec<Made>) {}
 }
@@ -152,6 +156,15 @@ pub fn all(selection: &Selection, conv: Conventions, stats: &Arc<Stats>) -> Vec<
             point: CapturePoint::Go,
             source: Box::new(go::Go::new(selection.clone(), conv, stats.clone())),
             attach: Box::<go::attach::GoAttach>::default(),
+        },
+        Point {
+            point: CapturePoint::Syscalls,
+            source: Box::new(syscalls::Syscalls::new(
+                selection.clone(),
+                conv,
+                stats.clone(),
+            )),
+            attach: Box::new(syscalls::SyscallsAttach),
         },
     ]
 }

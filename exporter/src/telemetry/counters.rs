@@ -29,6 +29,13 @@ pub enum Counter {
     SpansDropped,
     SpansExported,
     ExportFailures,
+    SocketsHttp,
+    SocketsTls,
+    SocketsH2,
+    SocketsOther,
+    SocketsLibrary,
+    KernelSyscallSlotBusy,
+    OwnConnections,
 }
 
 /// How a counter is exported: its metric, the attributes of its series, what it means, and
@@ -42,6 +49,7 @@ pub struct CounterDef {
 }
 
 const UNTRACKED: &str = "Library calls not tracked (no in-flight slot, unreadable memory, or a return without its entry).";
+const CLASSIFIED: &str = "Sockets classified by their first bytes at the socket syscalls (class: http, whose bytes are copied; tls, h2 and other, which cost one map lookup per syscall from then on; library, in a process whose requests a library capture point reports).";
 const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).";
 
 macro_rules! def {
@@ -57,7 +65,7 @@ macro_rules! def {
 }
 
 /// Every counter, in [`Counter`]'s order.
-pub const COUNTERS: [CounterDef; 18] = [
+pub const COUNTERS: [CounterDef; 25] = [
     def!(EventsLost, "sightline.events.lost", &[], "Capture records lost because the ring buffer was full.", Some(kernel::RINGBUF_FULL)),
     def!(KernelActiveFull, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::ACTIVE_FULL)),
     def!(KernelReadFailed, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::READ_FAILED)),
@@ -76,6 +84,13 @@ pub const COUNTERS: [CounterDef; 18] = [
     def!(SpansDropped, "sightline.spans.dropped", &[], "Spans dropped because the export queue was full or the export failed.", None),
     def!(SpansExported, "sightline.spans.exported", &[], "Spans accepted by the collector.", None),
     def!(ExportFailures, "sightline.export.failures", &[], "Exports of spans or metrics that the collector did not accept.", None),
+    def!(SocketsHttp, "sightline.sockets.classified", &[("class", "http")], CLASSIFIED, Some(kernel::SOCK_HTTP)),
+    def!(SocketsTls, "sightline.sockets.classified", &[("class", "tls")], CLASSIFIED, Some(kernel::SOCK_TLS)),
+    def!(SocketsH2, "sightline.sockets.classified", &[("class", "h2")], CLASSIFIED, Some(kernel::SOCK_H2)),
+    def!(SocketsOther, "sightline.sockets.classified", &[("class", "other")], CLASSIFIED, Some(kernel::SOCK_OTHER)),
+    def!(SocketsLibrary, "sightline.sockets.classified", &[("class", "library")], CLASSIFIED, Some(kernel::SOCK_LIBRARY)),
+    def!(KernelSyscallSlotBusy, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::SYSCALL_SLOT_BUSY)),
+    def!(OwnConnections, "sightline.connections.own", &[], "Connections a process on this host accepted from sightline itself (its export to a local collector): not reported, so the export does not trace itself.", None),
 ];
 
 /// The counters' values, shared by every stage and read by the metrics and the summary.

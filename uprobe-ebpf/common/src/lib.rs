@@ -43,6 +43,10 @@ pub mod names {
     pub const INJECT_ON: &str = "INJECT_ON";
     /// One `u32`: 1 once the programs that write into process memory are attached.
     pub const WRITE_ON: &str = "WRITE_ON";
+    /// What each socket's first bytes said, by (tgid, fd) ([`super::SockClass`]).
+    pub const SOCK_CLASS: &str = "SOCK_CLASS";
+    /// sightline's own client sockets, by local port: their `CONN_INFO` key.
+    pub const AGENT_PORTS: &str = "AGENT_PORTS";
 }
 
 /// Names of the eBPF programs: each is its function's name in the eBPF crate, and the loader
@@ -82,8 +86,18 @@ pub mod programs {
     pub const SOCK_CONNECT: &str = "sock_connect";
     pub const ACCEPT_ENTER: &str = "accept_enter";
     pub const ACCEPT_EXIT: &str = "accept_exit";
-    pub const FD_LINK: &str = "fd_link";
     pub const SOCK_STATE: &str = "sock_state";
+    // Socket syscalls (`syscalls.rs`): plaintext in any runtime, and the fd a TLS call used.
+    pub const SYS_READ: &str = "sys_read";
+    pub const SYS_RECVFROM: &str = "sys_recvfrom";
+    pub const SYS_WRITE: &str = "sys_write";
+    pub const SYS_READV: &str = "sys_readv";
+    pub const SYS_WRITEV: &str = "sys_writev";
+    pub const SYS_RECVMSG: &str = "sys_recvmsg";
+    pub const SYS_SENDMSG: &str = "sys_sendmsg";
+    pub const SYS_SENDFILE: &str = "sys_sendfile";
+    pub const SYS_DATA_EXIT: &str = "sys_data_exit";
+    pub const SYS_CLOSE: &str = "sys_close";
 
     /// Every uprobe program, loaded at start (the memory-writing ones load on their own,
     /// since lockdown refuses them).
@@ -135,6 +149,88 @@ pub mod kind {
     pub const CLOSE: u32 = 4;
     /// A Go net/http request, server or client side ([`super::GoHttpRecord`]).
     pub const GO_HTTP: u32 = 5;
+    /// Plaintext a socket syscall moved ([`super::DataHeader`] + bytes; `conn` is 0, `fd` and
+    /// `sock_ts` name the socket).
+    pub const SOCK_DATA: u32 = 6;
+    /// A socket whose bytes were copied was closed ([`super::CloseRecord`]; `conn` is the fd).
+    pub const SOCK_CLOSE: u32 = 7;
+}
+
+/// What a socket's first bytes said ([`SockClass::class`]). Only `UNKNOWN` and `HTTP` sockets
+/// have their bytes copied; every other class costs one map lookup per syscall.
+pub mod sock_class {
+    /// No bytes yet.
+    pub const UNKNOWN: u8 = 0;
+    /// An HTTP/1.x request or response line.
+    pub const HTTP: u8 = 1;
+    /// A TLS record: ciphertext, seen in plaintext by the library probes if at all.
+    pub const TLS: u8 = 2;
+    /// HTTP/2 with prior knowledge (the client preface).
+    pub const H2: u8 = 3;
+    /// Anything else: a database protocol, DNS, a custom one.
+    pub const OTHER: u8 = 4;
+    /// A library capture point (Go) reports this process's plaintext: its view wins.
+    pub const LIBRARY: u8 = 5;
+    /// User space asked for silence: the process is not selected, or the peer is sightline.
+    pub const IGNORED: u8 = 6;
+}
+
+/// What a socket's first `n` bytes (at most 8, in `first`) say, or `None` while too few
+/// arrived to tell. Shared so that the kernel's classification is unit-tested here.
+#[inline(always)]
+pub fn classify(first: &[u8; 8], n: u64) -> Option<u8> {
+    if n >= 2 && first[0] == 0x16 && first[1] == 0x03 {
+        return Some(sock_class::TLS);
+    }
+    if n < 4 {
+        return None;
+    }
+    let w = u32::from_le_bytes([first[0], first[1], first[2], first[3]]);
+    const fn word(b: &[u8; 4]) -> u32 {
+        u32::from_le_bytes(*b)
+    }
+    // Request methods (by their first four bytes) and a response's `HTTP/`.
+    const HTTP: [u32; 10] = [
+        word(b"GET "),
+        word(b"POST"),
+        word(b"PUT "),
+        word(b"HEAD"),
+        word(b"DELE"),
+        word(b"PATC"),
+        word(b"OPTI"),
+        word(b"CONN"),
+        word(b"TRAC"),
+        word(b"HTTP"),
+    ];
+    let mut i = 0;
+    while i < HTTP.len() {
+        if w == HTTP[i] {
+            return Some(sock_class::HTTP);
+        }
+        i += 1;
+    }
+    if w == word(b"PRI ") {
+        return Some(sock_class::H2);
+    }
+    Some(sock_class::OTHER)
+}
+
+/// A socket the kernel saw being connected or accepted, by [`ConnKey`]: its stamp (the
+/// [`SockInfo::ts_ns`] of its connect/accept) and what its first bytes said.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockClass {
+    pub ts_ns: u64,
+    pub class: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Bits of [`DataHeader::flags`].
+pub mod data_flags {
+    /// The call touched no socket; `fd` and `sock_ts` are the TLS socket this thread read
+    /// just before it. A library with a memory BIO (node) moves ciphertext between the socket
+    /// and its buffers itself: it reads a TLS socket, then `SSL_read`s what it read.
+    pub const FD_FROM_READ: u32 = 1;
 }
 
 /// Direction of a payload, from the observed process's point of view.
@@ -171,7 +267,18 @@ pub mod counter {
     /// Requests that waited for one there but were left untouched: no room left in the
     /// connection's buffer, a frame sightline did not expect, or a failed write.
     pub const WRITE_SKIPPED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Sockets classified by their first bytes, one counter per class ([`super::sock_class`]).
+    pub const SOCK_HTTP: u32 = 10;
+    pub const SOCK_TLS: u32 = 11;
+    pub const SOCK_H2: u32 = 12;
+    pub const SOCK_OTHER: u32 = 13;
+    /// Sockets of processes whose plaintext a library capture point (Go) reports: the socket
+    /// view of their requests is not copied, so each is reported once.
+    pub const SOCK_LIBRARY: u32 = 14;
+    /// A socket syscall whose arguments could not be kept to its return: another thread held
+    /// the same slot.
+    pub const SYSCALL_SLOT_BUSY: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Header of a [`kind::DATA`] record. `captured` payload bytes follow it directly.
@@ -189,9 +296,10 @@ pub struct DataHeader {
     /// The library's connection handle (`SSL*`), unique per live connection in a process.
     pub conn: u64,
     /// Socket fd the library touched during this call, or -1 if it touched none (data served
-    /// from the library's own buffer, or a memory BIO as in node).
+    /// from the library's own buffer, or a memory BIO as in node); see `flags`.
     pub fd: i32,
-    pub _pad: u32,
+    /// [`data_flags`].
+    pub flags: u32,
     /// True length the call transferred.
     pub len: u32,
     /// Payload bytes that follow the header (`<= len`, `<= MAX_CAPTURE`).
@@ -617,6 +725,7 @@ mod pod {
     // SAFETY: each type is `repr(C)`, `Copy`, and valid for any bit pattern.
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::SockClass {}
     unsafe impl aya::Pod for super::ActiveCall {}
     unsafe impl aya::Pod for super::SockStateOffsets {}
     unsafe impl aya::Pod for super::InjectKey {}
@@ -625,6 +734,39 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn class_of(b: &[u8]) -> Option<u8> {
+        let mut first = [0u8; 8];
+        let n = b.len().min(8);
+        first[..n].copy_from_slice(&b[..n]);
+        classify(&first, n as u64)
+    }
+
+    #[test]
+    fn first_bytes_classify_a_socket() {
+        for http in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x",
+            b"HTTP/1.1 200 OK",
+            b"OPTIONS *",
+        ] {
+            assert_eq!(class_of(http), Some(sock_class::HTTP), "{http:?}");
+        }
+        assert_eq!(class_of(b"\x16\x03\x01\x02\x00"), Some(sock_class::TLS));
+        assert_eq!(class_of(b"PRI * HTTP/2.0"), Some(sock_class::H2));
+        // PostgreSQL's startup, Redis, SSH, a DNS query: copied never.
+        for other in [
+            &b"\x00\x00\x00\x08\x04\xd2\x16\x2f"[..],
+            b"*1\r\n$4",
+            b"SSH-2.0",
+            b"GETX",
+        ] {
+            assert_eq!(class_of(other), Some(sock_class::OTHER), "{other:?}");
+        }
+        // Too few bytes to tell: the next read decides.
+        assert_eq!(class_of(b"GE"), None);
+        assert_eq!(class_of(b""), None);
+    }
 
     #[test]
     fn header_has_no_hidden_padding() {

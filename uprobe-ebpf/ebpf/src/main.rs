@@ -1,9 +1,11 @@
 //! sightline's eBPF programs, one module per concern:
 //! - `maps`: every map and loader-set global, and the helpers that touch only maps.
+//! - `emit`: payload records (header and bytes) into the ring buffer.
 //! - `openssl`: uprobes on OpenSSL's `SSL_read`/`SSL_write` (and `_ex`), `SSL_free`; the
 //!   plaintext into the ring buffer.
-//! - `sockets`: syscall and TCP tracepoints: each socket's peer, role and local address, and
-//!   which fd a TLS call used.
+//! - `sockets`: syscall and TCP tracepoints: each socket's peer, role and local address.
+//! - `syscalls`: the read/write-family syscalls: which fd a TLS call used, and the bytes of
+//!   sockets whose first bytes were HTTP, from any runtime.
 //! - `process`: exec and exit, for discovery.
 //! - `go`: Go net/http probes; `go/mod.rs` holds what they share, `go::server`, `go::client`
 //!   and `go::goroutine` the programs.
@@ -12,18 +14,21 @@
 //!   `propagate::traceparent` parses and formats the value and chooses ids.
 //!
 //! Dependencies go one way, each module using only those before it:
-//! `maps` ← `propagate::traceparent` ← `go` (mod.rs) ← the program modules (`openssl`,
-//! `sockets`, `process`, `go::{server, client, goroutine}`, `propagate::{socket, memory}`).
+//! `maps` ← `emit` ← `propagate::traceparent` ← `go` (mod.rs) ← the program modules
+//! (`openssl`, `sockets`, `syscalls`, `process`, `go::{server, client, goroutine}`,
+//! `propagate::{socket, memory}`).
 //! No program module imports another; what two of them share lives in a lower module.
 #![no_std]
 #![no_main]
 
+mod emit;
 mod go;
 mod maps;
 mod openssl;
 mod process;
 mod propagate;
 mod sockets;
+mod syscalls;
 
 #[cfg(not(test))]
 #[panic_handler]

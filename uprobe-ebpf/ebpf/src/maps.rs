@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use sightline_common::{
     counter, sock_gen_slot, ActiveCall, ConnKey, DataRecord, GoKey, GoOffsets, InjectKey,
-    PendingTrace, SockGen, SockInfo, SockStateOffsets, ACTIVE_SLOTS, DEFAULT_CAPTURE,
+    PendingTrace, SockClass, SockGen, SockInfo, SockStateOffsets, ACTIVE_SLOTS, DEFAULT_CAPTURE,
     GO_REQ_WINDOW, GO_TRACEPARENT_CAP, GO_URL_WINDOW, RING_BYTES, SOCK_GEN_SLOTS, WAKEUP_BYTES,
 };
 
@@ -81,6 +81,55 @@ pub(crate) static CONN_PAST: LruHashMap<u64, SockInfo> = LruHashMap::with_max_en
 /// that dies inside accept() leaves its entry.
 #[map]
 pub(crate) static ACCEPT_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
+/// Sockets whose bytes may be copied, by (tgid, fd): entered at connect/accept, classified by
+/// their first bytes, removed at close. The socket syscall probes' first (and, for a file, a
+/// pipe or a non-HTTP socket, only) work is one lookup here.
+#[map]
+pub(crate) static SOCK_CLASS: LruHashMap<ConnKey, SockClass> =
+    LruHashMap::with_max_entries(65536, 0);
+
+/// sightline's own client sockets (its exporter's), by local port (as `u32`): their
+/// `CONN_INFO` key, so that user space knows a collector on this host receiving its export
+/// from the connection's ends, and leaves that connection alone.
+#[map]
+pub(crate) static AGENT_PORTS: LruHashMap<u32, ConnKey> = LruHashMap::with_max_entries(1024, 0);
+
+/// A socket syscall's arguments from entry to exit, kept only for sockets in `SOCK_CLASS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SysCall {
+    /// `pid_tgid` of the thread; 0 when free.
+    pub(crate) id: u64,
+    /// The buffer, the iovec array or the msghdr, by `shape`.
+    pub(crate) arg: u64,
+    pub(crate) start_ns: u64,
+    pub(crate) sock_ts: u64,
+    pub(crate) fd: i32,
+    pub(crate) shape: u8,
+    pub(crate) direction: u8,
+    pub(crate) class: u8,
+    pub(crate) _pad: u8,
+}
+
+/// The TLS socket a thread last read, by thread slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct TlsRead {
+    pub(crate) id: u64,
+    pub(crate) sock_ts: u64,
+    pub(crate) at_ns: u64,
+    pub(crate) fd: i32,
+    pub(crate) _pad: u32,
+}
+
+/// The TLS socket each thread last read, for `SSL_read`s that touch no socket (memory BIOs).
+#[map]
+pub(crate) static TLS_READS: Array<TlsRead> = Array::with_max_entries(ACTIVE_SLOTS, 0);
+
+/// Socket syscalls in flight, by thread slot, like `ACTIVE`.
+#[map]
+pub(crate) static SYS_ACTIVE: Array<SysCall> = Array::with_max_entries(ACTIVE_SLOTS, 0);
 
 // Go net/http (`go`).
 
@@ -291,6 +340,27 @@ pub(crate) fn sock_gen(tgid: u32, fd: i32) -> u64 {
     match SOCK_GEN.get(sock_gen_slot(tgid, fd)) {
         Some(g) if g.tgid == tgid && g.fd == fd => g.ts_ns,
         _ => 0,
+    }
+}
+
+/// A socket syscall by thread `id` on `fd`: if the thread is inside a TLS call whose socket is
+/// not known yet, this is it. That ties an `SSL*` to its socket without reading OpenSSL's
+/// private structs (their layout changes between versions; see eCapture #759).
+#[inline(always)]
+pub(crate) fn link_tls_call(id: u64, fd: i32) {
+    let Some(call) = slot(id) else {
+        return;
+    };
+    // SAFETY: array slot read; the common cases (no TLS call, or its socket already known)
+    // leave here.
+    if unsafe { (*call).id != id || (*call).fd >= 0 } {
+        return;
+    }
+    let sock_ts = sock_gen((id >> 32) as u32, fd);
+    // SAFETY: this thread's in-flight slot.
+    unsafe {
+        (*call).fd = fd;
+        (*call).sock_ts = sock_ts;
     }
 }
 

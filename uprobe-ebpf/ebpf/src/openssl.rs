@@ -1,20 +1,18 @@
 //! OpenSSL's `SSL_read`, `SSL_write` and their `_ex` forms: the `ssl_*` uprobes store a TLS
 //! call's arguments at entry; `ssl_ret` copies the plaintext at return, when the true length
-//! is known, into the ring buffer. Which socket the call used is added meanwhile by
-//! `sockets::fd_link`. `ssl_free` tells user space a connection object is gone.
+//! is known, into the ring buffer. Which socket the call used is added meanwhile by the
+//! socket syscall probes (`maps::link_tls_call`). `ssl_free` tells user space a connection
+//! object is gone.
 
-use crate::maps::{bump, global, now, slot, wakeup_flags, CAPTURE_LEN, EVENTS, SCRATCH};
+use crate::emit::{payload, Payload};
+use crate::maps::{bump, now, slot, wakeup_flags, EVENTS, TLS_READS};
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_probe_read_user, bpf_ringbuf_output},
-    },
+    helpers::bpf_get_current_pid_tgid,
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use sightline_common::{
-    counter, direction, kind, ActiveCall, CloseRecord, DataHeader, DataRecord, DATA_HEADER_LEN,
-    MAX_CAPTURE,
+    counter, data_flags, direction, kind, ActiveCall, CloseRecord, ACTIVE_SLOTS,
 };
 
 #[inline(always)]
@@ -117,67 +115,31 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// How long before an `SSL_read` that touched no socket the thread's read of a TLS socket may
+/// be for it to be the one the library decrypted: node reads, then decrypts, in one callback.
+const READ_THEN_DECRYPT_NS: u64 = 10_000_000;
+
 #[inline(always)]
 fn emit(call: &ActiveCall, id: u64, len: u64) {
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the per-CPU scratch slot belongs to this program run.
-    let rec: &mut DataRecord = unsafe { &mut *rec };
-    let cap = global(&CAPTURE_LEN) as u64;
-    let mut n = if len < cap { len } else { cap };
-    if n > MAX_CAPTURE as u64 {
-        n = MAX_CAPTURE as u64;
-    }
-    let mut captured = n as u32;
-    if n > 0 {
-        // SAFETY: `n <= MAX_CAPTURE`, the size of `data`; the helper checks the source.
-        let r = unsafe {
-            bpf_probe_read_user(
-                rec.data.as_mut_ptr().cast(),
-                n as u32,
-                call.buf as *const core::ffi::c_void,
-            )
-        };
-        if r != 0 {
-            bump(counter::READ_FAILED);
-            captured = 0;
+    let (mut fd, mut sock_ts, mut flags) = (call.fd, call.sock_ts, 0);
+    if fd < 0 && call.direction == direction::INGRESS {
+        if let Some(r) = TLS_READS.get(id as u32 & (ACTIVE_SLOTS - 1)) {
+            if r.id == id && call.start_ns.wrapping_sub(r.at_ns) < READ_THEN_DECRYPT_NS {
+                (fd, sock_ts, flags) = (r.fd, r.sock_ts, data_flags::FD_FROM_READ);
+            }
         }
     }
-    rec.header = DataHeader {
+    payload(&Payload {
         kind: kind::DATA,
         direction: call.direction,
-        tgid: (id >> 32) as u32,
-        tid: id as u32,
+        id,
         start_ns: call.start_ns,
-        end_ns: now(),
         conn: call.conn,
-        fd: call.fd,
-        _pad: 0,
-        len: if len > u32::MAX as u64 {
-            u32::MAX
-        } else {
-            len as u32
-        },
-        captured,
-        sock_ts: call.sock_ts,
-    };
-    let size = DATA_HEADER_LEN as u64 + (captured as u64 & (MAX_CAPTURE as u64 * 2 - 1));
-    let size = if size > core::mem::size_of::<DataRecord>() as u64 {
-        core::mem::size_of::<DataRecord>() as u64
-    } else {
-        size
-    };
-    // SAFETY: `size` is bounded by the scratch record's size, which the verifier checks.
-    let r = unsafe {
-        bpf_ringbuf_output(
-            core::ptr::addr_of!(EVENTS) as *mut core::ffi::c_void,
-            (rec as *mut DataRecord).cast(),
-            size,
-            wakeup_flags(),
-        )
-    };
-    if r != 0 {
-        bump(counter::RINGBUF_FULL);
-    }
+        fd,
+        flags,
+        sock_ts,
+        buf: call.buf,
+        len,
+        avail: len,
+    });
 }

@@ -1,20 +1,20 @@
 //! Sockets, from syscall and socket tracepoints:
-//! - `fd_link` runs on socket syscalls and records which fd the in-flight TLS call touched,
-//!   which ties an `SSL*` to its socket without reading OpenSSL's private structs (their layout
-//!   changes between versions; see eCapture #759).
 //! - `sock_connect` / `accept_enter` / `accept_exit` remember each socket's peer and whether
-//!   this process is its client or server, in an LRU map the user side reads on demand, and
-//!   stamp the fd in the socket generation table.
+//!   this process is its client or server, in an LRU map the user side reads on demand, stamp
+//!   the fd in the socket generation table, and enter the socket in `SOCK_CLASS`, where the
+//!   socket syscall probes (`syscalls`) look for the sockets whose bytes may be HTTP.
 //! - `sock_state` adds a client socket's local address once TCP chose it.
 
 use crate::maps::{
-    global, now, slot, ACCEPT_ARGS, AGENT_TGID, CONN_INFO, CONN_PAST, PENDING_CONNECT, SOCK_GEN,
-    SS_OFFSETS, SYN_SENT,
+    global, now, ACCEPT_ARGS, AGENT_PORTS, AGENT_TGID, CONN_INFO, CONN_PAST, PENDING_CONNECT,
+    SOCK_CLASS, SOCK_GEN, SS_OFFSETS, SYN_SENT,
 };
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use sightline_common::{sock_gen_slot, sock_role, ConnKey, SockGen, SockInfo};
+use sightline_common::{
+    sock_class, sock_gen_slot, sock_role, ConnKey, SockClass, SockGen, SockInfo,
+};
 
 /// Syscall tracepoints share one layout: 8 bytes of common fields, the syscall number, then
 /// each argument as 8 bytes from offset 16.
@@ -31,44 +31,24 @@ fn set_sock_gen(tgid: u32, fd: i32, ts_ns: u64) {
     }
 }
 
-/// Records a socket's connect/accept under its fd, keeping what the fd held before.
+/// Records a socket's connect/accept under its fd, keeping what the fd held before; `copy`:
+/// its bytes may be copied (every process's but sightline's own).
 #[inline(always)]
-fn record_socket(key: &ConnKey, info: &SockInfo) {
+fn record_socket(key: &ConnKey, info: &SockInfo, copy: bool) {
     // SAFETY: map lookup, copied at once.
     if let Some(old) = unsafe { CONN_INFO.get(key) }.copied() {
         let _ = CONN_PAST.insert(&old.ts_ns, &old, 0);
     }
     let _ = CONN_INFO.insert(key, info, 0);
-}
-
-#[tracepoint]
-pub fn fd_link(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(call) = slot(id) else {
-        return 0;
-    };
-    // Cheap exit for the common cases: this thread is not inside a TLS call, or the call's
-    // socket is already known.
-    // SAFETY: array slot read.
-    if unsafe { (*call).id != id || (*call).fd >= 0 } {
-        return 0;
+    if !copy {
+        return;
     }
-    // SAFETY: offset 16 is the first syscall argument.
-    let fd = match unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) } {
-        Ok(fd) => fd as i32,
-        Err(_) => return 0,
+    let class = SockClass {
+        ts_ns: info.ts_ns,
+        class: sock_class::UNKNOWN,
+        _pad: [0; 7],
     };
-    let tgid = (id >> 32) as u32;
-    let sock_ts = match SOCK_GEN.get(sock_gen_slot(tgid, fd)) {
-        Some(g) if g.tgid == tgid && g.fd == fd => g.ts_ns,
-        _ => 0,
-    };
-    // SAFETY: this thread's in-flight slot.
-    unsafe {
-        (*call).fd = fd;
-        (*call).sock_ts = sock_ts;
-    }
-    0
+    let _ = SOCK_CLASS.insert(key, &class, 0);
 }
 
 #[inline(always)]
@@ -102,9 +82,9 @@ fn read_sockaddr(ptr: u64, info: &mut SockInfo) -> bool {
 pub fn sock_connect(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if tgid == global(&AGENT_TGID) {
-        return 0;
-    }
+    // sightline's own connections are followed to ESTABLISHED too, never copied: a collector
+    // on this host that receives its export is told apart by them.
+    let agent = tgid == global(&AGENT_TGID);
     // SAFETY: connect(fd, uservaddr, addrlen) arguments at fixed offsets.
     let (fd, addr) = unsafe {
         (
@@ -125,7 +105,7 @@ pub fn sock_connect(ctx: TracePointContext) -> u32 {
         tgid,
         fd: fd as i32,
     };
-    record_socket(&key, &info);
+    record_socket(&key, &info, !agent);
     set_sock_gen(tgid, fd as i32, info.ts_ns);
     let _ = PENDING_CONNECT.insert(&id, &(fd as i32), 0);
     0
@@ -180,6 +160,9 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
         let info = &mut *info;
         let family = ctx.read_at::<u16>(off.family as usize).unwrap_or(0);
         info.local_port = ctx.read_at::<u16>(off.sport as usize).unwrap_or(0);
+        if key.tgid == global(&AGENT_TGID) {
+            let _ = AGENT_PORTS.insert(&(info.local_port as u32), &key, 0);
+        }
         if family == 2 {
             let a = ctx.read_at::<[u8; 4]>(off.saddr as usize).unwrap_or([0; 4]);
             info.local_addr[..4].copy_from_slice(&a);
@@ -213,10 +196,16 @@ pub fn accept_enter(ctx: TracePointContext) -> u32 {
 pub fn accept_exit(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: value copied before removal.
-    let Some([addr, listen_fd]) = (unsafe { ACCEPT_ARGS.get(&id) }).copied() else {
-        return 0;
+    let [addr, listen_fd] = match (unsafe { ACCEPT_ARGS.get(&id) }).copied() {
+        Some(args) => {
+            let _ = ACCEPT_ARGS.remove(&id);
+            args
+        }
+        // Blocked in accept() since before the probes were attached: the role is still
+        // known, the ends come from /proc.
+        None if (id >> 32) as u32 != global(&AGENT_TGID) => [0, u64::MAX],
+        None => return 0,
     };
-    let _ = ACCEPT_ARGS.remove(&id);
     // SAFETY: sys_exit layout: return value at offset 16.
     let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.unwrap_or(-1);
     if ret < 0 {
@@ -235,7 +224,7 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
         tgid: (id >> 32) as u32,
         fd: ret as i32,
     };
-    record_socket(&key, &info);
+    record_socket(&key, &info, true);
     set_sock_gen(key.tgid, key.fd, info.ts_ns);
     0
 }

@@ -1,239 +1,29 @@
 //! The OpenSSL capture point: plaintext at `SSL_read`/`SSL_write` (and their `_ex` forms),
-//! one record per call, keyed by the library's connection object (`SSL*`). Records become a
-//! byte stream per connection, parsed by the protocol detected on it, and the finished
-//! exchanges become calls, returned with the connection they were seen on.
+//! one record per call, keyed by the library's connection object (`SSL*`), whose socket is
+//! the one the call's syscalls used. The byte streams are [`Streams`]'.
 
 pub mod attach;
 pub mod record;
 
-use super::{CapturePoint, ConnView, Context, Made, Source};
+use super::stream::Streams;
+use super::{CapturePoint, Context, Made, Source};
 use crate::capture::records::DecodeError;
-use crate::correlate::same_host::Ends;
-use crate::metadata::ProcessInfo;
-use crate::protocols::call::{Call, ConnFacts};
-use crate::protocols::http1::Output;
-use crate::protocols::{Conventions, DropReason, Protocol, Role};
-use crate::telemetry::counters::{Counter, Stats};
+use crate::protocols::Conventions;
+use crate::telemetry::counters::Stats;
 use otel_config::Selection;
-use record::Record;
-use rustc_hash::FxHashMap as HashMap;
-use sightline_common::{direction, DataHeader};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Connections tracked at once; past this the least recently used one is evicted.
-pub const MAX_CONNECTIONS: usize = 16_384;
-/// Connections evicted together when the table is full.
-const EVICT_BATCH: usize = MAX_CONNECTIONS / 16;
-/// A connection silent this long is closed: its open exchanges end or are counted.
-pub const IDLE_NS: u64 = 30_000_000_000;
-
-/// A library connection: a process and its `SSL*`.
-type ConnId = (u32, u64);
-
-struct Conn {
-    process: Option<Arc<ProcessInfo>>,
-    fd: i32,
-    sock_ts: u64,
-    peer: Option<SocketAddr>,
-    local: Option<SocketAddr>,
-    /// The process's end, when the socket told it.
-    role: Option<Role>,
-    proto: Option<Protocol>,
-    last_ns: u64,
-}
-
-impl Conn {
-    /// Both ends, when this process saw the connection being made (so request positions on it
-    /// line up with the other end's).
-    fn ends(&self) -> Option<Ends> {
-        match (self.sock_ts, self.local, self.peer) {
-            (1.., Some(local), Some(peer)) => Some(Ends { local, peer }),
-            _ => None,
-        }
-    }
-
-    fn view(&self, id: ConnId, process: Arc<ProcessInfo>, closed: bool) -> ConnView {
-        ConnView {
-            point: CapturePoint::Openssl,
-            id,
-            process,
-            ends: self.ends(),
-            role: self.proto.as_ref().and_then(Protocol::role).or(self.role),
-            requests_seen: self.proto.as_ref().map_or(0, Protocol::requests_seen),
-            closed,
-        }
-    }
-}
-
-pub struct Openssl {
-    conns: HashMap<ConnId, Conn>,
-    selection: Selection,
-    conv: Conventions,
-    stats: Arc<Stats>,
-    out: Output,
-}
+pub struct Openssl(Streams);
 
 impl Openssl {
     pub fn new(selection: Selection, conv: Conventions, stats: Arc<Stats>) -> Openssl {
-        Openssl {
-            conns: HashMap::default(),
+        Openssl(Streams::new(
+            CapturePoint::Openssl,
+            true,
             selection,
             conv,
             stats,
-            out: Output::default(),
-        }
-    }
-
-    /// One `SSL_read`/`SSL_write` record: what it finished, after any connection it ended
-    /// first (the library reused a freed object for a new connection, or the table was full).
-    fn data(&mut self, h: &DataHeader, payload: &[u8], cx: &mut Context<'_>, made: &mut Vec<Made>) {
-        self.stats.add(Counter::Records, 1);
-        tracing::trace!(
-            tgid = h.tgid,
-            conn = format_args!("{:#x}", h.conn),
-            fd = h.fd,
-            dir = h.direction,
-            start = h.start_ns,
-            end = h.end_ns,
-            len = h.len,
-            "record"
-        );
-        if h.captured < h.len {
-            self.stats.add(Counter::RecordsTruncated, 1);
-        }
-        let key = (h.tgid, h.conn);
-        // A newer connect/accept behind the same SSL*: the library reused a freed object for a
-        // new connection, so the old one is over. A different fd alone proves nothing: the
-        // first fd a TLS call touches may be another file (OpenSSL reading /dev/urandom), so
-        // only a socket that sightline saw being created (sock_ts != 0) counts.
-        if let Some(c) = self.conns.get(&key) {
-            let reused = h.sock_ts != 0 && c.sock_ts != 0 && c.sock_ts != h.sock_ts;
-            let moved = h.sock_ts != 0 && c.sock_ts == 0 && c.fd >= 0 && c.fd != h.fd;
-            if reused || moved {
-                self.close(key, made);
-            }
-        }
-        if !self.conns.contains_key(&key) {
-            if self.conns.len() >= MAX_CONNECTIONS {
-                self.evict_oldest(made);
-            }
-            let process = cx.processes.get(h.tgid);
-            let selected = process
-                .as_ref()
-                .is_some_and(|p| self.selection.matches(p.pid, &p.exe_name));
-            self.conns.insert(
-                key,
-                Conn {
-                    process: selected.then_some(process).flatten(),
-                    fd: -1,
-                    sock_ts: 0,
-                    peer: None,
-                    local: None,
-                    role: None,
-                    proto: None,
-                    last_ns: h.end_ns,
-                },
-            );
-        }
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
-        conn.last_ns = h.end_ns;
-        let Some(process) = conn.process.clone() else {
-            return;
-        };
-        if conn.sock_ts == 0 {
-            conn.sock_ts = h.sock_ts;
-        }
-        if conn.fd < 0 && h.fd >= 0 {
-            conn.fd = h.fd;
-            let s = cx.sockets.resolve(h.tgid, h.fd, h.sock_ts);
-            conn.peer = s.peer;
-            conn.local = s.local;
-            conn.role = conn.role.or(s.role);
-            if let (Some(p), Some(r)) = (conn.proto.as_mut(), s.role) {
-                p.set_role(r);
-            }
-        }
-        let role = conn.role;
-        let proto = conn
-            .proto
-            .get_or_insert_with(|| Protocol::detect(payload, role));
-        let egress = h.direction == direction::EGRESS;
-        // Bytes become visible to us when written (entry) or when a read returns.
-        let first_ns = if egress { h.start_ns } else { h.end_ns };
-        proto.feed(
-            egress,
-            payload,
-            h.len as usize,
-            first_ns,
-            h.end_ns,
-            &mut self.out,
-        );
-        let view = conn.view(key, process, false);
-        let facts = ConnFacts {
-            peer: conn.peer,
-            local: conn.local,
-            tls: true,
-        };
-        made.push(self.finish(view, facts));
-    }
-
-    /// Calls out of the exchanges the parser finished, and its drops counted.
-    fn finish(&mut self, conn: ConnView, facts: ConnFacts) -> Made {
-        for r in self.out.drops.drain(..) {
-            tracing::trace!(pid = conn.process.pid, reason = r.as_str(), "dropped");
-            self.stats.count_drop(r);
-        }
-        let calls = self
-            .out
-            .exchanges
-            .drain(..)
-            .map(|ex| Call::from_http1(conn.process.clone(), &ex, facts, &self.conv))
-            .collect();
-        Made::Stream { conn, calls }
-    }
-
-    /// The library freed the connection object: the connection is over.
-    fn close(&mut self, key: ConnId, made: &mut Vec<Made>) {
-        let Some(mut c) = self.conns.remove(&key) else {
-            return;
-        };
-        if let Some(p) = c.proto.as_mut() {
-            p.close(&mut self.out);
-        }
-        match c.process.clone() {
-            Some(process) => {
-                let view = c.view(key, process, true);
-                let facts = ConnFacts {
-                    peer: c.peer,
-                    local: c.local,
-                    tls: true,
-                };
-                made.push(self.finish(view, facts));
-            }
-            None => {
-                self.out.drops.clear();
-                self.out.exchanges.clear();
-            }
-        }
-    }
-
-    /// The table is full: the least recently used [`EVICT_BATCH`] connections go at once, so
-    /// the scan that finds them is paid once per batch, not once per new connection.
-    fn evict_oldest(&mut self, made: &mut Vec<Made>) {
-        let mut by_age: Vec<(u64, ConnId)> =
-            self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
-        let n = EVICT_BATCH.min(by_age.len());
-        if n == 0 {
-            return;
-        }
-        by_age.select_nth_unstable(n - 1);
-        for (_, key) in by_age.into_iter().take(n) {
-            self.stats.count_drop(DropReason::Evicted);
-            self.close(key, made);
-        }
+        ))
     }
 }
 
@@ -249,44 +39,18 @@ impl Source for Openssl {
         cx: &mut Context<'_>,
         made: &mut Vec<Made>,
     ) -> Result<(), DecodeError> {
-        match record::decode(kind, bytes)? {
-            Record::Data { header, payload } => self.data(&header, payload, cx, made),
-            Record::Close { tgid, conn } => self.close((tgid, conn), made),
-        }
-        Ok(())
+        self.0.record(kind, bytes, cx, made)
     }
 
-    /// Closes connections silent for [`IDLE_NS`].
     fn tick(&mut self, now_mono_ns: u64, made: &mut Vec<Made>) {
-        let idle: Vec<_> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_mono_ns.saturating_sub(c.last_ns) > IDLE_NS)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in idle {
-            self.close(k, made);
-        }
+        self.0.tick(now_mono_ns, made);
     }
 
-    /// A process exited: its connections are over.
-    fn process_exit(&mut self, tgid: u32, made: &mut Vec<Made>) {
-        let keys: Vec<_> = self
-            .conns
-            .keys()
-            .filter(|(t, _)| *t == tgid)
-            .copied()
-            .collect();
-        for k in keys {
-            self.close(k, made);
-        }
+    fn process_exit(&mut self, tgid: u32, cx: &mut Context<'_>, made: &mut Vec<Made>) {
+        self.0.process_exit(tgid, cx, made);
     }
 
-    /// Ends every connection, for shutdown.
     fn close_all(&mut self, made: &mut Vec<Made>) {
-        let keys: Vec<_> = self.conns.keys().copied().collect();
-        for k in keys {
-            self.close(k, made);
-        }
+        self.0.close_all(made);
     }
 }
