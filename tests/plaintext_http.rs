@@ -6,8 +6,13 @@
 use sightline_e2e::flat::{points, spans, FlatSpan, Val, CLIENT, SERVER};
 use sightline_e2e::procs::{free_port, leftover_programs, require, run, tempdir, Agent};
 use sightline_e2e::receiver;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Each test loads the probes, which see the whole host: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn s(v: Option<&Val>) -> String {
     match v {
@@ -50,6 +55,7 @@ fn one<'a>(all: &'a [FlatSpan], kind: i32, key: &str, value: &str) -> &'a FlatSp
 
 #[test]
 fn plaintext_http_from_python_curl_and_node() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require("curl");
     require("python3");
     require("node");
@@ -268,4 +274,109 @@ fn plaintext_http_from_python_curl_and_node() {
         .max()
         .unwrap_or(0);
     assert_eq!(server_200, 2);
+}
+
+/// A keep-alive connection opened before sightline started: its next requests are captured
+/// (from /proc at start), with the addresses /proc gives and no same-host join, since
+/// positions on a connection watched from its middle need not line up.
+#[test]
+fn a_keep_alive_connection_older_than_sightline() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("python3");
+    let dir = tempdir("old-conn");
+    for f in ["before.txt", "a.txt", "b.txt"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let port = free_port();
+    let _server = Killed(
+        Command::new("python3")
+            .args(["-m", "http.server", "-p", "HTTP/1.1", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .current_dir(&dir)
+            .env("OTEL_SERVICE_NAME", "py-old-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    let script = format!(
+        "import http.client, sys\nc = http.client.HTTPConnection('127.0.0.1', {port})\ndef get(p):\n    c.request('GET', p)\n    r = c.getresponse()\n    r.read()\n    print(r.status, flush=True)\nget('/before.txt')\nsys.stdin.readline()\nget('/a.txt')\nget('/b.txt')\n"
+    );
+    let mut client = Killed(
+        Command::new("python3")
+            .args(["-c", &script])
+            .env("OTEL_SERVICE_NAME", "py-old-client")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "200");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let mut agent = Agent::start(
+        &["--output", "json"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ],
+    )
+    .unwrap();
+    let said = agent.stderr.lock().unwrap().join("\n");
+    assert!(
+        said.contains("TCP connections open before start are captured"),
+        "{said}"
+    );
+    client.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "200");
+    assert_eq!(lines.next().unwrap().unwrap(), "200");
+
+    let client_url = |f: &str| format!("http://127.0.0.1:{port}/{f}");
+    rt.block_on(receiver::wait_for(Duration::from_secs(20), || {
+        let all = spans(&rec.traces.lock().unwrap());
+        all.iter()
+            .any(|s| s.attr("url.full") == Some(&Val::S(client_url("b.txt"))))
+            && all
+                .iter()
+                .any(|s| s.kind == SERVER && s.attr("url.path") == Some(&Val::S("/b.txt".into())))
+    }))
+    .unwrap_or_else(|_| {
+        panic!(
+            "{:#?}\nagent stderr:\n{}",
+            spans(&rec.traces.lock().unwrap()),
+            agent.stderr.lock().unwrap().join("\n")
+        )
+    });
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+
+    // The client's two requests after start, on its old connection, with its ends from /proc.
+    for f in ["a.txt", "b.txt"] {
+        let c = one(&all, CLIENT, "url.full", &client_url(f));
+        assert_eq!(c.service(), "py-old-client");
+        assert_eq!(s(c.attr("http.response.status_code")), "200");
+        assert_eq!(s(c.attr("network.peer.port")), port.to_string());
+        assert_eq!(s(c.attr("network.peer.address")), "127.0.0.1");
+    }
+    // The server's handler was blocked reading the connection when the probes came: that
+    // read's bytes are lost, its next one is not.
+    let b = one(&all, SERVER, "url.path", "/b.txt");
+    assert_eq!(b.service(), "py-old-server");
+    assert_eq!(s(b.attr("http.response.status_code")), "200");
+    assert_eq!(s(b.attr("network.local.port")), port.to_string());
+    assert_eq!(
+        b.parent_span_id, "",
+        "no join on a connection watched from its middle"
+    );
+    assert!(all
+        .iter()
+        .all(|sp| sp.attr("url.path") != Some(&Val::S("/before.txt".into()))));
 }

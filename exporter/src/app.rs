@@ -1,5 +1,6 @@
 //! `sightline run`: wires the stages together and runs the capture loop.
 
+use crate::capture::existing;
 use crate::capture::kernel::{self, lockdown_mode};
 use crate::capture::loader::{self, Loader};
 use crate::discovery::{Discovery, Rescans};
@@ -50,8 +51,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (sources, attachers) = sources::split(sources::all(&cfg.selection, conv, &stats));
     let mut discovery = Discovery::new(attachers, stats.clone(), cfg.selection.clone());
     discovery.scan_all(&mut loader);
+    let mut conn_info = channels.conn_info;
+    let existing = existing::established_sockets(|pid, exe| cfg.selection.matches(pid, exe));
+    let entered = conn_info.enter_existing(&existing);
+    tracing::info!(
+        connections = entered,
+        "TCP connections open before start are captured from their next bytes"
+    );
     let mut pipeline = Pipeline::new(
-        Box::new(channels.conn_info),
+        Box::new(conn_info),
         sources,
         outputs.sinks(),
         stats.clone(),

@@ -23,6 +23,28 @@ pub fn tcp_addrs(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
     None
 }
 
+/// The inodes of the established TCP sockets (v4 and v6) of `pid`'s network namespace.
+pub fn established_inodes(pid: u32) -> rustc_hash::FxHashSet<u64> {
+    let mut out = rustc_hash::FxHashSet::default();
+    for file in ["tcp", "tcp6"] {
+        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        out.extend(established_in(&table));
+    }
+    out
+}
+
+/// `st` 01 is TCP_ESTABLISHED.
+fn established_in(table: &str) -> impl Iterator<Item = u64> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() >= 10 && cols[3] == "01")
+            .then(|| cols[9].parse::<u64>().ok())
+            .flatten()
+    })
+}
+
 fn find_inode(table: &str, inode: u64, v6: bool) -> Option<(SocketAddr, SocketAddr)> {
     for line in table.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
@@ -70,6 +92,12 @@ mod tests {
         assert_eq!(l.to_string(), "127.0.0.1:8080");
         assert_eq!(p.to_string(), "127.0.0.1:54321");
         assert_eq!(find_inode(table, 1, false), None);
+    }
+
+    #[test]
+    fn only_established_sockets_are_listed() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 20 4 30 10 -1\n   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(established_in(table).collect::<Vec<_>>(), vec![222]);
     }
 
     #[test]

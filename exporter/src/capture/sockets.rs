@@ -52,6 +52,24 @@ impl ConnInfo {
         self.map.get(&ConnKey { tgid, fd }, 0).ok()
     }
 
+    /// Enters sockets open before sightline started, unstamped, so that the socket syscall
+    /// probes classify their next bytes; a socket the kernel entered meanwhile is left as it
+    /// is. Returns how many were entered.
+    pub fn enter_existing(&mut self, sockets: &[(u32, i32)]) -> usize {
+        const BPF_NOEXIST: u64 = 1;
+        let class = SockClass::default();
+        sockets
+            .iter()
+            .filter(|(tgid, fd)| {
+                let key = ConnKey {
+                    tgid: *tgid,
+                    fd: *fd,
+                };
+                self.class.insert(key, class, BPF_NOEXIST).is_ok()
+            })
+            .count()
+    }
+
     /// An earlier socket whose fd a newer one took, by its stamp.
     pub fn before(&self, stamp: u64) -> Option<SockInfo> {
         self.past.get(&stamp, 0).ok().filter(|i| i.ts_ns == stamp)

@@ -67,7 +67,7 @@ impl Correlator {
     pub fn take(&mut self, made: Made) {
         match made {
             Made::Stream { conn, calls } => {
-                self.seen(conn.point, conn.process.pid);
+                self.seen(conn.point, conn.id.0);
                 self.stream(conn, calls);
             }
             Made::Go(g) => {
@@ -81,7 +81,7 @@ impl Correlator {
     /// other end, and its finished calls take their trace.
     fn stream(&mut self, conn: ConnView, calls: Vec<Call>) {
         let key = (conn.point, conn.id);
-        if !self.conn_joins.contains_key(&key) && self.conn_joins.len() >= MAX_CONN_JOINS {
+        if self.conn_joins.len() >= MAX_CONN_JOINS && !self.conn_joins.contains_key(&key) {
             // Positions on a connection tracked from the middle would pair the wrong requests:
             // untracked, its calls keep their own traces.
             for mut call in calls {

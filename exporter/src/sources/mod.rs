@@ -13,7 +13,7 @@ use crate::capture::loader::Loader;
 use crate::capture::records::DecodeError;
 use crate::capture::sockets::{Role, Sockets};
 use crate::correlate::same_host::Ends;
-use crate::metadata::{ProcessInfo, Processes};
+use crate::metadata::Processes;
 use crate::protocols::call::Call;
 use crate::protocols::Conventions;
 use crate::telemetry::counters::Stats;
@@ -44,7 +44,6 @@ pub struct ConnView {
     pub point: CapturePoint,
     /// The process and the library's (or kernel's) handle of the connection.
     pub id: (u32, u64),
-    pub process: Arc<ProcessInfo>,
     pub ends: Option<Ends>,
     pub role: Option<Role>,
     /// Requests seen on it so far, answered or not.

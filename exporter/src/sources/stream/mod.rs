@@ -54,6 +54,38 @@ impl Conn {
     }
 }
 
+/// A connection seen as a byte stream, as it stands.
+fn view(point: CapturePoint, c: &Conn, id: ConnId, closed: bool) -> ConnView {
+    ConnView {
+        point,
+        id,
+        ends: c.ends(),
+        role: c.proto.as_ref().and_then(Protocol::role).or(c.role),
+        requests_seen: c.proto.as_ref().map_or(0, Protocol::requests_seen),
+        closed,
+    }
+}
+
+/// Calls out of the exchanges the parser finished, and its drops counted.
+fn finish(
+    out: &mut Output,
+    stats: &Stats,
+    conv: &Conventions,
+    (conn, process): (ConnView, &Arc<ProcessInfo>),
+    facts: ConnFacts,
+) -> Made {
+    for r in out.drops.drain(..) {
+        tracing::trace!(pid = conn.id.0, reason = r.as_str(), "dropped");
+        stats.count_drop(r);
+    }
+    let calls = out
+        .exchanges
+        .drain(..)
+        .map(|ex| Call::from_http1(process.clone(), &ex, facts, conv))
+        .collect();
+    Made::Stream { conn, calls }
+}
+
 /// A capture point's byte streams.
 pub struct Streams {
     point: CapturePoint,
@@ -100,18 +132,6 @@ impl Streams {
         Ok(())
     }
 
-    fn view(&self, c: &Conn, id: ConnId, process: Arc<ProcessInfo>, closed: bool) -> ConnView {
-        ConnView {
-            point: self.point,
-            id,
-            process,
-            ends: c.ends(),
-            role: c.proto.as_ref().and_then(Protocol::role).or(c.role),
-            requests_seen: c.proto.as_ref().map_or(0, Protocol::requests_seen),
-            closed,
-        }
-    }
-
     /// The connection a record belongs to: the library's object, or the socket.
     fn key(&self, h: &DataHeader) -> ConnId {
         if h.conn != 0 {
@@ -152,14 +172,15 @@ impl Streams {
         // fd alone proves nothing: the first fd a TLS call touches may be another file
         // (OpenSSL reading /dev/urandom), so only a socket that sightline saw being created
         // (sock_ts != 0) counts.
-        if let Some(c) = self.conns.get(&key) {
+        let known = self.conns.get(&key).map(|c| {
             let reused = sock_ts != 0 && c.sock_ts != 0 && c.sock_ts != sock_ts;
             let moved = sock_ts != 0 && c.sock_ts == 0 && c.fd >= 0 && c.fd != fd;
-            if reused || moved {
-                self.close(key, made);
-            }
+            !(reused || moved)
+        });
+        if known == Some(false) {
+            self.close(key, made);
         }
-        if !self.conns.contains_key(&key) {
+        if known != Some(true) {
             if self.conns.len() >= MAX_CONNECTIONS {
                 self.evict_oldest(made);
             }
@@ -214,7 +235,7 @@ impl Streams {
                 return;
             }
         }
-        let Some(process) = conn.process.clone() else {
+        let Some(process) = conn.process.as_ref() else {
             return;
         };
         let role = conn.role;
@@ -237,26 +258,14 @@ impl Streams {
             local: conn.local,
             tls: self.tls,
         };
-        let Some(conn) = self.conns.get(&key) else {
-            return;
-        };
-        let view = self.view(conn, key, process, false);
-        made.push(self.finish(view, facts));
-    }
-
-    /// Calls out of the exchanges the parser finished, and its drops counted.
-    fn finish(&mut self, conn: ConnView, facts: ConnFacts) -> Made {
-        for r in self.out.drops.drain(..) {
-            tracing::trace!(pid = conn.process.pid, reason = r.as_str(), "dropped");
-            self.stats.count_drop(r);
-        }
-        let calls = self
-            .out
-            .exchanges
-            .drain(..)
-            .map(|ex| Call::from_http1(conn.process.clone(), &ex, facts, &self.conv))
-            .collect();
-        Made::Stream { conn, calls }
+        let view = view(self.point, conn, key, false);
+        made.push(finish(
+            &mut self.out,
+            &self.stats,
+            &self.conv,
+            (view, process),
+            facts,
+        ));
     }
 
     /// The connection is over.
@@ -267,15 +276,21 @@ impl Streams {
         if let Some(p) = c.proto.as_mut() {
             p.close(&mut self.out);
         }
-        match c.process.clone() {
+        match c.process.as_ref() {
             Some(process) => {
-                let view = self.view(&c, key, process, true);
+                let view = view(self.point, &c, key, true);
                 let facts = ConnFacts {
                     peer: c.peer,
                     local: c.local,
                     tls: self.tls,
                 };
-                made.push(self.finish(view, facts));
+                made.push(finish(
+                    &mut self.out,
+                    &self.stats,
+                    &self.conv,
+                    (view, process),
+                    facts,
+                ));
             }
             None => {
                 self.out.drops.clear();
