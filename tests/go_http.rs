@@ -5,7 +5,7 @@
 use sightline_e2e::flat::{spans, FlatSpan, Val, CLIENT, SERVER};
 use sightline_e2e::gobuild::{self, Shape, SHAPES, TOOLCHAINS};
 use sightline_e2e::gosvc::GoService;
-use sightline_e2e::procs::{leftover_programs, require, run, Agent};
+use sightline_e2e::procs::{free_port, leftover_programs, require, run, Agent};
 use sightline_e2e::receiver::{self, Received};
 use std::process::Command;
 use std::time::Duration;
@@ -1232,4 +1232,65 @@ async fn in_guest_traceparent_over_https_and_http2() {
     assert_eq!(injections("memory", "skipped"), Some(0));
     assert_eq!(injections("socket", "written"), Some(1));
     assert_eq!(injections("socket", "skipped"), Some(0));
+}
+
+/// A Go process that execs another Go program keeps its pid: the new image is analysed and
+/// probed with its own offsets, never served by the old one's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_process_that_execs_another_go_program() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let a_bin = gobuild::build("probe", "1.19", Shape::Plain, false);
+    let b_bin = gobuild::build("probe", "1.23", Shape::StrippedPie, false);
+    let b_port = free_port();
+    let (mut agent, rec) = agent_with_receiver().await;
+    let a = GoService::start(
+        &a_bin,
+        &[
+            "-exec-into",
+            b_bin.to_str().unwrap(),
+            "-exec-listen",
+            &format!("127.0.0.1:{b_port}"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    curl(&[&a.url("http", "/items/before-exec")]);
+    curl(&[&a.url("http", "/exec/now")]);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", b_port)).is_err() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the exec'd program never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Covered within 1 s of the exec, like any new program.
+    std::thread::sleep(Duration::from_millis(1000));
+    curl(&[&format!("http://127.0.0.1:{b_port}/items/after-exec?k=v")]);
+    let path_is = |s: &FlatSpan, p: &str| s.attr("url.path") == Some(&Val::S(p.into()));
+    wait_spans(&rec, &agent, |all| {
+        all.iter()
+            .any(|s| s.kind == SERVER && path_is(s, "/items/after-exec"))
+    })
+    .await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    let name = |b: &std::path::Path| b.file_name().unwrap().to_str().unwrap().to_string();
+    let before = one(&all, "before exec", |s| {
+        s.kind == SERVER && path_is(s, "/items/before-exec")
+    });
+    assert_eq!(before.service(), name(&a_bin));
+    assert_eq!(before.name, "GET");
+    let after = one(&all, "after exec", |s| {
+        s.kind == SERVER && path_is(s, "/items/after-exec")
+    });
+    // The same pid, the new program: its name, and Go 1.23's route, read with its offsets.
+    assert_eq!(s(after.resource.get("process.pid")), a.pid.to_string());
+    assert_eq!(after.service(), name(&b_bin));
+    assert_eq!(after.name, "GET /items/");
+    assert_eq!(s(after.attr("http.route")), "/items/");
+    assert_eq!(s(after.attr("url.query")), "k=REDACTED");
+    assert_eq!(s(after.attr("http.response.status_code")), "200");
+    assert_eq!(s(after.attr("server.port")), b_port.to_string());
 }

@@ -244,6 +244,10 @@ async fn capture(
             match n {
                 Notice::Exit(pid) => discovery.forget(pid, loader),
                 Notice::Exec(pid) => {
+                    // A process that replaced its image keeps its pid: what was held for the
+                    // old image (a Go program's offsets) must not serve the new one. So must a
+                    // new process whose pid an exited one had, if that exit was lost.
+                    discovery.forget(pid, loader);
                     discovery.scan_pid(pid, loader);
                     for point in discovery.tracing(pid) {
                         pipeline.traced(point, pid);

@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -33,6 +34,15 @@ func getg() uintptr
 
 // The body of onward POSTs, long enough that its request is written in more than one piece.
 var onwardBody = strings.Repeat("sightline onward body ", 300)
+
+func init() {
+	// -exec-into execs from the main goroutine, which must then run on the main thread.
+	for _, a := range os.Args[1:] {
+		if a == "-exec-into" || a == "--exec-into" {
+			runtime.LockOSThread()
+		}
+	}
+}
 
 func main() {
 	offsets := flag.Bool("offsets", false, "print struct field offsets and exit")
@@ -44,6 +54,8 @@ func main() {
 	onwardMethod := flag.String("onward-method", "GET", "method of the onward call (POST sends onwardBody)")
 	onwardTP := flag.String("onward-traceparent", "", "a traceparent the program itself sets on onward calls")
 	onwardTrailer := flag.Bool("onward-trailer", false, "onward POSTs end with a trailer (X-Check: 1)")
+	execInto := flag.String("exec-into", "", "GET /exec/ replaces this process's image with this program (same pid)")
+	execListen := flag.String("exec-listen", "", "the address the -exec-into program listens on")
 	flag.Parse()
 	if *offsets {
 		printOffsets()
@@ -108,6 +120,16 @@ func main() {
 		}
 		fmt.Fprint(w, len(r.Header.Values("Traceparent")))
 	})
+	// Answers, then the main goroutine (locked to the main thread) becomes another program
+	// under the same pid.
+	execNow := make(chan struct{}, 1)
+	mux.HandleFunc("/exec/", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+		select {
+		case execNow <- struct{}{}:
+		default:
+		}
+	})
 	// The onward call on the handler's own goroutine.
 	mux.HandleFunc("/chain/", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(onward(r))
@@ -125,6 +147,21 @@ func main() {
 	}
 	srv := &http.Server{Handler: mux}
 	fmt.Println("listening on", ln.Addr())
+	if *execInto != "" {
+		go func() { fmt.Fprintln(os.Stderr, srv.Serve(ln)) }()
+		<-execNow
+		time.Sleep(100 * time.Millisecond)
+		// Whoever read this program's "listening on" may have stopped reading: the new one's
+		// would die of SIGPIPE.
+		if null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
+			syscall.Dup2(int(null.Fd()), 1)
+		}
+		// From the thread-group leader, so no thread of the old image exits: only the exec
+		// tells that the program changed.
+		err := syscall.Exec(*execInto, []string{*execInto, "-listen", *execListen}, os.Environ())
+		fmt.Fprintln(os.Stderr, "exec:", err)
+		os.Exit(1)
+	}
 	if *useTLS {
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned()}}
 		if *h1only {
