@@ -50,7 +50,7 @@ pub struct CounterDef {
 
 const UNTRACKED: &str = "Library calls not tracked (no in-flight slot, unreadable memory, or a return without its entry).";
 const CLASSIFIED: &str = "Sockets classified by their first bytes at the socket syscalls (class: http, whose bytes are copied; tls, h2 and other, which cost one map lookup per syscall from then on; library, in a process whose requests a library capture point reports).";
-const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).";
+const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend, or the head already carried a traceparent or did not end within 1 KiB; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).";
 
 macro_rules! def {
     ($c:ident, $metric:expr, $attrs:expr, $desc:expr, $kernel:expr) => {

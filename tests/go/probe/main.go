@@ -53,6 +53,7 @@ func main() {
 	clientH2 := flag.Bool("client-h2", false, "call onward over HTTP/2 when the next hop offers it")
 	onwardMethod := flag.String("onward-method", "GET", "method of the onward call (POST sends onwardBody)")
 	onwardTP := flag.String("onward-traceparent", "", "a traceparent the program itself sets on onward calls")
+	onwardRawTP := flag.String("onward-raw-traceparent", "", "the same, under the non-canonical key \"traceparent\" (written as is)")
 	onwardTrailer := flag.Bool("onward-trailer", false, "onward POSTs end with a trailer (X-Check: 1)")
 	execInto := flag.String("exec-into", "", "GET /exec/ replaces this process's image with this program (same pid)")
 	execListen := flag.String("exec-listen", "", "the address the -exec-into program listens on")
@@ -76,6 +77,9 @@ func main() {
 		req, _ := http.NewRequest(*onwardMethod, *next, body)
 		if *onwardTP != "" {
 			req.Header.Set("Traceparent", *onwardTP)
+		}
+		if *onwardRawTP != "" {
+			req.Header["traceparent"] = []string{*onwardRawTP}
 		}
 		if *onwardTrailer {
 			// Traceparent is declared (with no value) so that the server would see one

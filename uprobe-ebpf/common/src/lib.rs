@@ -257,7 +257,8 @@ pub mod counter {
     /// Outgoing requests a `traceparent` was written into at the socket.
     pub const INJECTED: u32 = 5;
     /// Outgoing requests that waited for one but whose first bytes were not a request line
-    /// sightline can extend (too long a line, or not HTTP/1.x): sent untouched.
+    /// sightline can extend (too long a line, or not HTTP/1.x), or whose head already carried
+    /// a `traceparent` or did not end within 1 KiB: sent untouched.
     pub const INJECT_SKIPPED: u32 = 6;
     /// Client sockets that could not be added to the injection sockhash (full).
     pub const INJECT_SOCKS_FULL: u32 = 7;

@@ -20,6 +20,10 @@ use sightline_common::{counter, InjectKey, PENDING_TRACE_NS, TRACEPARENT_LINE_LE
 
 /// Longest request line looked at: a line longer than this is sent untouched (and counted).
 const MAX_LINE: u32 = 1024;
+/// The head must end within this many bytes of the message's start, so that every header
+/// line is seen: a head that already carries a `traceparent` is sent untouched, whatever the
+/// process's header map looked like (a non-canonical key, a map too big to read).
+const MAX_HEAD: u32 = 1024;
 
 #[inline(always)]
 fn mark(ctx: &SockAddrContext) {
@@ -145,9 +149,14 @@ pub fn go_inject(ctx: SkMsgContext) -> u32 {
 #[inline(always)]
 fn insert(ctx: &SkMsgContext, trace: [u8; 16], span: u64, flags: u8) -> Result<(), ()> {
     let size = ctx.size();
-    let want = if size < MAX_LINE { size } else { MAX_LINE };
+    let want = if size < MAX_HEAD { size } else { MAX_HEAD };
     // SAFETY: the helper bounds everything itself.
     if unsafe { generated::bpf_msg_pull_data(ctx.msg, 0, want, 0) } != 0 {
+        return Err(());
+    }
+    // Before the request line is looked for: the scan then starts at a constant offset, and
+    // the verifier checks it once rather than once per request line length.
+    if carries_traceparent(ctx)? {
         return Err(());
     }
     let at = request_line_end(ctx)?;
@@ -165,10 +174,25 @@ fn insert(ctx: &SkMsgContext, trace: [u8; 16], span: u64, flags: u8) -> Result<(
     Ok(())
 }
 
+/// The message's bytes, loaded afresh: pointers of their own, so that how far an earlier scan
+/// checked them is not part of the verifier's state afterwards (else every way that scan ends
+/// would have what follows verified again, past the verifier's limit).
+#[inline(always)]
+fn bounds(ctx: &SkMsgContext) -> (usize, usize) {
+    // SAFETY: loads of the context's own data pointers, at constant offsets.
+    unsafe {
+        let m = ctx.msg;
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*m).__bindgen_anon_1.data)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*m).__bindgen_anon_2.data_end)) as usize,
+        )
+    }
+}
+
 /// The offset of the `\n` that ends an HTTP/1.x request line at the start of the message.
 #[inline(always)]
 fn request_line_end(ctx: &SkMsgContext) -> Result<u32, ()> {
-    let (data, end) = (ctx.data(), ctx.data_end());
+    let (data, end) = bounds(ctx);
     // A method: an uppercase token, then a space.
     let mut i: usize = 0;
     while i < 16 {
@@ -209,6 +233,54 @@ fn request_line_end(ctx: &SkMsgContext) -> Result<u32, ()> {
         return Err(());
     }
     Ok(i as u32)
+}
+
+/// Whether a line of the head at the message's start is named `traceparent`, in any case (the
+/// first line, the request line, never is). An error when the head does not end within the
+/// message's first [`MAX_HEAD`] bytes: what cannot be checked is not written to.
+#[inline(always)]
+fn carries_traceparent(ctx: &SkMsgContext) -> Result<bool, ()> {
+    const NAME_LEN: usize = b"traceparent:".len();
+    let (data, end) = bounds(ctx);
+    // The request line starts with a method, never with '\r' or a header name.
+    let mut line_start = false;
+    let mut n: usize = 0;
+    while n < MAX_HEAD as usize {
+        let i = n;
+        if data + i + 1 > end {
+            return Err(());
+        }
+        // SAFETY: bounds checked just above against the message end.
+        let c = unsafe { *((data + i) as *const u8) };
+        if line_start {
+            if c == b'\r' {
+                return Ok(false);
+            }
+            if c | 0x20 == b't' {
+                if data + i + NAME_LEN > end {
+                    return Err(());
+                }
+                // One comparison per word, not per byte: each branch here is verified once per
+                // byte of the head. ASCII letters differ from their lowercase by 0x20, and ':'
+                // has that bit.
+                // SAFETY: the name's length from `i` is inside the message, just checked.
+                let (w8, w4) = unsafe {
+                    (
+                        core::ptr::read_unaligned((data + i) as *const u64),
+                        core::ptr::read_unaligned((data + i + 8) as *const u32),
+                    )
+                };
+                let diff = ((w8 | 0x2020_2020_2020_2020) ^ u64::from_le_bytes(*b"tracepar"))
+                    | ((w4 | 0x2020_2020) ^ u32::from_le_bytes(*b"ent:")) as u64;
+                if diff == 0 {
+                    return Ok(true);
+                }
+            }
+        }
+        line_start = c == b'\n';
+        n += 1;
+    }
+    Err(())
 }
 
 #[inline(always)]
