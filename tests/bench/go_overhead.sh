@@ -56,7 +56,9 @@ for i in $(seq "$runs"); do
   hits=$(awk '/^hits/ {print $2}' "$dir/empty.out")
   hits_per_req=$(awk -v h="${hits:-0}" -v t="${total:-1}" 'BEGIN {printf "%.2f", h / t}')
 
-  taskset -c "$agent_cpu" "$bin" --output none >/dev/null 2>&1 &
+  # Only the server is selected: wrk's side of each request, which the socket syscall probes
+  # would report too, is a client's cost, not the Go server path's this script measures.
+  taskset -c "$agent_cpu" "$bin" --output none --exe "$(basename "$svc")" >/dev/null 2>&1 &
   probe_pid=$!
   sleep 3
   t0=$(cpu_ticks "$probe_pid")
