@@ -12,7 +12,7 @@ use aya::maps::{
 use aya::programs::trace_point::TracePointLink;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, ProgramType, SkMsg, SockOps, TracePoint, UProbe,
+    CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType, SkMsg, SockOps, TracePoint, UProbe,
 };
 use aya::{Ebpf, EbpfLoader};
 use sightline_common::{counter, names, programs, GoOffsets};
@@ -122,8 +122,7 @@ impl Loader {
 
         for name in programs::UPROBES {
             let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+            p.load().map_err(|e| rejected(name, e))?;
         }
         let tracepoints: [(&str, &str, &[&str]); 15] = [
             (programs::PROC_EXEC, "sched", &["sched_process_exec"]),
@@ -161,8 +160,7 @@ impl Loader {
         let mut tracepoint_links = Vec::new();
         for (name, category, events) in tracepoints {
             let p: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+            p.load().map_err(|e| rejected(name, e))?;
             for ev in events {
                 let id = p
                     .attach(category, ev)
@@ -174,8 +172,7 @@ impl Loader {
         // Local addresses of client sockets; optional, as the tracepoint's fields may differ.
         if ss.newstate != 0 {
             let p: &mut TracePoint = program(&mut ebpf, programs::SOCK_STATE)?.try_into()?;
-            p.load()
-                .context("the kernel's verifier rejected sock_state")?;
+            p.load().map_err(|e| rejected("sock_state", e))?;
             let id = p
                 .attach("sock", "inet_sock_set_state")
                 .context("attaching sock_state to sock:inet_sock_set_state")?;
@@ -271,8 +268,7 @@ impl Loader {
         let socks: SockHash<MapData, u64> =
             SockHash::try_from(take_map(&mut self.ebpf, names::INJECT_SOCKS)?)?;
         let p: &mut SkMsg = program(&mut self.ebpf, programs::GO_INJECT)?.try_into()?;
-        p.load()
-            .context("the kernel's verifier rejected go_inject")?;
+        p.load().map_err(|e| rejected("go_inject", e))?;
         p.attach(socks.fd())
             .context("attaching go_inject to its sockhash")?;
         self.inject_socks = Some(socks);
@@ -280,14 +276,12 @@ impl Loader {
         // the cgroup and take no mode flag: BPF_F_ALLOW_MULTI there is EINVAL.
         let mode = CgroupAttachMode::Single;
         let p: &mut SockOps = program(&mut self.ebpf, programs::GO_SOCKOPS)?.try_into()?;
-        p.load()
-            .context("the kernel's verifier rejected go_sockops")?;
+        p.load().map_err(|e| rejected("go_sockops", e))?;
         p.attach(&cgroup, mode)
             .with_context(|| format!("attaching go_sockops to {}", root.display()))?;
         for name in [programs::GO_CONNECT4, programs::GO_CONNECT6] {
             let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+            p.load().map_err(|e| rejected(name, e))?;
             p.attach(&cgroup, mode)
                 .with_context(|| format!("attaching {name} to {}", root.display()))?;
         }
@@ -379,4 +373,51 @@ pub fn watch_ring(
         tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
     }
     .map_err(|e| e.into())
+}
+
+/// A program the kernel's verifier refused, told in a few lines. Its whole log (tens of
+/// thousands of lines for a program past the instruction limit) goes to debug logging only.
+fn rejected(name: &str, e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!(program = name, log = %log, "the verifier's log");
+            anyhow::anyhow!(
+                "the kernel's verifier rejected {name} ({io_error}); its log ends: {} (-vv shows it all)",
+                last_lines(&log, 3)
+            )
+        }
+        other => {
+            anyhow::Error::new(other).context(format!("the kernel's verifier rejected {name}"))
+        }
+    }
+}
+
+/// The last `n` non-empty lines of `log`, on one line.
+fn last_lines(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
+#[cfg(test)]
+mod rejection_tests {
+    use super::last_lines;
+
+    #[test]
+    fn a_long_verifier_log_is_told_by_its_end() {
+        let log = (0..50_000).map(|i| format!("{i}: (bf) r1 = r2\n")).collect::<String>()
+            + "BPF program is too large. Processed 1000001 insn\n\nprocessed 1000001 insns (limit 1000000)\n";
+        assert_eq!(
+            last_lines(&log, 3),
+            "49999: (bf) r1 = r2 / BPF program is too large. Processed 1000001 insn / processed 1000001 insns (limit 1000000)"
+        );
+        assert_eq!(last_lines("", 3), "");
+    }
 }
