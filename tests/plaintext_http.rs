@@ -40,6 +40,27 @@ fn wait_listening(port: u16) {
     }
 }
 
+/// sightline exporting to a real OTLP receiver in this process, exporting often, and the
+/// runtime the receiver runs on.
+fn agent_with_receiver() -> (tokio::runtime::Runtime, receiver::Received, Agent) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let agent = Agent::start(
+        &["--output", "json"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
+        ],
+    )
+    .unwrap();
+    (rt, rec, agent)
+}
+
 fn one<'a>(all: &'a [FlatSpan], kind: i32, key: &str, value: &str) -> &'a FlatSpan {
     let found: Vec<_> = all
         .iter()
@@ -96,21 +117,7 @@ fn plaintext_http_from_python_curl_and_node() {
     );
     wait_listening(other_port);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
-    let mut agent = Agent::start(
-        &["--output", "json"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
-        ],
-    )
-    .unwrap();
+    let (rt, rec, mut agent) = agent_with_receiver();
 
     let base = format!("http://127.0.0.1:{port}");
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -315,20 +322,7 @@ fn a_keep_alive_connection_older_than_sightline() {
     let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "200");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
-    let mut agent = Agent::start(
-        &["--output", "json"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-        ],
-    )
-    .unwrap();
+    let (rt, rec, mut agent) = agent_with_receiver();
     let said = agent.stderr.lock().unwrap().join("\n");
     assert!(
         said.contains("TCP connections open before start are captured"),

@@ -5,7 +5,7 @@
 //! classified like a new socket's. Unstamped, they never take part in same-host joins: request
 //! positions on a connection watched from its middle need not line up with the other end's.
 
-use super::proc_net::established_inodes;
+use super::proc_net::{established_inodes, socket_inode};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::time::{Duration, Instant};
 
@@ -63,12 +63,7 @@ pub fn established_sockets(wanted: impl Fn(u32, &str) -> bool) -> Vec<(u32, i32)
             let Ok(link) = std::fs::read_link(fd.path()) else {
                 continue;
             };
-            let inode = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("socket:["))
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|l| l.parse::<u64>().ok());
-            if inode.is_some_and(|i| inodes.contains(&i)) {
+            if socket_inode(&link).is_some_and(|i| inodes.contains(&i)) {
                 out.push((pid, n));
                 if out.len() >= MAX_SOCKETS {
                     break;

@@ -3,15 +3,19 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Local and peer address of a process's socket fd, if it is a TCP socket.
-pub fn tcp_addrs(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
-    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode: u64 = link
-        .to_str()?
+/// The socket inode an fd's `/proc/PID/fd/N` link names, if it names a socket.
+pub fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    link.to_str()?
         .strip_prefix("socket:[")?
         .strip_suffix(']')?
         .parse()
-        .ok()?;
+        .ok()
+}
+
+/// Local and peer address of a process's socket fd, if it is a TCP socket.
+pub fn tcp_addrs(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode = socket_inode(&link)?;
     for (file, v6) in [("tcp", false), ("tcp6", true)] {
         let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
             continue;

@@ -144,11 +144,7 @@ pub fn all(selection: &Selection, conv: Conventions, stats: &Arc<Stats>) -> Vec<
     vec![
         Point {
             point: CapturePoint::Openssl,
-            source: Box::new(openssl::Openssl::new(
-                selection.clone(),
-                conv,
-                stats.clone(),
-            )),
+            source: Box::new(openssl::source(selection.clone(), conv, stats.clone())),
             attach: Box::<openssl::attach::OpensslAttach>::default(),
         },
         Point {
@@ -158,11 +154,7 @@ pub fn all(selection: &Selection, conv: Conventions, stats: &Arc<Stats>) -> Vec<
         },
         Point {
             point: CapturePoint::Syscalls,
-            source: Box::new(syscalls::Syscalls::new(
-                selection.clone(),
-                conv,
-                stats.clone(),
-            )),
+            source: Box::new(syscalls::source(selection.clone(), conv, stats.clone())),
             attach: Box::new(syscalls::SyscallsAttach),
         },
     ]

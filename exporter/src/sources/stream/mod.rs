@@ -5,7 +5,7 @@
 
 pub mod record;
 
-use super::{CapturePoint, ConnView, Context, Made};
+use super::{CapturePoint, ConnView, Context, Made, Source};
 use crate::correlate::same_host::Ends;
 use crate::metadata::ProcessInfo;
 use crate::protocols::call::{Call, ConnFacts};
@@ -44,6 +44,14 @@ struct Conn {
 }
 
 impl Conn {
+    fn facts(&self, tls: bool) -> ConnFacts {
+        ConnFacts {
+            peer: self.peer,
+            local: self.local,
+            tls,
+        }
+    }
+
     /// Both ends, when this process saw the connection being made (so request positions on it
     /// line up with the other end's).
     fn ends(&self) -> Option<Ends> {
@@ -86,9 +94,11 @@ fn finish(
     Made::Stream { conn, calls }
 }
 
-/// A capture point's byte streams.
+/// A capture point's byte streams: the [`Source`] of every capture point that sees them.
 pub struct Streams {
     point: CapturePoint,
+    /// The record kinds the capture point writes.
+    kinds: &'static [u32],
     /// The bytes are a TLS library's plaintext.
     tls: bool,
     conns: HashMap<ConnId, Conn>,
@@ -100,7 +110,7 @@ pub struct Streams {
 
 impl Streams {
     pub fn new(
-        point: CapturePoint,
+        (point, kinds): (CapturePoint, &'static [u32]),
         tls: bool,
         selection: Selection,
         conv: Conventions,
@@ -108,6 +118,7 @@ impl Streams {
     ) -> Streams {
         Streams {
             point,
+            kinds,
             tls,
             conns: HashMap::default(),
             selection,
@@ -115,21 +126,6 @@ impl Streams {
             stats,
             out: Output::default(),
         }
-    }
-
-    /// One record, whole.
-    pub fn record(
-        &mut self,
-        kind: u32,
-        bytes: &[u8],
-        cx: &mut Context<'_>,
-        made: &mut Vec<Made>,
-    ) -> Result<(), crate::capture::records::DecodeError> {
-        match record::decode(kind, bytes)? {
-            Record::Data { header, payload } => self.data(&header, payload, cx, made),
-            Record::Close { tgid, conn } => self.close((tgid, conn), made),
-        }
-        Ok(())
     }
 
     /// The connection a record belongs to: the library's object, or the socket.
@@ -253,11 +249,7 @@ impl Streams {
             h.end_ns,
             &mut self.out,
         );
-        let facts = ConnFacts {
-            peer: conn.peer,
-            local: conn.local,
-            tls: self.tls,
-        };
+        let facts = conn.facts(self.tls);
         let view = view(self.point, conn, key, false);
         made.push(finish(
             &mut self.out,
@@ -279,11 +271,7 @@ impl Streams {
         match c.process.as_ref() {
             Some(process) => {
                 let view = view(self.point, &c, key, true);
-                let facts = ConnFacts {
-                    peer: c.peer,
-                    local: c.local,
-                    tls: self.tls,
-                };
+                let facts = c.facts(self.tls);
                 made.push(finish(
                     &mut self.out,
                     &self.stats,
@@ -314,9 +302,29 @@ impl Streams {
             self.close(key, made);
         }
     }
+}
+
+impl Source for Streams {
+    fn kinds(&self) -> &'static [u32] {
+        self.kinds
+    }
+
+    fn record(
+        &mut self,
+        kind: u32,
+        bytes: &[u8],
+        cx: &mut Context<'_>,
+        made: &mut Vec<Made>,
+    ) -> Result<(), crate::capture::records::DecodeError> {
+        match record::decode(kind, bytes)? {
+            Record::Data { header, payload } => self.data(&header, payload, cx, made),
+            Record::Close { tgid, conn } => self.close((tgid, conn), made),
+        }
+        Ok(())
+    }
 
     /// Closes connections silent for [`IDLE_NS`].
-    pub fn tick(&mut self, now_mono_ns: u64, made: &mut Vec<Made>) {
+    fn tick(&mut self, now_mono_ns: u64, made: &mut Vec<Made>) {
         let idle: Vec<_> = self
             .conns
             .iter()
@@ -329,7 +337,7 @@ impl Streams {
     }
 
     /// A process exited: its connections are over, and the kernel forgets its sockets.
-    pub fn process_exit(&mut self, tgid: u32, cx: &mut Context<'_>, made: &mut Vec<Made>) {
+    fn process_exit(&mut self, tgid: u32, cx: &mut Context<'_>, made: &mut Vec<Made>) {
         let keys: Vec<_> = self
             .conns
             .keys()
@@ -345,7 +353,7 @@ impl Streams {
     }
 
     /// Ends every connection, for shutdown.
-    pub fn close_all(&mut self, made: &mut Vec<Made>) {
+    fn close_all(&mut self, made: &mut Vec<Made>) {
         let keys: Vec<_> = self.conns.keys().copied().collect();
         for k in keys {
             self.close(k, made);

@@ -5,8 +5,7 @@
 //! It attaches nothing per binary: its tracepoints see every process, loaded at start.
 
 use super::stream::Streams;
-use super::{Attach, AttachContext, CapturePoint, Context, Found, Made, Source};
-use crate::capture::records::DecodeError;
+use super::{Attach, AttachContext, CapturePoint, Found};
 use crate::protocols::Conventions;
 use crate::telemetry::counters::Stats;
 use otel_config::Selection;
@@ -16,46 +15,15 @@ use std::sync::Arc;
 /// The record kinds this capture point writes.
 pub const KINDS: &[u32] = &[kind::SOCK_DATA, kind::SOCK_CLOSE];
 
-pub struct Syscalls(Streams);
-
-impl Syscalls {
-    pub fn new(selection: Selection, conv: Conventions, stats: Arc<Stats>) -> Syscalls {
-        Syscalls(Streams::new(
-            CapturePoint::Syscalls,
-            false,
-            selection,
-            conv,
-            stats,
-        ))
-    }
-}
-
-impl Source for Syscalls {
-    fn kinds(&self) -> &'static [u32] {
-        KINDS
-    }
-
-    fn record(
-        &mut self,
-        kind: u32,
-        bytes: &[u8],
-        cx: &mut Context<'_>,
-        made: &mut Vec<Made>,
-    ) -> Result<(), DecodeError> {
-        self.0.record(kind, bytes, cx, made)
-    }
-
-    fn tick(&mut self, now_mono_ns: u64, made: &mut Vec<Made>) {
-        self.0.tick(now_mono_ns, made);
-    }
-
-    fn process_exit(&mut self, tgid: u32, cx: &mut Context<'_>, made: &mut Vec<Made>) {
-        self.0.process_exit(tgid, cx, made);
-    }
-
-    fn close_all(&mut self, made: &mut Vec<Made>) {
-        self.0.close_all(made);
-    }
+/// The capture point's source: plaintext at the socket, as byte streams.
+pub fn source(selection: Selection, conv: Conventions, stats: Arc<Stats>) -> Streams {
+    Streams::new(
+        (CapturePoint::Syscalls, KINDS),
+        false,
+        selection,
+        conv,
+        stats,
+    )
 }
 
 /// Nothing to attach per binary: the tracepoints cover every process.
