@@ -87,7 +87,16 @@ fn bench(c: &mut Criterion) {
         .with_fixed_process(process);
 
     let req = b"GET /api/v1/items/42?page=2&sort=asc HTTP/1.1\r\nHost: shop.example:8443\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n";
-    let resp = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: keep-alive\r\n\r\n{\"id\":42,\"name\":\"widget\"}\n";
+    let body = b"{\"id\":42,\"name\":\"widget\"}\n";
+    let resp = &[
+        format!(
+            "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+        body,
+    ]
+    .concat();
     // 64 keep-alive connections in rotation, as a busy server has.
     let mut t = 1_000_000u64;
     let mut records = Vec::new();
@@ -108,6 +117,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    // Every request must become a span: a bench whose records are dropped measures the drop
+    // path, not the pipeline.
+    assert_eq!(stats.parse_dropped_total(), 0, "records were dropped");
     assert!(stats.get(Counter::Calls) > 0);
     assert!(*bytes.lock().unwrap() > 0);
 }

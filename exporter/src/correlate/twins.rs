@@ -184,7 +184,7 @@ fn span(c: &Call) -> (u64, u64) {
 /// The time two views share, `None` when they share none.
 fn shared_ns(a: (u64, u64), b: (u64, u64)) -> Option<u64> {
     let (s, e) = (a.0.max(b.0), a.1.min(b.1));
-    (s <= e).then_some(e - s)
+    (s <= e).then(|| e - s)
 }
 
 /// Go reports the decoded path; the wire has it as sent.

@@ -55,12 +55,13 @@ impl Call {
     /// one they are 0, for `correlate` to decide (a join, or [`Call::fresh_ids`]).
     pub fn from_http1(
         process: Arc<ProcessInfo>,
-        ex: &Exchange,
+        ex: Exchange,
         conn: ConnFacts,
         conv: &Conventions,
     ) -> Call {
-        let req = &ex.request;
-        let (method, method_original) = super::method(&req.method);
+        // Taken by value: the head's strings become the call's without copies.
+        let req = ex.request;
+        let (method, method_original) = super::method_owned(req.method);
         let scheme = if conn.tls { "https" } else { "http" };
         // Absolute-form (`GET http://host/path`) is what proxies receive.
         let (absolute_authority, target) = match req.target.split_once("://") {
@@ -90,7 +91,7 @@ impl Call {
             Some(tp) => (tp.trace_id, new_span_id(), Some(tp.span_id), tp.flags),
             None => (0, 0, None, 1),
         };
-        let tracestate = incoming.and(req.tracestate.clone());
+        let tracestate = incoming.and(req.tracestate);
 
         Call {
             process,
@@ -108,7 +109,7 @@ impl Call {
             host_port,
             peer: conn.peer,
             local: conn.local,
-            user_agent: req.user_agent.clone(),
+            user_agent: req.user_agent,
             start_unix_ns: conv.unix_ns(ex.start_ns),
             duration_ns: ex.end_ns.saturating_sub(ex.start_ns),
             trace_id,
@@ -213,13 +214,15 @@ pub fn split_host(h: Option<&str>) -> (Option<String>, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::http1::parse_head;
+    use crate::protocols::http1::{parse_head, Response};
 
     fn exchange(role: Role, req: &[u8], resp: &[u8]) -> Exchange {
         Exchange {
             role,
             request: parse_head(req).unwrap().unwrap().0,
-            response: parse_head(resp).unwrap().unwrap().0,
+            response: Response {
+                status: parse_head(resp).unwrap().unwrap().0.status,
+            },
             start_ns: 1_000,
             end_ns: 3_500,
         }
@@ -243,7 +246,7 @@ mod tests {
         );
         let c = Call::from_http1(
             proc(),
-            &ex,
+            ex,
             ConnFacts {
                 peer: None,
                 local: None,
@@ -275,7 +278,7 @@ mod tests {
         );
         let c = Call::from_http1(
             proc(),
-            &ex,
+            ex,
             ConnFacts::default(),
             &Conventions {
                 redact_query_values: true,
@@ -301,7 +304,7 @@ mod tests {
         let peer: SocketAddr = "[::1]:8443".parse().unwrap();
         let c = Call::from_http1(
             proc(),
-            &ex,
+            ex,
             ConnFacts {
                 peer: Some(peer),
                 local: None,

@@ -77,10 +77,15 @@ const KNOWN_METHODS: [&str; 9] = [
 /// `http.request.method` and, for a method semconv does not know, the method as sent
 /// (`http.request.method_original`): unknown methods are bounded to one value.
 pub fn method(sent: &str) -> (String, Option<String>) {
-    if KNOWN_METHODS.contains(&sent) {
-        (sent.to_string(), None)
+    method_owned(sent.to_string())
+}
+
+/// [`method`] for a method already owned, which becomes the call's without a copy.
+pub fn method_owned(sent: String) -> (String, Option<String>) {
+    if KNOWN_METHODS.contains(&sent.as_str()) {
+        (sent, None)
     } else {
-        ("_OTHER".to_string(), Some(sent.to_string()))
+        ("_OTHER".to_string(), Some(sent))
     }
 }
 

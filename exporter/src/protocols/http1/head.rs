@@ -105,7 +105,7 @@ fn blank(kind: Kind) -> Head {
 
 fn fill(head: &mut Head, headers: &[httparse::Header]) -> Result<(), HeadError> {
     for h in headers {
-        let value = || String::from_utf8_lossy(h.value).trim().to_string();
+        let value = || text(h.value);
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             head.host = Some(value());
@@ -125,11 +125,12 @@ fn fill(head: &mut Head, headers: &[httparse::Header]) -> Result<(), HeadError> 
                 return Err(HeadError::Malformed);
             }
             head.content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.split(',').any(|t| t.trim() == "chunked") {
-                head.chunked = true;
-            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            && h.value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        {
+            head.chunked = true;
         }
     }
     // RFC 9112 §6.3: chunked wins over Content-Length.
@@ -137,6 +138,16 @@ fn fill(head: &mut Head, headers: &[httparse::Header]) -> Result<(), HeadError> 
         head.content_length = None;
     }
     Ok(())
+}
+
+/// A header value as text, trimmed. Values are almost always ASCII: the strict check is the
+/// fast path, and only invalid UTF-8 pays for replacement characters.
+fn text(value: &[u8]) -> String {
+    let v = value.trim_ascii();
+    match std::str::from_utf8(v) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(v).trim().to_string(),
+    }
 }
 
 fn plausible_request_prefix(buf: &[u8]) -> bool {

@@ -89,7 +89,7 @@ fn finish(
     let calls = out
         .exchanges
         .drain(..)
-        .map(|ex| Call::from_http1(process.clone(), &ex, facts, conv))
+        .map(|ex| Call::from_http1(process.clone(), ex, facts, conv))
         .collect();
     Made::Stream { conn, calls }
 }
