@@ -6,6 +6,7 @@ use crate::capture::loader::{self, Loader};
 use crate::discovery::{Discovery, Rescans};
 use crate::pipeline::{Notice, Pipeline};
 use crate::protocols::{Conventions, DropReason};
+use crate::sinks::flows::{FlowFilter, FlowsView};
 use crate::sinks::live::{Format, LiveView};
 use crate::sinks::otlp;
 use crate::sinks::summary::Summary;
@@ -29,11 +30,22 @@ const RESCAN_TICK: Duration = Duration::from_millis(25);
 /// Everything must be detached and flushed within this after SIGINT/SIGTERM.
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// What the terminal shows.
+#[derive(Debug, Clone)]
+pub enum View {
+    /// HTTP calls, then a RED summary at exit.
+    Calls,
+    /// TCP connection events only (`sightline flows`), those the filter accepts.
+    Flows(FlowFilter),
+    /// Both, interleaved.
+    CallsAndFlows,
+}
+
+pub async fn run(cfg: Config, view: View) -> anyhow::Result<()> {
     kernel::preflight()?;
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
-    let mut outputs = Outputs::start(&cfg, &stats)?;
+    let mut outputs = Outputs::start(&cfg, &view, &stats)?;
 
     let (mut loader, channels) = Loader::load(cfg.capture_bytes)?;
     // Before any Go binary is attached, so every one gets the writing probes.
@@ -57,6 +69,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(
         connections = entered,
         "TCP connections open before start are captured from their next bytes"
+    );
+    let listeners = loader.enter_listeners(&existing::listening_sockets());
+    tracing::debug!(
+        listeners,
+        "connections accepted on sockets listening since before start are their process's"
     );
     let mut pipeline = Pipeline::new(
         Box::new(conn_info),
@@ -106,24 +123,41 @@ struct Outputs {
     output: OutputFormat,
     sinks: Vec<Box<dyn Sink>>,
     summary: Summary,
+    /// The calls are shown, so their summary is too.
+    summary_shown: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
 
 impl Outputs {
-    fn start(cfg: &Config, stats: &Arc<Stats>) -> anyhow::Result<Outputs> {
+    fn start(cfg: &Config, view: &View, stats: &Arc<Stats>) -> anyhow::Result<Outputs> {
         let output = cfg.output.unwrap_or(OutputFormat::Text);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         let summary = Summary::default();
-        let live = match output {
-            OutputFormat::Text => Some(LiveView::new(std::io::stdout(), Format::Text)),
-            OutputFormat::Json => Some(LiveView::new(std::io::stdout(), Format::Json)),
+        let format = match output {
+            OutputFormat::Text => Some(Format::Text),
+            OutputFormat::Json => Some(Format::Json),
             OutputFormat::None => None,
         };
-        if let Some(live) = live {
-            sinks.push(Box::new(live));
-            sinks.push(Box::new(summary.clone()));
+        if let Some(format) = format {
+            if !matches!(view, View::Flows(_)) {
+                sinks.push(Box::new(LiveView::new(std::io::stdout(), format)));
+                sinks.push(Box::new(summary.clone()));
+            }
+            match view {
+                View::Calls => {}
+                View::Flows(filter) => sinks.push(Box::new(FlowsView::new(
+                    std::io::stdout(),
+                    format,
+                    filter.clone(),
+                ))),
+                View::CallsAndFlows => sinks.push(Box::new(FlowsView::new(
+                    std::io::stdout(),
+                    format,
+                    FlowFilter::default(),
+                ))),
+            }
         }
         let mut tasks = Vec::new();
         let exporting = !cfg.sdk_disabled;
@@ -162,6 +196,7 @@ impl Outputs {
             output,
             sinks,
             summary,
+            summary_shown: !matches!(view, View::Flows(_)),
             tasks,
             shutdown,
         })
@@ -184,7 +219,12 @@ impl Outputs {
             }
         }
         let elapsed = elapsed.as_secs_f64();
-        match self.output {
+        let output = if self.summary_shown {
+            self.output
+        } else {
+            OutputFormat::None
+        };
+        match output {
             OutputFormat::Text => print!("{}", self.summary.render_text(elapsed)),
             OutputFormat::Json => println!(
                 "{}",

@@ -28,6 +28,9 @@ struct Cli {
     /// Observe only executables with this name (repeatable).
     #[arg(long)]
     exe: Vec<String>,
+    /// Show TCP connection events (as `sightline flows` does) beside the calls.
+    #[arg(long)]
+    flows: bool,
     /// More logging on stderr (-v info is the default; -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -44,6 +47,25 @@ enum Output {
 enum Command {
     /// Capture and report (the default).
     Run,
+    /// A live view of TCP connection events: opens, accepts, closes, failed connects and why,
+    /// resets and retransmit bursts, with process, peer and figures (like `hubble observe`).
+    Flows {
+        /// Line format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        /// Only these processes' connections (repeatable).
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// Only connections of processes with this service or executable name (repeatable).
+        #[arg(long)]
+        process: Vec<String>,
+        /// Only connections to or from this peer address (repeatable).
+        #[arg(long)]
+        peer: Vec<std::net::IpAddr>,
+        /// Only connections with this local or peer port (repeatable).
+        #[arg(long)]
+        port: Vec<u16>,
+    },
     /// Show where sightline would attach in a binary or a running process.
     Symbols {
         /// A file path or a pid.
@@ -122,6 +144,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cycles,
             pid,
         }) => sightline::commands::probe_go::run(&target, empty, cycles, pid),
+        Some(Command::Flows {
+            output,
+            pid,
+            process,
+            peer,
+            port,
+        }) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            cfg.output = Some(match output {
+                Output::Text => OutputFormat::Text,
+                Output::Json => OutputFormat::Json,
+                Output::None => OutputFormat::None,
+            });
+            let filter = sightline::sinks::flows::FlowFilter {
+                pids: pid,
+                processes: process,
+                peers: peer,
+                ports: port,
+            };
+            run(cfg, sightline::app::View::Flows(filter))
+        }
         None | Some(Command::Run) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
             if let Some(o) = cli.output {
@@ -133,12 +176,21 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             cfg.selection.pids.extend(cli.pid);
             cfg.selection.executables.extend(cli.exe);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .thread_name("sightline")
-                .build()?;
-            rt.block_on(sightline::app::run(cfg))
+            let view = if cli.flows {
+                sightline::app::View::CallsAndFlows
+            } else {
+                sightline::app::View::Calls
+            };
+            run(cfg, view)
         }
     }
+}
+
+fn run(cfg: Config, view: sightline::app::View) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("sightline")
+        .build()?;
+    rt.block_on(sightline::app::run(cfg, view))
 }

@@ -114,6 +114,11 @@ impl Pipeline {
                 s.on_call(&call);
             }
         }
+        for e in self.correlate.ready_net() {
+            for s in &mut self.sinks {
+                s.on_net(&e);
+            }
+        }
     }
 
     /// Capture point `point` traces `pid`: known before its first record, so that another

@@ -5,8 +5,8 @@
 //! classified like a new socket's. Unstamped, they never take part in same-host joins: request
 //! positions on a connection watched from its middle need not line up with the other end's.
 
-use super::proc_net::{established_inodes, socket_inode};
-use rustc_hash::{FxHashMap, FxHashSet};
+use super::proc_net::{inodes_in_state, socket_inode, ESTABLISHED, LISTEN};
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 /// How long the walk of `/proc` may take, and how many sockets it may enter: a host with more
@@ -17,16 +17,36 @@ pub const MAX_SOCKETS: usize = 32_768;
 /// Every established TCP socket of every process `wanted(pid, executable name)` accepts, as
 /// (pid, fd), but sightline's own; within [`BUDGET`] and [`MAX_SOCKETS`].
 pub fn established_sockets(wanted: impl Fn(u32, &str) -> bool) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    walk(ESTABLISHED, wanted, |pid, fd, _| out.push((pid, fd)));
+    out
+}
+
+/// Every listening TCP socket of every process, as (family, port, pid): the owners of the
+/// connections accepted on them from now on. Within the same budgets.
+pub fn listening_sockets() -> Vec<(u16, u16, u32)> {
+    let mut out = Vec::new();
+    walk(
+        LISTEN,
+        |_, _| true,
+        |pid, _, (family, port)| out.push((family, port, pid)),
+    );
+    out
+}
+
+/// Calls `found(pid, fd, (family, local port))` for each socket in TCP state `st` of each
+/// process `wanted` accepts, but sightline's own.
+fn walk(st: &str, wanted: impl Fn(u32, &str) -> bool, mut found: impl FnMut(u32, i32, (u16, u16))) {
     let started = Instant::now();
     let me = std::process::id();
     // Processes in one network namespace share its socket tables: read them once.
-    let mut by_netns: FxHashMap<String, FxHashSet<u64>> = FxHashMap::default();
-    let mut out = Vec::new();
+    let mut by_netns: FxHashMap<String, FxHashMap<u64, (u16, u16)>> = FxHashMap::default();
+    let mut n = 0;
     let Ok(proc) = std::fs::read_dir("/proc") else {
-        return out;
+        return;
     };
     for entry in proc.flatten() {
-        if started.elapsed() > BUDGET || out.len() >= MAX_SOCKETS {
+        if started.elapsed() > BUDGET || n >= MAX_SOCKETS {
             break;
         }
         let Some(pid) = entry
@@ -49,7 +69,7 @@ pub fn established_sockets(wanted: impl Fn(u32, &str) -> bool) -> Vec<(u32, i32)
         };
         let inodes = by_netns
             .entry(netns.to_string_lossy().into_owned())
-            .or_insert_with(|| established_inodes(pid));
+            .or_insert_with(|| inodes_in_state(pid, st));
         if inodes.is_empty() {
             continue;
         }
@@ -57,21 +77,21 @@ pub fn established_sockets(wanted: impl Fn(u32, &str) -> bool) -> Vec<(u32, i32)
             continue;
         };
         for fd in fds.flatten() {
-            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(fdn) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
             let Ok(link) = std::fs::read_link(fd.path()) else {
                 continue;
             };
-            if socket_inode(&link).is_some_and(|i| inodes.contains(&i)) {
-                out.push((pid, n));
-                if out.len() >= MAX_SOCKETS {
+            if let Some(at) = socket_inode(&link).and_then(|i| inodes.get(&i)) {
+                found(pid, fdn, *at);
+                n += 1;
+                if n >= MAX_SOCKETS {
                     break;
                 }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

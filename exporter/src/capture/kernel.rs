@@ -3,7 +3,7 @@
 //! says what to do about it.
 #![allow(unsafe_code)]
 
-use sightline_common::SockStateOffsets;
+use sightline_common::{SockStateOffsets, TcpEventOffsets};
 use std::path::Path;
 
 /// Things the kernel must offer; each failure says what to do about it.
@@ -157,6 +157,13 @@ pub(super) fn sock_state_offsets() -> Option<SockStateOffsets> {
         "inet_sock_set_state",
         &["newstate", "sport", "family", "saddr", "saddr_v6", "skaddr"],
     )?;
+    // The network signals' fields: all or none.
+    let n = tracepoint_fields(
+        "sock",
+        "inet_sock_set_state",
+        &["oldstate", "dport", "protocol", "daddr", "daddr_v6"],
+    )
+    .unwrap_or_else(|| vec![0; 5]);
     Some(SockStateOffsets {
         newstate: o[0],
         sport: o[1],
@@ -164,7 +171,23 @@ pub(super) fn sock_state_offsets() -> Option<SockStateOffsets> {
         saddr: o[3],
         saddr_v6: o[4],
         skaddr: o[5],
+        oldstate: n[0],
+        dport: n[1],
+        protocol: n[2],
+        daddr: n[3],
+        daddr_v6: n[4],
     })
+}
+
+/// Where the TCP event tracepoints keep their socket; 0 for one this kernel lacks.
+pub(super) fn tcp_event_offsets() -> TcpEventOffsets {
+    let sk = |name: &str| tracepoint_fields("tcp", name, &["skaddr"]).map_or(0, |o| o[0]);
+    TcpEventOffsets {
+        retransmit_sk: sk("tcp_retransmit_skb"),
+        send_reset_sk: sk("tcp_send_reset"),
+        receive_reset_sk: sk("tcp_receive_reset"),
+        destroy_sk: sk("tcp_destroy_sock"),
+    }
 }
 
 /// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.

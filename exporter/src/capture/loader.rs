@@ -3,7 +3,10 @@
 //! the one place `unsafe` is allowed.
 #![allow(unsafe_code)]
 
-use super::kernel::{bump_memlock, cgroup2_root, lockdown_mode, sock_state_offsets};
+use super::btf;
+use super::kernel::{
+    bump_memlock, cgroup2_root, lockdown_mode, sock_state_offsets, tcp_event_offsets,
+};
 use super::sockets::ConnInfo;
 use anyhow::Context;
 use aya::maps::{
@@ -12,10 +15,13 @@ use aya::maps::{
 use aya::programs::trace_point::TracePointLink;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType, SkMsg, SockOps, TracePoint, UProbe,
+    CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType, RawTracePoint, SkMsg, SockOps,
+    TracePoint, UProbe,
 };
 use aya::{Ebpf, EbpfLoader};
-use sightline_common::{counter, names, programs, GoOffsets};
+use sightline_common::{
+    counter, names, programs, GoOffsets, ListenKey, SockStateOffsets, TcpEventOffsets,
+};
 use std::path::Path;
 
 #[cfg(feature = "probes")]
@@ -50,6 +56,7 @@ pub struct Loader {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     go_procs: BpfHashMap<MapData, u32, GoOffsets>,
+    listeners: BpfHashMap<MapData, ListenKey, u32>,
     /// The sockhash `go_inject` is attached to, once it is.
     inject_socks: Option<SockHash<MapData, u64>>,
     /// The programs that write a traceparent into Go requests in memory loaded (the kernel
@@ -102,6 +109,63 @@ fn detach_links<L: Send>(links: Vec<L>) {
     }
 }
 
+/// The TCP tracepoints of the network signals. The state tracepoint is required; the others
+/// (retransmits, resets, per-segment samples) each add what they see where the kernel has
+/// them.
+fn attach_network(
+    ebpf: &mut Ebpf,
+    ss: &SockStateOffsets,
+    events: &TcpEventOffsets,
+    links: &mut Vec<TracePointLink>,
+) -> anyhow::Result<()> {
+    if ss.oldstate == 0 || ss.protocol == 0 {
+        anyhow::bail!("sock:inet_sock_set_state lacks the fields they need");
+    }
+    let tracepoints = [
+        (programs::TCP_STATE, "sock", "inet_sock_set_state", 1),
+        (
+            programs::TCP_RETRANSMIT,
+            "tcp",
+            "tcp_retransmit_skb",
+            events.retransmit_sk,
+        ),
+        (
+            programs::TCP_RESET_SENT,
+            "tcp",
+            "tcp_send_reset",
+            events.send_reset_sk,
+        ),
+        (
+            programs::TCP_RESET_RECEIVED,
+            "tcp",
+            "tcp_receive_reset",
+            events.receive_reset_sk,
+        ),
+    ];
+    for (name, category, event, offset) in tracepoints {
+        if offset == 0 {
+            tracing::info!("network signals: this kernel has no {category}:{event}");
+            continue;
+        }
+        let p: &mut TracePoint = program(ebpf, name)?.try_into()?;
+        p.load().map_err(|e| rejected(name, e))?;
+        let id = p
+            .attach(category, event)
+            .with_context(|| format!("attaching {name} to {category}:{event}"))?;
+        links.push(p.take_link(id)?);
+    }
+    let sample = (|| -> anyhow::Result<()> {
+        let p: &mut RawTracePoint = program(ebpf, programs::TCP_SAMPLE)?.try_into()?;
+        p.load().map_err(|e| rejected(programs::TCP_SAMPLE, e))?;
+        p.attach("tcp_probe")?;
+        Ok(())
+    })();
+    if let Err(e) = sample {
+        tracing::warn!("network signals: RTT and byte figures only at close: {e:#}");
+    }
+    Ok(())
+}
+
 /// Maps that other stages read, handed out once.
 pub struct Channels {
     pub events: RingBuf<MapData>,
@@ -113,10 +177,18 @@ impl Loader {
         bump_memlock();
         let me = std::process::id();
         let ss = sock_state_offsets().unwrap_or_default();
+        let tcp = btf::tcp_offsets();
+        let tcp_events = tcp_event_offsets();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CAPTURE_LEN, &capture_len, true)
             .override_global(names::AGENT_TGID, &me, true)
             .override_global(names::SS_OFFSETS, &ss, true)
+            .override_global(
+                names::TCP_OFFSETS,
+                &tcp.as_ref().copied().unwrap_or_default(),
+                true,
+            )
+            .override_global(names::TCP_EVENT_OFFSETS, &tcp_events, true)
             .load(PROBES)
             .context("loading sightline's eBPF programs into the kernel")?;
 
@@ -181,6 +253,14 @@ impl Loader {
             tracing::info!("sock:inet_sock_set_state has unexpected fields; client local addresses come from /proc only");
         }
 
+        match attach_network(&mut ebpf, &ss, &tcp_events, &mut tracepoint_links) {
+            Ok(()) => match &tcp {
+                Ok(_) => tracing::info!("network signals: every TCP connection's opens, failures, closes, retransmits, resets, bytes and RTT"),
+                Err(e) => tracing::warn!("network signals without bytes, segments and RTT: {e}"),
+            },
+            Err(e) => tracing::warn!("network signals are off: {e:#}"),
+        }
+
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)?;
         let conn_info = ConnInfo::new(
             BpfHashMap::try_from(take_map(&mut ebpf, names::CONN_INFO)?)?,
@@ -190,6 +270,7 @@ impl Loader {
         );
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)?;
         let go_procs = BpfHashMap::try_from(take_map(&mut ebpf, names::GO_PROCS)?)?;
+        let listeners = BpfHashMap::try_from(take_map(&mut ebpf, names::LISTENERS)?)?;
         Ok((
             Loader {
                 links: Vec::new(),
@@ -197,6 +278,7 @@ impl Loader {
                 ebpf,
                 counters,
                 go_procs,
+                listeners,
                 inject_socks: None,
                 writes: false,
             },
@@ -313,6 +395,22 @@ impl Loader {
     }
 
     /// Kernel-side counters summed over CPUs, indexed by `sightline_common::counter`.
+    /// Sockets listening since before start, as (family, port, pid): connections accepted on
+    /// them are their process's. Returns how many were entered.
+    pub fn enter_listeners(&mut self, found: &[(u16, u16, u32)]) -> usize {
+        found
+            .iter()
+            .filter(|(family, port, pid)| {
+                let key = ListenKey {
+                    family: *family,
+                    port: *port,
+                };
+                // BPF_NOEXIST: a listen() the probe saw since is newer than /proc's view.
+                self.listeners.insert(key, *pid, 1).is_ok()
+            })
+            .count()
+    }
+
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {

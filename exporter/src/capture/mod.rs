@@ -2,6 +2,7 @@
 //! the sockets records name resolved to their ends. The first stage; everything it hands on is
 //! a decoded [`records::Record`] or a socket's [`sockets::Resolved`] ends.
 
+pub mod btf;
 pub mod existing;
 pub mod kernel;
 pub mod loader;

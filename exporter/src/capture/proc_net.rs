@@ -27,25 +27,32 @@ pub fn tcp_addrs(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
     None
 }
 
-/// The inodes of the established TCP sockets (v4 and v6) of `pid`'s network namespace.
-pub fn established_inodes(pid: u32) -> rustc_hash::FxHashSet<u64> {
-    let mut out = rustc_hash::FxHashSet::default();
-    for file in ["tcp", "tcp6"] {
+/// `st` 01 is TCP_ESTABLISHED, 0A TCP_LISTEN.
+pub const ESTABLISHED: &str = "01";
+pub const LISTEN: &str = "0A";
+
+/// The TCP sockets (v4 and v6) of `pid`'s network namespace in state `st`, by inode, with
+/// their address family (2 or 10, as the kernel numbers them) and local port.
+pub fn inodes_in_state(pid: u32, st: &str) -> rustc_hash::FxHashMap<u64, (u16, u16)> {
+    let mut out = rustc_hash::FxHashMap::default();
+    for (file, family) in [("tcp", 2u16), ("tcp6", 10)] {
         let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
             continue;
         };
-        out.extend(established_in(&table));
+        out.extend(in_state(&table, st).map(|(inode, port)| (inode, (family, port))));
     }
     out
 }
 
-/// `st` 01 is TCP_ESTABLISHED.
-fn established_in(table: &str) -> impl Iterator<Item = u64> + '_ {
-    table.lines().skip(1).filter_map(|line| {
+/// Inode and local port of each socket of a `/proc/net/tcp{,6}` table in state `st`.
+fn in_state<'a>(table: &'a str, st: &'a str) -> impl Iterator<Item = (u64, u16)> + 'a {
+    table.lines().skip(1).filter_map(move |line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        (cols.len() >= 10 && cols[3] == "01")
-            .then(|| cols[9].parse::<u64>().ok())
-            .flatten()
+        if cols.len() < 10 || cols[3] != st {
+            return None;
+        }
+        let port = u16::from_str_radix(cols[1].rsplit_once(':')?.1, 16).ok()?;
+        Some((cols[9].parse::<u64>().ok()?, port))
     })
 }
 
@@ -101,7 +108,14 @@ mod tests {
     #[test]
     fn only_established_sockets_are_listed() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 20 4 30 10 -1\n   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1\n";
-        assert_eq!(established_in(table).collect::<Vec<_>>(), vec![222]);
+        assert_eq!(
+            in_state(table, ESTABLISHED).collect::<Vec<_>>(),
+            vec![(222, 8080)]
+        );
+        assert_eq!(
+            in_state(table, LISTEN).collect::<Vec<_>>(),
+            vec![(111, 8080)]
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod twins;
 use crate::protocols::call::Call;
 use crate::protocols::{Conventions, Role};
 use crate::sources::go::call::{GoConn, Goroutine};
+use crate::sources::tcp::NetEvent;
 use crate::sources::{CapturePoint, ConnView, Made};
 use crate::telemetry::counters::{Counter, Stats};
 use goroutines::GoCalls;
@@ -39,6 +40,8 @@ pub struct Correlator {
     go: GoCalls,
     twins: Twins,
     ready: Vec<Call>,
+    /// Network events, in order; nothing holds them yet.
+    ready_net: Vec<NetEvent>,
     stats: Arc<Stats>,
     /// Wall-clock minus the capture clock, to put calls' times back on the capture clock.
     mono_to_unix_ns: i128,
@@ -53,6 +56,7 @@ impl Correlator {
             go: GoCalls::default(),
             twins: Twins::default(),
             ready: Vec::new(),
+            ready_net: Vec::new(),
             stats,
             mono_to_unix_ns: conv.mono_to_unix_ns,
         }
@@ -74,6 +78,7 @@ impl Correlator {
                 self.seen(CapturePoint::Go, g.goroutine.tgid);
                 self.go(g.call, &g.goroutine, g.conn);
             }
+            Made::Net(e) => self.ready_net.push(*e),
         }
     }
 
@@ -166,6 +171,11 @@ impl Correlator {
         self.go.expire(true);
         self.release_go();
         self.twins.end_batch(true, &mut self.ready);
+    }
+
+    /// Network events, in the order they happened.
+    pub fn ready_net(&mut self) -> std::vec::Drain<'_, NetEvent> {
+        self.ready_net.drain(..)
     }
 
     /// Calls whose ids are final, in the order they became so.

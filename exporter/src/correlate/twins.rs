@@ -64,8 +64,9 @@ impl Twins {
         let set = match source {
             CapturePoint::Go => &mut self.go_pids,
             CapturePoint::Openssl => &mut self.ssl_pids,
-            // The kernel leaves the sockets of a process the Go probes report to them.
-            CapturePoint::Syscalls => return,
+            // The kernel leaves the sockets of a process the Go probes report to them; the TCP
+            // tracepoints see connections, not requests.
+            CapturePoint::Syscalls | CapturePoint::Tcp => return,
         };
         if !set.contains(&pid) {
             if set.len() >= MAX_PIDS {
@@ -99,7 +100,7 @@ impl Twins {
             let other = self.held.swap_remove(i).call;
             let (go, ssl) = match source {
                 CapturePoint::Go => (call, other),
-                CapturePoint::Openssl | CapturePoint::Syscalls => (other, call),
+                CapturePoint::Openssl | CapturePoint::Syscalls | CapturePoint::Tcp => (other, call),
             };
             self.merged += 1;
             out.push(merge(go, &ssl));
@@ -133,7 +134,7 @@ impl Twins {
         while i < self.held.len() {
             let hold = match self.held[i].source {
                 CapturePoint::Go => self.go_hold,
-                CapturePoint::Openssl | CapturePoint::Syscalls => self.ssl_hold,
+                CapturePoint::Openssl | CapturePoint::Syscalls | CapturePoint::Tcp => self.ssl_hold,
             };
             if force || now.duration_since(self.held[i].since) >= hold {
                 let h = self.held.swap_remove(i);

@@ -1,11 +1,13 @@
 //! Where finished calls go: the terminal, JSON lines, the RED summary and OTLP.
 
+pub mod flows;
 pub mod live;
 pub mod otlp;
 pub mod summary;
 pub mod timefmt;
 
 use crate::protocols::call::Call;
+use crate::sources::tcp::NetEvent;
 use std::borrow::Cow;
 
 /// `s` safe to print on a terminal: control characters (escape sequences from a path Go
@@ -28,6 +30,8 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 /// A consumer of finished calls, run on the pipeline's thread: it must not block.
 pub trait Sink: Send {
     fn on_call(&mut self, call: &Call);
+    /// A TCP connection event; most sinks show calls only.
+    fn on_net(&mut self, _event: &NetEvent) {}
     fn on_process_exit(&mut self, _pid: u32) {}
     /// End of a batch of records: a chance to flush buffered output once, not per call.
     fn flush(&mut self) {}

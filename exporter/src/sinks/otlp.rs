@@ -197,6 +197,9 @@ impl Sink for MetricsSink {
     fn on_call(&mut self, call: &Call) {
         self.metrics.record(call);
     }
+    fn on_net(&mut self, event: &crate::sources::tcp::NetEvent) {
+        self.metrics.record_net(event);
+    }
     fn on_process_exit(&mut self, pid: u32) {
         self.metrics.process_exited(pid);
     }

@@ -8,6 +8,7 @@ pub mod go;
 pub mod openssl;
 pub mod stream;
 pub mod syscalls;
+pub mod tcp;
 
 use crate::capture::loader::Loader;
 use crate::capture::records::DecodeError;
@@ -29,6 +30,8 @@ pub enum CapturePoint {
     Openssl,
     /// The socket syscalls: plaintext from any runtime.
     Syscalls,
+    /// The TCP tracepoints: network signals.
+    Tcp,
 }
 
 /// What records are resolved against: who a process is, and where its sockets lead.
@@ -59,6 +62,8 @@ pub enum Made {
     Stream { conn: ConnView, calls: Vec<Call> },
     /// A Go call, seen whole by the Go probes.
     Go(Box<GoCall>),
+    /// A TCP connection event, for the network signals.
+    Net(Box<tcp::NetEvent>),
 }
 
 /// A Go call, where it sits among its process's requests, and where its connection went.
@@ -156,6 +161,11 @@ pub fn all(selection: &Selection, conv: Conventions, stats: &Arc<Stats>) -> Vec<
             point: CapturePoint::Syscalls,
             source: Box::new(syscalls::source(selection.clone(), conv, stats.clone())),
             attach: Box::new(syscalls::SyscallsAttach),
+        },
+        Point {
+            point: CapturePoint::Tcp,
+            source: Box::new(tcp::Tcp::new(selection.clone(), conv, stats.clone())),
+            attach: Box::new(tcp::TcpAttach),
         },
     ]
 }

@@ -36,6 +36,14 @@ pub enum Counter {
     SocketsLibrary,
     KernelSyscallSlotBusy,
     OwnConnections,
+    KernelFlowsFull,
+    FlowsUntracked,
+    FlowsUnattributed,
+    KernelTcpUnfollowed,
+    KernelFlowsAdded,
+    KernelFlowsRemoved,
+    KernelFlowsFill,
+    FlowsFollowed,
 }
 
 /// How a counter is exported: its metric, the attributes of its series, what it means, and
@@ -46,10 +54,15 @@ pub struct CounterDef {
     pub attributes: &'static [(&'static str, &'static str)],
     pub description: &'static str,
     pub kernel: Option<u32>,
+    /// A level (a table's fill), exported as a gauge; the others only grow.
+    pub gauge: bool,
 }
 
 const UNTRACKED: &str = "Library calls not tracked (no in-flight slot, unreadable memory, or a return without its entry).";
 const CLASSIFIED: &str = "Sockets classified by their first bytes at the socket syscalls (class: http, whose bytes are copied; tls, h2 and other, which cost one map lookup per syscall from then on; library, in a process whose requests a library capture point reports).";
+const UNTRACKED_FLOWS: &str = "TCP connections not followed for network signals because a flow table was full (table: kernel or user).";
+const KERNEL_FLOWS: &str = "TCP connections the kernel started (op: added) and stopped (op: removed) following for network signals.";
+const FILL: &str = "Entries in sightline's bounded tables (table: kernel_tcp_flows, tcp_flows).";
 const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend, or the head already carried a traceparent or did not end within 1 KiB; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).";
 
 macro_rules! def {
@@ -60,12 +73,26 @@ macro_rules! def {
             attributes: $attrs,
             description: $desc,
             kernel: $kernel,
+            gauge: false,
+        }
+    };
+}
+
+macro_rules! gauge {
+    ($c:ident, $metric:expr, $attrs:expr, $desc:expr) => {
+        CounterDef {
+            counter: Counter::$c,
+            metric: $metric,
+            attributes: $attrs,
+            description: $desc,
+            kernel: None,
+            gauge: true,
         }
     };
 }
 
 /// Every counter, in [`Counter`]'s order.
-pub const COUNTERS: [CounterDef; 25] = [
+pub const COUNTERS: [CounterDef; 33] = [
     def!(EventsLost, "sightline.events.lost", &[], "Capture records lost because the ring buffer was full.", Some(kernel::RINGBUF_FULL)),
     def!(KernelActiveFull, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::ACTIVE_FULL)),
     def!(KernelReadFailed, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::READ_FAILED)),
@@ -91,13 +118,30 @@ pub const COUNTERS: [CounterDef; 25] = [
     def!(SocketsLibrary, "sightline.sockets.classified", &[("class", "library")], CLASSIFIED, Some(kernel::SOCK_LIBRARY)),
     def!(KernelSyscallSlotBusy, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::SYSCALL_SLOT_BUSY)),
     def!(OwnConnections, "sightline.connections.own", &[], "Connections a process on this host accepted from sightline itself (its export to a local collector): not reported, so the export does not trace itself.", None),
+    def!(KernelFlowsFull, "sightline.tcp.flows.untracked", &[("table", "kernel")], UNTRACKED_FLOWS, Some(kernel::FLOWS_FULL)),
+    def!(FlowsUntracked, "sightline.tcp.flows.untracked", &[("table", "user")], UNTRACKED_FLOWS, None),
+    def!(FlowsUnattributed, "sightline.tcp.flows.unattributed", &[], "TCP connections accepted on a listening socket whose process sightline does not know (opened in another way than listen() after start or /proc at start): not reported.", None),
+    def!(KernelTcpUnfollowed, "sightline.tcp.events.unfollowed", &[], "Retransmits and resets on TCP connections opened before sightline started, which it does not follow.", Some(kernel::TCP_UNFOLLOWED)),
+    def!(KernelFlowsAdded, "sightline.kernel.flows", &[("op", "added")], KERNEL_FLOWS, Some(kernel::FLOWS_ADDED)),
+    def!(KernelFlowsRemoved, "sightline.kernel.flows", &[("op", "removed")], KERNEL_FLOWS, Some(kernel::FLOWS_REMOVED)),
+    gauge!(KernelFlowsFill, "sightline.table.fill", &[("table", "kernel_tcp_flows")], FILL),
+    gauge!(FlowsFollowed, "sightline.table.fill", &[("table", "tcp_flows")], FILL),
 ];
 
 /// The counters' values, shared by every stage and read by the metrics and the summary.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     values: [AtomicU64; COUNTERS.len()],
     parse_dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+            parse_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Stats {
@@ -120,6 +164,10 @@ impl Stats {
                 self.set(d.counter, *v);
             }
         }
+        let fill = self
+            .get(Counter::KernelFlowsAdded)
+            .saturating_sub(self.get(Counter::KernelFlowsRemoved));
+        self.set(Counter::KernelFlowsFill, fill);
     }
 
     pub fn count_drop(&self, r: DropReason) {

@@ -4,10 +4,12 @@
 //! threads: each has a manual reader, and one export task collects them all in turn.
 
 use super::counters::{CounterDef, Stats, COUNTERS};
-use crate::metadata::{common_resource_attributes, process_resource};
+use crate::capture::sockets::Role as NetRole;
+use crate::metadata::{common_resource_attributes, process_resource, ProcessInfo};
 use crate::protocols::call::Call;
 use crate::protocols::{DropReason, Role};
-use opentelemetry::metrics::{Histogram, MeterProvider as _};
+use crate::sources::tcp::{NetEvent, NetKind};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -47,12 +49,66 @@ impl MetricReader for SharedReader {
     }
 }
 
+/// Buckets for round-trip and connect times, in seconds: from a same-rack 50 µs to a
+/// retransmitted SYN's seconds.
+pub const RTT_BUCKETS: [f64; 15] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    3.0,
+];
+/// Buckets for connection lifetimes, in seconds.
+pub const LIFETIME_BUCKETS: [f64; 12] = [
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+
+/// The network signals' instruments of one process.
+struct NetInstruments {
+    connections: Counter<u64>,
+    bytes: Counter<u64>,
+    segments: Counter<u64>,
+    retransmits: Counter<u64>,
+    resets: Counter<u64>,
+    rtt: Histogram<f64>,
+    connect: Histogram<f64>,
+    lifetime: Histogram<f64>,
+}
+
+impl NetInstruments {
+    fn new(meter: &Meter) -> NetInstruments {
+        let counter = |name: &'static str, unit: &'static str, desc: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_unit(unit)
+                .with_description(desc)
+                .build()
+        };
+        let hist = |name: &'static str, desc: &'static str, b: &[f64]| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(desc)
+                .with_boundaries(b.to_vec())
+                .build()
+        };
+        NetInstruments {
+            connections: counter("sightline.tcp.connections", "{connection}", "TCP connections opened (outcome: established) or failed to open (outcome: refused, timeout, unreachable, abandoned, error), by role (client: the process connected; server: it accepted)."),
+            bytes: counter("sightline.tcp.bytes", "By", "TCP payload bytes: sent and acknowledged by the peer (network.io.direction: transmit), or received (receive)."),
+            segments: counter("sightline.tcp.segments", "{segment}", "TCP segments sent (network.io.direction: transmit) or received (receive)."),
+            retransmits: counter("sightline.tcp.retransmits", "{segment}", "TCP segments retransmitted, SYNs included: the kernel's own count (as nstat's TcpRetransSegs)."),
+            resets: counter("sightline.tcp.resets", "{reset}", "TCP resets sent (network.io.direction: transmit) or received (receive) on the process's connections."),
+            rtt: hist("sightline.tcp.rtt", "Smoothed round-trip time of busy TCP connections, sampled at most once a second each and at close.", &RTT_BUCKETS),
+            connect: hist("sightline.tcp.connect.duration", "Time from a client's SYN to the established connection, retransmitted SYNs included.", &RTT_BUCKETS),
+            lifetime: hist("sightline.tcp.connection.duration", "How long TCP connections lived, from open to close.", &LIFETIME_BUCKETS),
+        }
+    }
+}
+
 struct Instruments {
     // Kept alive: dropping the provider shuts its pipeline down.
     _provider: SdkMeterProvider,
     reader: Arc<ManualReader>,
     server: Histogram<f64>,
     client: Histogram<f64>,
+    net: NetInstruments,
     /// The process is gone: export once more, then forget it.
     exited: bool,
 }
@@ -99,10 +155,11 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, call: &Call) {
+    /// The instruments of `process`, made at its first call or connection.
+    fn with<R>(&self, process: &ProcessInfo, f: impl FnOnce(&Instruments) -> R) -> R {
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        let inst = procs.entry(call.process.pid).or_insert_with(|| {
-            let (provider, reader) = new_provider(process_resource(&call.process, &self.extra));
+        let inst = procs.entry(process.pid).or_insert_with(|| {
+            let (provider, reader) = new_provider(process_resource(process, &self.extra));
             let meter = provider.meter("sightline");
             let hist = |name: &'static str, desc: &'static str| {
                 meter
@@ -121,17 +178,76 @@ impl Metrics {
                     "http.client.request.duration",
                     "Duration of HTTP client requests.",
                 ),
+                net: NetInstruments::new(&meter),
                 _provider: provider,
                 reader,
                 exited: false,
             }
         });
+        f(inst)
+    }
+
+    pub fn record(&self, call: &Call) {
         let secs = call.duration_ns as f64 / 1e9;
         let attrs = metric_attributes(call);
-        match call.role {
+        self.with(&call.process, |inst| match call.role {
             Role::Server => inst.server.record(secs, &attrs),
             Role::Client => inst.client.record(secs, &attrs),
-        }
+        })
+    }
+
+    /// A TCP connection event: counters add what it did since its previous event.
+    pub fn record_net(&self, e: &NetEvent) {
+        let attrs = net_attributes(e);
+        let with = |k: &'static str, v: &'static str| {
+            let mut a = attrs.clone();
+            a.push(KeyValue::new(k, v));
+            a
+        };
+        let secs = |ns: u64| ns as f64 / 1e9;
+        self.with(&e.process, |inst| {
+            let n = &inst.net;
+            match e.kind {
+                NetKind::Connected | NetKind::Accepted => {
+                    n.connections.add(1, &with("outcome", "established"));
+                    if let (NetKind::Connected, Some(d)) = (e.kind, e.duration_ns) {
+                        n.connect.record(secs(d), &attrs);
+                    }
+                }
+                NetKind::Failed(r) => n.connections.add(1, &with("outcome", r.as_str())),
+                NetKind::ResetSent => n.resets.add(1, &with("network.io.direction", "transmit")),
+                NetKind::ResetReceived => n.resets.add(1, &with("network.io.direction", "receive")),
+                NetKind::Closed => {
+                    if let Some(d) = e.duration_ns {
+                        n.lifetime.record(secs(d), &attrs);
+                    }
+                }
+                NetKind::Retransmit | NetKind::Sample => {}
+            }
+            let d = &e.delta;
+            if d.bytes_sent > 0 {
+                n.bytes
+                    .add(d.bytes_sent, &with("network.io.direction", "transmit"));
+            }
+            if d.bytes_received > 0 {
+                n.bytes
+                    .add(d.bytes_received, &with("network.io.direction", "receive"));
+            }
+            if d.segs_out > 0 {
+                n.segments
+                    .add(d.segs_out, &with("network.io.direction", "transmit"));
+            }
+            if d.segs_in > 0 {
+                n.segments
+                    .add(d.segs_in, &with("network.io.direction", "receive"));
+            }
+            if d.retransmits > 0 {
+                n.retransmits.add(d.retransmits, &attrs);
+            }
+            if let (NetKind::Sample | NetKind::Closed, Some(rtt)) = (e.kind, e.srtt_us) {
+                n.rtt.record(rtt as f64 / 1e6, &attrs);
+            }
+        })
     }
 
     pub fn process_exited(&self, pid: u32) {
@@ -196,6 +312,34 @@ fn metric_attributes(c: &Call) -> Vec<KeyValue> {
     a
 }
 
+/// A connection's service pair and direction: the process is the resource; the peer is its
+/// address, its service when it runs on this host, and the server's port. A server's peer
+/// port is ephemeral, so it is left out.
+fn net_attributes(e: &NetEvent) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new("network.transport", "tcp"),
+        KeyValue::new(
+            "network.type",
+            if e.peer.is_ipv4() { "ipv4" } else { "ipv6" },
+        ),
+        KeyValue::new("network.peer.address", e.peer.ip().to_string()),
+    ];
+    match e.role {
+        NetRole::Client => {
+            a.push(KeyValue::new("role", "client"));
+            a.push(KeyValue::new("server.port", e.peer.port() as i64));
+        }
+        NetRole::Server => {
+            a.push(KeyValue::new("role", "server"));
+            a.push(KeyValue::new("server.port", e.local.port() as i64));
+        }
+    }
+    if let Some(p) = &e.peer_process {
+        a.push(KeyValue::new("peer.service", p.service_name.clone()));
+    }
+    a
+}
+
 fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
     let meter = provider.meter("sightline");
     let mut metrics: Vec<&'static str> = Vec::new();
@@ -208,26 +352,38 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
         let defs: Vec<&'static CounterDef> =
             COUNTERS.iter().filter(|d| d.metric == metric).collect();
         let stats = stats.clone();
-        let _ = meter
-            .u64_observable_counter(metric)
-            .with_description(defs[0].description)
-            .with_callback(move |o| {
-                // Rows with the same attributes are one series: their sum.
-                let mut series: Vec<(&[(&str, &str)], u64)> = Vec::new();
-                for d in &defs {
-                    let v = stats.get(d.counter);
-                    match series.iter_mut().find(|(a, _)| *a == d.attributes) {
-                        Some((_, sum)) => *sum += v,
-                        None => series.push((d.attributes, v)),
-                    }
+        // Rows with the same attributes are one series: their sum.
+        let observe = move |o: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+            let mut series: Vec<(&[(&str, &str)], u64)> = Vec::new();
+            for d in &defs {
+                let v = stats.get(d.counter);
+                match series.iter_mut().find(|(a, _)| *a == d.attributes) {
+                    Some((_, sum)) => *sum += v,
+                    None => series.push((d.attributes, v)),
                 }
-                for (attrs, v) in series {
-                    let kv: Vec<KeyValue> =
-                        attrs.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect();
-                    o.observe(v, &kv);
-                }
-            })
-            .build();
+            }
+            for (attrs, v) in series {
+                let kv: Vec<KeyValue> = attrs.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect();
+                o.observe(v, &kv);
+            }
+        };
+        let first = COUNTERS
+            .iter()
+            .find(|d| d.metric == metric)
+            .expect("listed");
+        if first.gauge {
+            let _ = meter
+                .u64_observable_gauge(metric)
+                .with_description(first.description)
+                .with_callback(move |o| observe(o))
+                .build();
+        } else {
+            let _ = meter
+                .u64_observable_counter(metric)
+                .with_description(first.description)
+                .with_callback(move |o| observe(o))
+                .build();
+        }
     }
     let _ = meter
         .u64_observable_counter("sightline.parse.dropped")

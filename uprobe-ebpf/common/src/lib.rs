@@ -16,6 +16,12 @@ pub const DEFAULT_CAPTURE: u32 = 4096;
 /// Ring buffer size; a power of two multiple of the page size, as the kernel requires.
 pub const RING_BYTES: u32 = 8 << 20;
 
+/// TCP connections the kernel follows at once for network signals; past it new ones are
+/// counted ([`counter::FLOWS_FULL`]) and not followed. Entries are allocated on demand.
+pub const MAX_FLOWS: u32 = 131_072;
+/// Listening ports remembered for accepted connections' owners.
+pub const MAX_LISTENERS: u32 = 8192;
+
 /// Unread bytes in the ring buffer past which a record wakes the reader. Below it, records
 /// are written without a wakeup and the reader drains them on its timer: one wakeup per
 /// record would cost a context switch per TLS call on a busy server.
@@ -47,6 +53,12 @@ pub mod names {
     pub const SOCK_CLASS: &str = "SOCK_CLASS";
     /// sightline's own client sockets, by local port: their `CONN_INFO` key.
     pub const AGENT_PORTS: &str = "AGENT_PORTS";
+    /// TCP connections followed for network signals, by kernel socket address.
+    pub const FLOWS: &str = "FLOWS";
+    /// Listening ports and the process that listens, for accepted connections' owner.
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const TCP_OFFSETS: &str = "TCP_OFFSETS";
+    pub const TCP_EVENT_OFFSETS: &str = "TCP_EVENT_OFFSETS";
 }
 
 /// Names of the eBPF programs: each is its function's name in the eBPF crate, and the loader
@@ -98,6 +110,13 @@ pub mod programs {
     pub const SYS_SENDFILE: &str = "sys_sendfile";
     pub const SYS_DATA_EXIT: &str = "sys_data_exit";
     pub const SYS_CLOSE: &str = "sys_close";
+    // Network signals (`tcp`).
+    pub const TCP_STATE: &str = "tcp_state";
+    pub const TCP_RETRANSMIT: &str = "tcp_retransmit";
+    pub const TCP_RESET_SENT: &str = "tcp_reset_sent";
+    pub const TCP_RESET_RECEIVED: &str = "tcp_reset_received";
+    pub const TCP_SAMPLE: &str = "tcp_sample";
+    pub const TCP_DESTROY: &str = "tcp_destroy";
 
     /// Every uprobe program, loaded at start (the memory-writing ones load on their own,
     /// since lockdown refuses them).
@@ -134,6 +153,126 @@ pub struct SockStateOffsets {
     pub saddr: u32,
     pub saddr_v6: u32,
     pub skaddr: u32,
+    /// Used by the network signals only; zero `oldstate` means they are off.
+    pub oldstate: u32,
+    pub dport: u32,
+    pub protocol: u32,
+    pub daddr: u32,
+    pub daddr_v6: u32,
+}
+
+/// Where the `struct sock` pointer sits in the other TCP tracepoints, from their tracefs
+/// formats. Zero means the tracepoint is not used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpEventOffsets {
+    pub retransmit_sk: u32,
+    pub send_reset_sk: u32,
+    pub receive_reset_sk: u32,
+    /// `tcp:tcp_destroy_sock`: where a followed connection is forgotten. Without it, at close,
+    /// and a reset sent while closing (an abortive close sends it after) is not reported.
+    pub destroy_sk: u32,
+}
+
+/// Offsets of `struct sock` and `struct tcp_sock` fields, from the kernel's BTF, so that no
+/// layout is assumed. `ready` zero: no BTF, the figures read as zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpOffsets {
+    pub ready: u32,
+    pub sk_err: u32,
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    pub bytes_received: u32,
+    pub bytes_acked: u32,
+    pub segs_in: u32,
+    pub segs_out: u32,
+}
+
+/// What [`TcpRecord::event`] says happened.
+pub mod tcp_event {
+    /// A connect() completed (the process is the client).
+    pub const CONNECTED: u32 = 1;
+    /// A connection to a listening socket completed (the process is the server).
+    pub const ACCEPTED: u32 = 2;
+    /// An established connection ended; its totals are final.
+    pub const CLOSED: u32 = 3;
+    /// A connect() failed; `err` says why (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...), 0
+    /// when the process gave up first.
+    pub const FAILED: u32 = 4;
+    /// A segment was retransmitted; `state` is the socket's TCP state (SYN_SENT: a SYN).
+    pub const RETRANSMIT: u32 = 5;
+    pub const RESET_SENT: u32 = 6;
+    pub const RESET_RECEIVED: u32 = 7;
+    /// The connection's figures, at most once a second while it receives segments.
+    pub const SAMPLE: u32 = 8;
+}
+
+/// [`Flow::opened`] of a connection that closed and whose socket is not destroyed yet.
+pub const FLOW_CLOSED: u32 = u32::MAX;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`, UAPI-stable).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+}
+
+/// A TCP connection the kernel follows, by socket address: whose it is and when it began.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub tgid: u32,
+    /// [`tcp_event::CONNECTED`] or [`tcp_event::ACCEPTED`] once established, 0 before,
+    /// [`FLOW_CLOSED`] after.
+    pub opened: u32,
+    /// SYN_SENT for a client, ESTABLISHED for an accepted connection.
+    pub start_ns: u64,
+    pub last_sample_ns: u64,
+}
+
+/// A listening socket's port, by family and port, for whose an accepted connection is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub family: u16,
+    pub port: u16,
+}
+
+/// A [`kind::TCP`] record: one connection event with the connection's figures so far.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpRecord {
+    pub kind: u32,
+    pub event: u32,
+    pub tgid: u32,
+    pub family: u16,
+    /// Local and peer port, host order.
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u16,
+    /// The TCP state when the event happened.
+    pub state: i32,
+    /// The socket's kernel address: the connection's identity while it lives.
+    pub sk: u64,
+    pub ts_ns: u64,
+    /// [`Flow::start_ns`]; 0 when the connection began before sightline.
+    pub start_ns: u64,
+    /// IPv4 in the first 4 bytes, or IPv6. Filled on CONNECTED, ACCEPTED and FAILED.
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub err: i32,
+    /// Smoothed RTT in µs (the kernel keeps it ×8; this is unscaled).
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub _pad2: u32,
+    pub bytes_received: u64,
+    /// Bytes sent and acknowledged by the peer.
+    pub bytes_acked: u64,
 }
 
 /// Record kinds, the first `u32` of every ring buffer record.
@@ -154,6 +293,8 @@ pub mod kind {
     pub const SOCK_DATA: u32 = 6;
     /// A socket whose bytes were copied was closed ([`super::CloseRecord`]; `conn` is the fd).
     pub const SOCK_CLOSE: u32 = 7;
+    /// A [`super::TcpRecord`]: a TCP connection event, for the network signals.
+    pub const TCP: u32 = 8;
 }
 
 /// What a socket's first bytes said ([`SockClass::class`]). Only `UNKNOWN` and `HTTP` sockets
@@ -279,7 +420,15 @@ pub mod counter {
     /// A socket syscall whose arguments could not be kept to its return: another thread held
     /// the same slot.
     pub const SYSCALL_SLOT_BUSY: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// TCP connections not followed because the flow table was full.
+    pub const FLOWS_FULL: u32 = 16;
+    /// TCP connections followed, and those that ended: their difference is the flow table's
+    /// fill.
+    pub const FLOWS_ADDED: u32 = 17;
+    pub const FLOWS_REMOVED: u32 = 18;
+    /// Retransmits and resets on connections opened before sightline (not followed).
+    pub const TCP_UNFOLLOWED: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 /// Header of a [`kind::DATA`] record. `captured` payload bytes follow it directly.
@@ -730,6 +879,10 @@ mod pod {
     unsafe impl aya::Pod for super::ActiveCall {}
     unsafe impl aya::Pod for super::SockStateOffsets {}
     unsafe impl aya::Pod for super::InjectKey {}
+    unsafe impl aya::Pod for super::TcpOffsets {}
+    unsafe impl aya::Pod for super::TcpEventOffsets {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::Flow {}
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - `syscalls`: the read/write-family syscalls: which fd a TLS call used, and the bytes of
 //!   sockets whose first bytes were HTTP, from any runtime.
 //! - `process`: exec and exit, for discovery.
+//! - `tcp`: network signals: each TCP connection's life, retransmits, resets and figures.
 //! - `go`: Go net/http probes; `go/mod.rs` holds what they share, `go::server`, `go::client`
 //!   and `go::goroutine` the programs.
 //! - `propagate`: a Go client's `traceparent` into its outgoing request, at the socket
@@ -15,7 +16,7 @@
 //!
 //! Dependencies go one way, each module using only those before it:
 //! `maps` ← `emit` ← `propagate::traceparent` ← `go` (mod.rs) ← the program modules
-//! (`openssl`, `sockets`, `syscalls`, `process`, `go::{server, client, goroutine}`,
+//! (`openssl`, `sockets`, `syscalls`, `process`, `tcp`, `go::{server, client, goroutine}`,
 //! `propagate::{socket, memory}`).
 //! No program module imports another; what two of them share lives in a lower module.
 #![no_std]
@@ -29,6 +30,7 @@ mod process;
 mod propagate;
 mod sockets;
 mod syscalls;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

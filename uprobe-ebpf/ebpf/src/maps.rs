@@ -8,9 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use sightline_common::{
-    counter, sock_gen_slot, ActiveCall, ConnKey, DataRecord, GoKey, GoOffsets, InjectKey,
-    PendingTrace, SockClass, SockGen, SockInfo, SockStateOffsets, ACTIVE_SLOTS, DEFAULT_CAPTURE,
-    GO_REQ_WINDOW, GO_TRACEPARENT_CAP, GO_URL_WINDOW, RING_BYTES, SOCK_GEN_SLOTS, WAKEUP_BYTES,
+    counter, sock_gen_slot, ActiveCall, ConnKey, DataRecord, Flow, GoKey, GoOffsets, InjectKey,
+    ListenKey, PendingTrace, SockClass, SockGen, SockInfo, SockStateOffsets, TcpEventOffsets,
+    TcpOffsets, ACTIVE_SLOTS, DEFAULT_CAPTURE, GO_REQ_WINDOW, GO_TRACEPARENT_CAP, GO_URL_WINDOW,
+    MAX_FLOWS, MAX_LISTENERS, RING_BYTES, SOCK_GEN_SLOTS, WAKEUP_BYTES,
 };
 
 // Globals the loader sets before load.
@@ -32,6 +33,33 @@ pub(crate) static SS_OFFSETS: SockStateOffsets = SockStateOffsets {
     saddr: 0,
     saddr_v6: 0,
     skaddr: 0,
+    oldstate: 0,
+    dport: 0,
+    protocol: 0,
+    daddr: 0,
+    daddr_v6: 0,
+};
+
+/// Where the other TCP tracepoints keep their socket; set by the loader from tracefs.
+#[no_mangle]
+pub(crate) static TCP_EVENT_OFFSETS: TcpEventOffsets = TcpEventOffsets {
+    retransmit_sk: 0,
+    send_reset_sk: 0,
+    receive_reset_sk: 0,
+    destroy_sk: 0,
+};
+
+/// `struct tcp_sock` field offsets; set by the loader from the kernel's BTF.
+#[no_mangle]
+pub(crate) static TCP_OFFSETS: TcpOffsets = TcpOffsets {
+    ready: 0,
+    sk_err: 0,
+    srtt_us: 0,
+    total_retrans: 0,
+    bytes_received: 0,
+    bytes_acked: 0,
+    segs_in: 0,
+    segs_out: 0,
 };
 
 // Output to user space.
@@ -288,6 +316,20 @@ pub(crate) struct H2Headers {
 
 #[map]
 pub(crate) static H2_HEADERS: LruHashMap<GoKey, H2Headers> = LruHashMap::with_max_entries(16384, 0);
+
+// Network signals (`tcp`).
+
+/// TCP connections followed, by kernel socket address. Not an LRU: a full table is counted,
+/// never silently recycled, and entries are allocated on demand (`BPF_F_NO_PREALLOC`), so
+/// an idle host pays for the connections it has.
+#[map]
+pub(crate) static FLOWS: HashMap<u64, Flow> = HashMap::with_max_entries(MAX_FLOWS, 1);
+
+/// Who listens on a port, for accepted connections (established in softirq context, where no
+/// pid tells whose they are).
+#[map]
+pub(crate) static LISTENERS: LruHashMap<ListenKey, u32> =
+    LruHashMap::with_max_entries(MAX_LISTENERS, 0);
 
 // Helpers.
 

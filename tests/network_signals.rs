@@ -1,0 +1,367 @@
+//! End to end, as root: network signals. A client on this host and servers in another
+//! network namespace joined by veth; nftables makes the faults (random loss for
+//! retransmits, dropped SYNs for a connect timeout; a closed port refuses) and a server with
+//! SO_LINGER 0 resets. sightline's figures are compared with the kernel's own per-socket
+//! counters (TCP_INFO, what `ss -ti` shows) and the byte counts the programs report, in the
+//! flows view and in the metrics a real OTLP receiver gets.
+
+use serde_json::Value;
+use sightline_e2e::flat::{points, FlatPoint, Val};
+use sightline_e2e::netns::Netns;
+use sightline_e2e::procs::{require, run, Agent};
+use sightline_e2e::receiver;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SINK_PORT: u16 = 7701;
+const ABORT_PORT: u16 = 7702;
+const CLOSED_PORT: u16 = 7703;
+const BLACKHOLE_PORT: u16 = 7704;
+const UPLOAD_BYTES: u64 = 4 << 20;
+
+/// A child killed when dropped, so a failed assertion leaves no server behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peer_py() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("network/peer.py")
+}
+
+/// A server of peer.py in the namespace, once it listens.
+fn server(ns: &Netns, mode: &str, port: u16) -> Killed {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3"])
+        .arg(peer_py())
+        .args([mode, &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting a server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening", "{mode} server");
+    Killed(child)
+}
+
+/// A client of peer.py on this host: its pid and what it reported.
+fn client(args: &[&str]) -> (u32, Value) {
+    let child = Command::new("python3")
+        .arg(peer_py())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting a client");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "client {args:?}");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("client {args:?} printed {:?}: {e}", out.stdout));
+    (pid, v)
+}
+
+fn nft(ns: &Netns, rules: &str) {
+    let dir = std::env::temp_dir().join("sightline-nft.rules");
+    std::fs::write(&dir, rules).unwrap();
+    run(Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f"])
+        .arg(&dir))
+    .unwrap_or_else(|e| panic!("nft: {e}"));
+}
+
+/// Packets each counted rule of the namespace's fault table dropped, by destination port.
+fn dropped(ns: &Netns, port: u16) -> u64 {
+    let out = run(Command::new("ip").args([
+        "netns", "exec", &ns.name, "nft", "list", "chain", "inet", "slfaults", "input",
+    ]))
+    .unwrap();
+    out.lines()
+        .find(|l| l.contains(&format!("dport {port} ")))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter for port {port}: {out}"))
+}
+
+/// The flows view's JSON lines.
+fn flow_lines(agent: &Agent) -> Vec<Value> {
+    agent
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn find<'a>(lines: &'a [Value], event: &str, local: &str) -> &'a Value {
+    let found: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == event && l["local"] == local)
+        .collect();
+    assert_eq!(found.len(), 1, "one {event} line for {local}: {lines:#?}");
+    found[0]
+}
+
+/// The last (cumulative) value of `metric` for process `pid` with attributes `with`.
+fn last(pts: &[FlatPoint], metric: &str, pid: u32, with: &[(&str, Val)]) -> i64 {
+    pts.iter()
+        .filter(|p| {
+            p.metric == metric
+                && p.resource.get("process.pid") == Some(&Val::I(pid as i64))
+                && with.iter().all(|(k, v)| p.attrs.get(*k) == Some(v))
+        })
+        .map(|p| p.value)
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn tcp_connections_their_faults_and_figures() {
+    require("python3");
+    require("nft");
+    require("ip");
+    let ns = Netns::create("slnet", 77);
+    // Loss on the receiver's side: the sender's TCP sees no local drop and retransmits.
+    nft(
+        &ns,
+        &format!(
+            "table inet slfaults {{
+               chain input {{
+                 type filter hook input priority 0;
+                 tcp dport {SINK_PORT} numgen random mod 100 < 5 counter drop
+                 tcp dport {BLACKHOLE_PORT} counter drop
+               }}
+             }}"
+        ),
+    );
+    let sink = server(&ns, "sink", SINK_PORT);
+    let abort = server(&ns, "abort", ABORT_PORT);
+    let (server_pid, abort_pid) = (sink.0.id(), abort.0.id());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let mut agent = Agent::start(
+        &["flows", "--output", "json"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
+        ],
+    )
+    .unwrap();
+
+    let remote = ns.remote_ip.clone();
+    let (up_pid, up) = client(&[
+        "upload",
+        &remote,
+        &SINK_PORT.to_string(),
+        &UPLOAD_BYTES.to_string(),
+    ]);
+    let (ref_pid, refused) = client(&["connect", &remote, &CLOSED_PORT.to_string()]);
+    let (to_pid, timeout) = client(&["connect", &remote, &BLACKHOLE_PORT.to_string()]);
+    let (rst_pid, reset) = client(&["reset", &remote, &ABORT_PORT.to_string()]);
+    assert_eq!(up["server_counted"], UPLOAD_BYTES, "{up}");
+    assert_eq!(refused["error"], "ECONNREFUSED", "{refused}");
+    assert_eq!(timeout["error"], "ETIMEDOUT", "{timeout}");
+    assert_eq!(reset["error"], "ECONNRESET", "{reset}");
+
+    let up_local = up["local"].as_str().unwrap().to_string();
+    let wanted = |lines: &[Value]| {
+        lines
+            .iter()
+            .any(|l| l["event"] == "close" && l["local"] == up_local.as_str())
+            && lines.iter().any(|l| l["event"] == "reset-received")
+            && lines.iter().any(|l| l["event"] == "timeout")
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while !wanted(&flow_lines(&agent)) {
+        assert!(Instant::now() < end, "flows: {:#?}", flow_lines(&agent));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Metrics are cumulative: one export after the last event carries every total.
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop().unwrap();
+    drop((sink, abort));
+    let lines = flow_lines(&agent);
+
+    // The upload: its figures are the kernel's own, and it retransmitted what was lost.
+    let open = find(&lines, "open", &up_local);
+    assert_eq!(open["role"], "client");
+    assert_eq!(open["peer"], format!("{remote}:{SINK_PORT}"));
+    assert_eq!(open["pid"], up_pid);
+    assert!(open["duration_ms"].as_f64().unwrap() > 0.0, "{open}");
+    let close = find(&lines, "close", &up_local);
+    // The kernel's bytes_acked counts the SYN; sightline's bytes sent do not.
+    let acked = up["bytes_acked"].as_u64().unwrap() - 1;
+    assert_eq!(close["bytes_sent"], acked, "{close} vs {up}");
+    assert_eq!(
+        close["bytes_received"], up["bytes_received"],
+        "{close} vs {up}"
+    );
+    assert_eq!(close["retransmits"], up["total_retrans"], "{close} vs {up}");
+    assert_eq!(close["segments_sent"], up["segs_out"], "{close} vs {up}");
+    // Each dropped packet (several segments, when the veth aggregated them) was resent.
+    let lost = dropped(&ns, SINK_PORT);
+    assert!(lost > 0, "5% loss dropped nothing");
+    assert!(
+        up["total_retrans"].as_u64().unwrap() >= lost,
+        "{up}, {lost} dropped"
+    );
+    // Payload, and the FIN's sequence number once acknowledged, as the kernel counts.
+    assert_eq!(close["bytes_sent"], UPLOAD_BYTES + 1, "{close}");
+    assert_eq!(close["peer_pid"], server_pid, "{close}");
+    assert!(close["rtt_ms"].as_f64().unwrap() > 0.0, "{close}");
+    // The server's end of it, named with its peer.
+    let accepted: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "accept" && l["peer"] == up_local.as_str())
+        .collect();
+    assert_eq!(accepted.len(), 1, "{lines:#?}");
+    assert_eq!(accepted[0]["pid"], server_pid);
+    assert_eq!(accepted[0]["peer_pid"], up_pid);
+
+    // Failed connects, and why.
+    // After a failed connect the socket's name is unbound: the line is found by its process.
+    let by_pid = |event: &str, pid: u32| -> &Value {
+        let found: Vec<_> = lines
+            .iter()
+            .filter(|l| l["event"] == event && l["pid"] == pid)
+            .collect();
+        assert_eq!(found.len(), 1, "one {event} line of {pid}: {lines:#?}");
+        found[0]
+    };
+    let refused_line = by_pid("refused", ref_pid);
+    assert_eq!(refused_line["peer"], format!("{remote}:{CLOSED_PORT}"));
+    let port_of = |v: &Value| {
+        v["local"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(port_of(refused_line), port_of(&refused), "{refused_line}");
+    let timeout_line = by_pid("timeout", to_pid);
+    assert_eq!(timeout_line["peer"], format!("{remote}:{BLACKHOLE_PORT}"));
+    assert!(
+        timeout_line["duration_ms"].as_f64().unwrap() > 2000.0,
+        "{timeout_line}"
+    );
+    // Every SYN was dropped by the rule, which counted them: all but the first were
+    // retransmits. (The socket's own TCP_INFO is reset by the failed connect.)
+    let syns = dropped(&ns, BLACKHOLE_PORT);
+    assert!(syns >= 2, "{syns}");
+    assert_eq!(timeout_line["segments_sent"], syns, "{timeout_line}");
+    assert_eq!(timeout_line["retransmits"], syns - 1, "{timeout_line}");
+
+    // The reset: received by the client, sent by the server's abortive close.
+    let rst_local = reset["local"].as_str().unwrap();
+    assert_eq!(find(&lines, "reset-received", rst_local)["pid"], rst_pid);
+    let sent: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "reset-sent" && l["peer"] == rst_local)
+        .collect();
+    assert_eq!(sent.len(), 1, "{lines:#?}");
+    assert_eq!(sent[0]["pid"], abort_pid);
+
+    // The same figures as metrics, per process and peer.
+    let pts = points(&rec.metrics.lock().unwrap());
+    let port = |p: u16| ("server.port", Val::I(p as i64));
+    let peer = ("network.peer.address", Val::S(remote.clone()));
+    assert_eq!(
+        last(
+            &pts,
+            "sightline.tcp.retransmits",
+            up_pid,
+            &[port(SINK_PORT), peer.clone()]
+        ),
+        up["total_retrans"].as_i64().unwrap()
+    );
+    assert_eq!(
+        last(
+            &pts,
+            "sightline.tcp.bytes",
+            up_pid,
+            &[
+                port(SINK_PORT),
+                ("network.io.direction", Val::S("transmit".into()))
+            ]
+        ),
+        acked as i64
+    );
+    assert_eq!(
+        last(
+            &pts,
+            "sightline.tcp.bytes",
+            server_pid,
+            &[
+                port(SINK_PORT),
+                ("network.io.direction", Val::S("receive".into())),
+                ("role", Val::S("server".into()))
+            ]
+        ),
+        acked as i64,
+        "the server received what the client had acknowledged"
+    );
+    for (pid, outcome) in [
+        (ref_pid, "refused"),
+        (to_pid, "timeout"),
+        (up_pid, "established"),
+    ] {
+        assert_eq!(
+            last(
+                &pts,
+                "sightline.tcp.connections",
+                pid,
+                &[("outcome", Val::S(outcome.into()))]
+            ),
+            1,
+            "{outcome}"
+        );
+    }
+    assert_eq!(
+        last(
+            &pts,
+            "sightline.tcp.resets",
+            rst_pid,
+            &[("network.io.direction", Val::S("receive".into()))]
+        ),
+        1
+    );
+    assert_eq!(
+        last(
+            &pts,
+            "sightline.tcp.resets",
+            abort_pid,
+            &[("network.io.direction", Val::S("transmit".into()))]
+        ),
+        1
+    );
+    let rtt: Vec<_> = pts
+        .iter()
+        .filter(|p| {
+            p.metric == "sightline.tcp.rtt"
+                && p.resource.get("process.pid") == Some(&Val::I(up_pid as i64))
+        })
+        .collect();
+    assert!(rtt.iter().any(|p| p.count >= 1 && p.sum > 0.0), "{rtt:#?}");
+    let connect: Vec<_> = pts
+        .iter()
+        .filter(|p| {
+            p.metric == "sightline.tcp.connect.duration"
+                && p.resource.get("process.pid") == Some(&Val::I(up_pid as i64))
+        })
+        .collect();
+    assert!(connect.iter().any(|p| p.count == 1), "{connect:#?}");
+}
