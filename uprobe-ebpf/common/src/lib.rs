@@ -926,7 +926,11 @@ mod tests {
     fn header_has_no_hidden_padding() {
         assert_eq!(DATA_HEADER_LEN, 64);
         assert_eq!(core::mem::size_of::<SockInfo>(), 56);
-        assert_eq!(core::mem::size_of::<SockStateOffsets>(), 24);
+        assert_eq!(core::mem::size_of::<SockStateOffsets>(), 11 * 4);
+        assert_eq!(core::mem::size_of::<TcpOffsets>(), 8 * 4);
+        assert_eq!(core::mem::size_of::<TcpEventOffsets>(), 4 * 4);
+        assert_eq!(core::mem::size_of::<Flow>(), 24);
+        assert_eq!(core::mem::size_of::<TcpRecord>(), 120);
         assert_eq!(core::mem::size_of::<ConnKey>(), 8);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
