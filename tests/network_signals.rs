@@ -6,7 +6,7 @@
 //! flows view and in the metrics a real OTLP receiver gets.
 
 use serde_json::Value;
-use sightline_e2e::flat::{points, FlatPoint, Val};
+use sightline_e2e::flat::{points, spans, FlatPoint, Val, CLIENT, SERVER};
 use sightline_e2e::netns::Netns;
 use sightline_e2e::procs::{require, run, Agent};
 use sightline_e2e::receiver;
@@ -20,6 +20,10 @@ const ABORT_PORT: u16 = 7702;
 const CLOSED_PORT: u16 = 7703;
 const BLACKHOLE_PORT: u16 = 7704;
 const UPLOAD_BYTES: u64 = 4 << 20;
+const DOWNLOAD_PORT: u16 = 7705;
+
+/// Each test loads the probes, which see the whole host: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A child killed when dropped, so a failed assertion leaves no server behind.
 struct Killed(Child);
@@ -84,7 +88,7 @@ fn dropped(ns: &Netns, port: u16) -> u64 {
     ]))
     .unwrap();
     out.lines()
-        .find(|l| l.contains(&format!("dport {port} ")))
+        .find(|l| l.contains(&format!("port {port} ")))
         .and_then(|l| l.split("packets ").nth(1))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
@@ -124,6 +128,7 @@ fn last(pts: &[FlatPoint], metric: &str, pid: u32, with: &[(&str, Val)]) -> i64 
 
 #[test]
 fn tcp_connections_their_faults_and_figures() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require("python3");
     require("nft");
     require("ip");
@@ -151,8 +156,16 @@ fn tcp_connections_their_faults_and_figures() {
         .build()
         .unwrap();
     let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let ports: Vec<String> = [SINK_PORT, ABORT_PORT, CLOSED_PORT, BLACKHOLE_PORT]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let mut args = vec!["flows", "--output", "json"];
+    for p in &ports {
+        args.extend(["--port", p.as_str()]);
+    }
     let mut agent = Agent::start(
-        &["flows", "--output", "json"],
+        &args,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
             ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
@@ -193,6 +206,14 @@ fn tcp_connections_their_faults_and_figures() {
     agent.stop().unwrap();
     drop((sink, abort));
     let lines = flow_lines(&agent);
+    // The filter let only these ports' connections through (not the export's, say).
+    for l in &lines {
+        let port_of = |a: &Value| a.as_str().unwrap().rsplit(':').next().unwrap().to_string();
+        assert!(
+            ports.contains(&port_of(&l["local"])) || ports.contains(&port_of(&l["peer"])),
+            "{l}"
+        );
+    }
 
     // The upload: its figures are the kernel's own, and it retransmitted what was lost.
     let open = find(&lines, "open", &up_local);
@@ -364,4 +385,166 @@ fn tcp_connections_their_faults_and_figures() {
         })
         .collect();
     assert!(connect.iter().any(|p| p.count == 1), "{connect:#?}");
+}
+
+/// A download over a lossy link: the server's span says its connection retransmitted while it
+/// answered, and the client's that it opened the connection and how long the handshake took.
+#[test]
+fn spans_carry_what_their_connection_suffered() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("python3");
+    require("curl");
+    require("nft");
+    let ns = Netns::create("slspan", 78);
+    // The server is on this host, the client in the namespace: the loss is on the client's
+    // side, so the server's TCP retransmits.
+    nft(
+        &ns,
+        &format!(
+            "table inet slfaults {{
+               chain input {{
+                 type filter hook input priority 0;
+                 tcp sport {DOWNLOAD_PORT} numgen random mod 100 < 5 counter drop
+               }}
+             }}"
+        ),
+    );
+    let dir = std::env::temp_dir().join("sightline-download");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("big.bin"), vec![b'x'; 8 << 20]).unwrap();
+    let server = Killed(
+        Command::new("python3")
+            .args(["-m", "http.server", &DOWNLOAD_PORT.to_string(), "--bind"])
+            .arg(&ns.local_ip)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((ns.local_ip.as_str(), DOWNLOAD_PORT)).is_err() {
+        assert!(Instant::now() < end, "http.server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    // The calls' live view with the flows beside it.
+    let mut agent = Agent::start(
+        &["--output", "json", "--flows"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ],
+    )
+    .unwrap();
+    let url = format!("http://{}:{DOWNLOAD_PORT}/big.bin", ns.local_ip);
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.name,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(out.trim(), (8u64 << 20).to_string());
+    let server_pid = server.0.id();
+    let found = |rec: &receiver::Received| {
+        let all = spans(&rec.traces.lock().unwrap());
+        all.iter()
+            .any(|s| s.kind == SERVER && s.attr("url.path") == Some(&Val::S("/big.bin".into())))
+            && all
+                .iter()
+                .any(|s| s.kind == CLIENT && s.attr("url.full") == Some(&Val::S(url.clone())))
+    };
+    rt.block_on(receiver::wait_for(Duration::from_secs(20), || found(&rec)))
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", spans(&rec.traces.lock().unwrap())));
+    // The connections' close lines, for their totals.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !flow_lines(&agent)
+        .iter()
+        .any(|l| l["event"] == "close" && l["pid"] == server_pid)
+    {
+        assert!(Instant::now() < end, "{:#?}", flow_lines(&agent));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop().unwrap();
+    let all = spans(&rec.traces.lock().unwrap());
+    let srv = all
+        .iter()
+        .find(|s| s.kind == SERVER && s.attr("url.path") == Some(&Val::S("/big.bin".into())))
+        .unwrap();
+    let cli = all
+        .iter()
+        .find(|s| s.kind == CLIENT && s.attr("url.full") == Some(&Val::S(url.clone())))
+        .unwrap();
+    let lines = flow_lines(&agent);
+    let srv_close = lines
+        .iter()
+        .find(|l| l["event"] == "close" && l["pid"] == server_pid)
+        .unwrap();
+    let conn_retransmits = srv_close["retransmits"].as_i64().unwrap();
+    let lost = dropped(&ns, DOWNLOAD_PORT);
+    assert!(lost > 0, "5% loss dropped nothing");
+    assert!(
+        conn_retransmits >= lost as i64,
+        "{srv_close}, {lost} dropped"
+    );
+    // Retransmits while the server wrote its answer: some, and no more than the connection
+    // had (the last ones may follow the answer's last write).
+    let Some(Val::I(during)) = srv.attr("sightline.tcp.retransmits") else {
+        panic!("{srv:#?}");
+    };
+    assert!(
+        *during >= 1 && *during <= conn_retransmits,
+        "{during} of {conn_retransmits}: {srv:#?}"
+    );
+    assert_eq!(
+        srv.attr("sightline.tcp.connection.new"),
+        Some(&Val::B(true)),
+        "{srv:#?}"
+    );
+    assert!(
+        matches!(srv.attr("sightline.tcp.rtt"), Some(Val::D(r)) if *r > 0.0),
+        "{srv:#?}"
+    );
+    // The client opened the connection for this call, and retransmitted nothing.
+    assert_eq!(
+        cli.attr("sightline.tcp.connection.new"),
+        Some(&Val::B(true)),
+        "{cli:#?}"
+    );
+    assert!(
+        matches!(cli.attr("sightline.tcp.connect.duration"), Some(Val::D(d)) if *d > 0.0 && *d < 1.0),
+        "{cli:#?}"
+    );
+    assert_eq!(
+        cli.attr("sightline.tcp.retransmits"),
+        Some(&Val::I(0)),
+        "{cli:#?}"
+    );
+    // Both views on one stdout: the call's line and its connection's.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/big.bin" && l["role"] == "server" && l["status"] == 200),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "accept" && l["pid"] == server_pid),
+        "{lines:#?}"
+    );
+    drop(server);
 }

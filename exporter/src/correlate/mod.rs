@@ -4,13 +4,15 @@
 //!   matched by the connection's ends and the request's position on it;
 //! - [`goroutines`]: Go's in-process parents (a handler's client calls are its children) and
 //!   Go's same-host joins, matched by the connection's ends and time;
-//! - [`twins`]: one request seen by two capture points is reported once.
+//! - [`twins`]: one request seen by two capture points is reported once;
+//! - [`network`]: each call gets what its TCP connection did while it ran.
 //!
 //! Calls come in from the sources and leave, with their final ids, through [`Correlator::ready`].
 //! [`hold`] is the one policy for how long any of them waits.
 
 pub mod goroutines;
 pub mod hold;
+pub mod network;
 pub mod same_host;
 pub mod twins;
 
@@ -40,8 +42,9 @@ pub struct Correlator {
     go: GoCalls,
     twins: Twins,
     ready: Vec<Call>,
-    /// Network events, in order; nothing holds them yet.
+    /// Network events, in order; nothing holds them.
     ready_net: Vec<NetEvent>,
+    network: network::Network,
     stats: Arc<Stats>,
     /// Wall-clock minus the capture clock, to put calls' times back on the capture clock.
     mono_to_unix_ns: i128,
@@ -57,6 +60,7 @@ impl Correlator {
             twins: Twins::default(),
             ready: Vec::new(),
             ready_net: Vec::new(),
+            network: network::Network::default(),
             stats,
             mono_to_unix_ns: conv.mono_to_unix_ns,
         }
@@ -78,7 +82,10 @@ impl Correlator {
                 self.seen(CapturePoint::Go, g.goroutine.tgid);
                 self.go(g.call, &g.goroutine, g.conn);
             }
-            Made::Net(e) => self.ready_net.push(*e),
+            Made::Net(e) => {
+                self.network.on_event(&e);
+                self.ready_net.push(*e);
+            }
         }
     }
 
@@ -163,6 +170,7 @@ impl Correlator {
         self.settle_waiting(false);
         self.joins.end_batch();
         self.twins.end_batch(false, &mut self.ready);
+        self.network.end_batch();
     }
 
     /// Shutdown: everything held goes on as it is.
@@ -182,6 +190,9 @@ impl Correlator {
     pub fn ready(&mut self) -> std::vec::Drain<'_, Call> {
         self.stats
             .set(Counter::CallsDeduplicated, self.twins.merged());
+        for call in &mut self.ready {
+            self.network.annotate(call);
+        }
         self.ready.drain(..)
     }
 }

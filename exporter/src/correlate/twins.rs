@@ -207,13 +207,20 @@ fn merge(mut go: Call, ssl: &Call) -> Call {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metadata::ProcessInfo;
     use crate::protocols::Role;
     use std::sync::Arc;
 
-    fn call(pid: u32, role: Role, path: &str, start: u64, dur: u64, scheme: &'static str) -> Call {
+    pub(crate) fn call(
+        pid: u32,
+        role: Role,
+        path: &str,
+        start: u64,
+        dur: u64,
+        scheme: &'static str,
+    ) -> Call {
         Call {
             process: Arc::new(ProcessInfo::from_parts(
                 pid,
@@ -243,6 +250,7 @@ mod tests {
             parent_span_id: None,
             trace_flags: 1,
             tracestate: None,
+            network: None,
         }
     }
 

@@ -40,6 +40,21 @@ pub struct Call {
     pub parent_span_id: Option<u64>,
     pub trace_flags: u8,
     pub tracestate: Option<String>,
+    /// What the call's TCP connection did while it ran, when the network signals saw it.
+    pub network: Option<NetPart>,
+}
+
+/// The network's part of a call: whether a slow call was the network's doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetPart {
+    /// Segments the process's end retransmitted between the call's start and end.
+    pub retransmits: u32,
+    /// The connection's smoothed RTT as last sampled.
+    pub srtt_us: Option<u32>,
+    /// The call was the connection's first.
+    pub new_connection: bool,
+    /// A client's first call: the handshake it waited for.
+    pub connect_ns: Option<u64>,
 }
 
 /// Connection facts that the HTTP bytes don't carry.
@@ -117,6 +132,7 @@ impl Call {
             parent_span_id,
             trace_flags,
             tracestate,
+            network: None,
         }
     }
 

@@ -150,6 +150,7 @@ mod tests {
             parent_span_id: None,
             trace_flags: 1,
             tracestate: None,
+            network: None,
         }
     }
 

@@ -135,6 +135,25 @@ fn attributes(c: &Call) -> Vec<KeyValue> {
     if let Some(ua) = &c.user_agent {
         a.push(KeyValue::new("user_agent.original", ua.clone()));
     }
+    if let Some(n) = &c.network {
+        a.push(KeyValue::new(
+            "sightline.tcp.retransmits",
+            n.retransmits as i64,
+        ));
+        a.push(KeyValue::new(
+            "sightline.tcp.connection.new",
+            n.new_connection,
+        ));
+        if let Some(rtt) = n.srtt_us {
+            a.push(KeyValue::new("sightline.tcp.rtt", rtt as f64 / 1e6));
+        }
+        if let Some(d) = n.connect_ns {
+            a.push(KeyValue::new(
+                "sightline.tcp.connect.duration",
+                d as f64 / 1e9,
+            ));
+        }
+    }
     a
 }
 

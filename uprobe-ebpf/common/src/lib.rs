@@ -18,7 +18,7 @@ pub const RING_BYTES: u32 = 8 << 20;
 
 /// TCP connections the kernel follows at once for network signals; past it new ones are
 /// counted ([`counter::FLOWS_FULL`]) and not followed. Entries are allocated on demand.
-pub const MAX_FLOWS: u32 = 131_072;
+pub const MAX_FLOWS: u32 = 262_144;
 /// Listening ports remembered for accepted connections' owners.
 pub const MAX_LISTENERS: u32 = 8192;
 

@@ -161,6 +161,8 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
             flow.last_sample_ns = now();
             let mut rec = record(tcp_event::CONNECTED, sk, flow, new);
             ends(&ctx, &off, family, &mut rec);
+            // The handshake's RTT: calls on the connection have one from the start.
+            figures(sk, &mut rec);
             emit(&rec);
         }
         tcp_state::ESTABLISHED if old == tcp_state::SYN_RECV => {
@@ -180,6 +182,7 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
             if follow(sk, &flow) {
                 let mut rec = record(tcp_event::ACCEPTED, sk, &flow, new);
                 ends(&ctx, &off, family, &mut rec);
+                figures(sk, &mut rec);
                 emit(&rec);
             }
         }

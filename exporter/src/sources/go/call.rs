@@ -107,6 +107,7 @@ pub fn call(process: Arc<ProcessInfo>, r: &GoRecord, conn: GoConn, conv: &Conven
         parent_span_id: None,
         trace_flags: 1,
         tracestate: None,
+        network: None,
     }
 }
 

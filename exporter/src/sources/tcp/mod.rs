@@ -269,7 +269,6 @@ impl Tcp {
                 (s.clone(), delta)
             }
         };
-        let carries_figures = !matches!(kind, NetKind::Connected | NetKind::Accepted);
         let duration_ns = match kind {
             NetKind::Connected | NetKind::Failed(_) | NetKind::Closed if r.start_ns != 0 => {
                 Some(r.ts_ns.saturating_sub(r.start_ns))
@@ -285,13 +284,9 @@ impl Tcp {
             peer_process: state.peer_process,
             at_unix_ns: self.conv.unix_ns(r.ts_ns),
             duration_ns,
-            srtt_us: (carries_figures && r.srtt_us > 0).then_some(r.srtt_us),
+            srtt_us: (r.srtt_us > 0).then_some(r.srtt_us),
             delta,
-            totals: if carries_figures {
-                totals
-            } else {
-                Figures::default()
-            },
+            totals,
         })));
     }
 
