@@ -39,10 +39,21 @@ fn peer_py() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("network/peer.py")
 }
 
-/// A server of peer.py in the namespace, once it listens.
-fn server(ns: &Netns, mode: &str, port: u16) -> Killed {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "python3"])
+/// `cmd` run in namespace `ns`, or on this host.
+fn in_ns(ns: Option<&Netns>, cmd: &str) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, cmd]);
+            c
+        }
+        None => Command::new(cmd),
+    }
+}
+
+/// A server of peer.py, once it listens.
+fn server(ns: Option<&Netns>, mode: &str, port: u16) -> Killed {
+    let mut child = in_ns(ns, "python3")
         .arg(peer_py())
         .args([mode, &port.to_string()])
         .stdout(Stdio::piped())
@@ -56,9 +67,9 @@ fn server(ns: &Netns, mode: &str, port: u16) -> Killed {
     Killed(child)
 }
 
-/// A client of peer.py on this host: its pid and what it reported.
-fn client(args: &[&str]) -> (u32, Value) {
-    let child = Command::new("python3")
+/// A client of peer.py: its pid and what it reported.
+fn client(ns: Option<&Netns>, args: &[&str]) -> (u32, Value) {
+    let child = in_ns(ns, "python3")
         .arg(peer_py())
         .args(args)
         .stdout(Stdio::piped())
@@ -72,27 +83,55 @@ fn client(args: &[&str]) -> (u32, Value) {
     (pid, v)
 }
 
-fn nft(ns: &Netns, rules: &str) {
-    let dir = std::env::temp_dir().join("sightline-nft.rules");
-    std::fs::write(&dir, rules).unwrap();
-    run(Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f"])
-        .arg(&dir))
-    .unwrap_or_else(|e| panic!("nft: {e}"));
+/// The fault table `slfaults`, in a namespace or on this host; deleted when dropped.
+struct Faults<'a>(Option<&'a Netns>);
+
+impl<'a> Faults<'a> {
+    fn install(ns: Option<&'a Netns>, input_rules: &str) -> Faults<'a> {
+        let _ = in_ns(ns, "nft")
+            .args(["delete", "table", "inet", "slfaults"])
+            .output();
+        let file = std::env::temp_dir().join("sightline-nft.rules");
+        std::fs::write(
+            &file,
+            format!(
+                "table inet slfaults {{\n chain input {{\n  type filter hook input priority 0;\n  {input_rules}\n }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        run(in_ns(ns, "nft").arg("-f").arg(&file)).unwrap_or_else(|e| panic!("nft: {e}"));
+        Faults(ns)
+    }
+
+    /// Packets the counted rule naming `port` dropped.
+    fn dropped(&self, port: u16) -> u64 {
+        let out =
+            run(in_ns(self.0, "nft").args(["list", "chain", "inet", "slfaults", "input"])).unwrap();
+        out.lines()
+            .find(|l| l.contains(&format!("port {port} ")))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter for port {port}: {out}"))
+    }
 }
 
-/// Packets each counted rule of the namespace's fault table dropped, by destination port.
-fn dropped(ns: &Netns, port: u16) -> u64 {
-    let out = run(Command::new("ip").args([
-        "netns", "exec", &ns.name, "nft", "list", "chain", "inet", "slfaults", "input",
-    ]))
-    .unwrap();
+impl Drop for Faults<'_> {
+    fn drop(&mut self) {
+        let _ = in_ns(self.0, "nft")
+            .args(["delete", "table", "inet", "slfaults"])
+            .output();
+    }
+}
+
+/// The namespace's own count of retransmitted segments (`nstat`'s TcpRetransSegs).
+fn retrans_segs(ns: &Netns) -> u64 {
+    let out = run(in_ns(Some(ns), "nstat").args(["-asz", "TcpRetransSegs"])).unwrap();
     out.lines()
-        .find(|l| l.contains(&format!("port {port} ")))
-        .and_then(|l| l.split("packets ").nth(1))
+        .find_map(|l| l.strip_prefix("TcpRetransSegs"))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter for port {port}: {out}"))
+        .unwrap_or_else(|| panic!("nstat: {out}"))
 }
 
 /// The flows view's JSON lines.
@@ -133,22 +172,21 @@ fn tcp_connections_their_faults_and_figures() {
     require("nft");
     require("ip");
     let ns = Netns::create("slnet", 77);
-    // Loss on the receiver's side: the sender's TCP sees no local drop and retransmits.
-    nft(
-        &ns,
+    // The servers on this host, the clients in the namespace, whose own counters (nstat)
+    // then count only their connections. The faults are on the servers' side: loss on the
+    // receiver's side is what the sender's TCP retransmits; only the link's traffic is hit.
+    let link = format!("{}-h", ns.name);
+    let faults = Faults::install(
+        None,
         &format!(
-            "table inet slfaults {{
-               chain input {{
-                 type filter hook input priority 0;
-                 tcp dport {SINK_PORT} numgen random mod 100 < 5 counter drop
-                 tcp dport {BLACKHOLE_PORT} counter drop
-               }}
-             }}"
+            "iifname \"{link}\" tcp dport {SINK_PORT} numgen random mod 100 < 5 counter drop
+             iifname \"{link}\" tcp dport {BLACKHOLE_PORT} counter drop"
         ),
     );
-    let sink = server(&ns, "sink", SINK_PORT);
-    let abort = server(&ns, "abort", ABORT_PORT);
+    let sink = server(None, "sink", SINK_PORT);
+    let abort = server(None, "abort", ABORT_PORT);
     let (server_pid, abort_pid) = (sink.0.id(), abort.0.id());
+    let retrans_before = retrans_segs(&ns);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,16 +211,23 @@ fn tcp_connections_their_faults_and_figures() {
     )
     .unwrap();
 
-    let remote = ns.remote_ip.clone();
-    let (up_pid, up) = client(&[
-        "upload",
-        &remote,
-        &SINK_PORT.to_string(),
-        &UPLOAD_BYTES.to_string(),
-    ]);
-    let (ref_pid, refused) = client(&["connect", &remote, &CLOSED_PORT.to_string()]);
-    let (to_pid, timeout) = client(&["connect", &remote, &BLACKHOLE_PORT.to_string()]);
-    let (rst_pid, reset) = client(&["reset", &remote, &ABORT_PORT.to_string()]);
+    let remote = ns.local_ip.clone();
+    let (up_pid, up) = client(
+        Some(&ns),
+        &[
+            "upload",
+            &remote,
+            &SINK_PORT.to_string(),
+            &UPLOAD_BYTES.to_string(),
+        ],
+    );
+    let (ref_pid, refused) = client(Some(&ns), &["connect", &remote, &CLOSED_PORT.to_string()]);
+    let (to_pid, timeout) = client(
+        Some(&ns),
+        &["connect", &remote, &BLACKHOLE_PORT.to_string()],
+    );
+    let (rst_pid, reset) = client(Some(&ns), &["reset", &remote, &ABORT_PORT.to_string()]);
+    let retransmitted = retrans_segs(&ns) - retrans_before;
     assert_eq!(up["server_counted"], UPLOAD_BYTES, "{up}");
     assert_eq!(refused["error"], "ECONNREFUSED", "{refused}");
     assert_eq!(timeout["error"], "ETIMEDOUT", "{timeout}");
@@ -232,7 +277,7 @@ fn tcp_connections_their_faults_and_figures() {
     assert_eq!(close["retransmits"], up["total_retrans"], "{close} vs {up}");
     assert_eq!(close["segments_sent"], up["segs_out"], "{close} vs {up}");
     // Each dropped packet (several segments, when the veth aggregated them) was resent.
-    let lost = dropped(&ns, SINK_PORT);
+    let lost = faults.dropped(SINK_PORT);
     assert!(lost > 0, "5% loss dropped nothing");
     assert!(
         up["total_retrans"].as_u64().unwrap() >= lost,
@@ -281,10 +326,26 @@ fn tcp_connections_their_faults_and_figures() {
     );
     // Every SYN was dropped by the rule, which counted them: all but the first were
     // retransmits. (The socket's own TCP_INFO is reset by the failed connect.)
-    let syns = dropped(&ns, BLACKHOLE_PORT);
+    let syns = faults.dropped(BLACKHOLE_PORT);
     assert!(syns >= 2, "{syns}");
     assert_eq!(timeout_line["segments_sent"], syns, "{timeout_line}");
     assert_eq!(timeout_line["retransmits"], syns - 1, "{timeout_line}");
+    // The namespace's own count (nstat), which holds only these clients' connections: every
+    // segment they retransmitted, as sightline counted them.
+    let counted: u64 = lines
+        .iter()
+        .filter(|l| {
+            [up_pid, ref_pid, to_pid, rst_pid]
+                .iter()
+                .any(|p| l["pid"] == *p)
+                && ["close", "refused", "timeout"].contains(&l["event"].as_str().unwrap())
+        })
+        .map(|l| l["retransmits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        counted, retransmitted,
+        "sightline vs nstat TcpRetransSegs: {lines:#?}"
+    );
 
     // The reset: received by the client, sent by the server's abortive close.
     let rst_local = reset["local"].as_str().unwrap();
@@ -398,16 +459,9 @@ fn spans_carry_what_their_connection_suffered() {
     let ns = Netns::create("slspan", 78);
     // The server is on this host, the client in the namespace: the loss is on the client's
     // side, so the server's TCP retransmits.
-    nft(
-        &ns,
-        &format!(
-            "table inet slfaults {{
-               chain input {{
-                 type filter hook input priority 0;
-                 tcp sport {DOWNLOAD_PORT} numgen random mod 100 < 5 counter drop
-               }}
-             }}"
-        ),
+    let faults = Faults::install(
+        Some(&ns),
+        &format!("tcp sport {DOWNLOAD_PORT} numgen random mod 100 < 5 counter drop"),
     );
     let dir = std::env::temp_dir().join("sightline-download");
     std::fs::create_dir_all(&dir).unwrap();
@@ -494,7 +548,7 @@ fn spans_carry_what_their_connection_suffered() {
         .find(|l| l["event"] == "close" && l["pid"] == server_pid)
         .unwrap();
     let conn_retransmits = srv_close["retransmits"].as_i64().unwrap();
-    let lost = dropped(&ns, DOWNLOAD_PORT);
+    let lost = faults.dropped(DOWNLOAD_PORT);
     assert!(lost > 0, "5% loss dropped nothing");
     assert!(
         conn_retransmits >= lost as i64,
