@@ -47,7 +47,7 @@ pub async fn run(cfg: Config, view: View) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let mut outputs = Outputs::start(&cfg, &view, &stats)?;
 
-    let (mut loader, channels) = Loader::load(cfg.capture_bytes)?;
+    let (mut loader, channels) = Loader::load(cfg.capture_bytes, cfg.network_signals)?;
     // Before any Go binary is attached, so every one gets the writing probes.
     let writes = if cfg.write_process_memory {
         loader.enable_memory_writes()

@@ -44,6 +44,8 @@ pub struct PropagationFile {
 #[serde(deny_unknown_fields)]
 pub struct CaptureFile {
     pub max_bytes: Option<CaptureBytes>,
+    /// Whether the network signals (every TCP connection's events and figures) are captured.
+    pub network: Option<bool>,
 }
 
 /// Payload bytes copied per library call; validated while parsing so the error has a position.

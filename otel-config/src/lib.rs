@@ -141,6 +141,8 @@ impl Selection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub capture_bytes: u32,
+    /// `capture.network`: every TCP connection's events and figures (on by default).
+    pub network_signals: bool,
     pub redaction: Redaction,
     pub selection: Selection,
     pub output: Option<OutputFormat>,
@@ -329,6 +331,7 @@ fn resolve(file: file::FileConfig, vars: &BTreeMap<String, String>) -> Result<Co
 
     Ok(Config {
         capture_bytes,
+        network_signals: file.capture.network.unwrap_or(true),
         redaction,
         selection,
         output: file.output,

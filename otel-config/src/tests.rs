@@ -27,6 +27,15 @@ fn nothing_set_means_no_export_and_safe_defaults() {
 }
 
 #[test]
+fn network_signals_are_on_unless_turned_off() {
+    assert!(load(None, &[]).unwrap().network_signals);
+    let c = load(Some("capture:\n  network: false\n"), &[]).unwrap();
+    assert!(!c.network_signals);
+    let e = load(Some("capture:\n  network: nope\n"), &[]).unwrap_err();
+    assert!(e.to_string().starts_with("sightline.yaml:2:"), "{e}");
+}
+
+#[test]
 fn writing_into_process_memory_can_be_turned_off() {
     let c = load(Some("propagation:\n  process_memory: false\n"), &[]).unwrap();
     assert!(!c.write_process_memory);

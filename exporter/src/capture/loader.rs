@@ -173,7 +173,8 @@ pub struct Channels {
 }
 
 impl Loader {
-    pub fn load(capture_len: u32) -> anyhow::Result<(Loader, Channels)> {
+    /// Loads every program; `network`: the network signals' tracepoints are attached too.
+    pub fn load(capture_len: u32, network: bool) -> anyhow::Result<(Loader, Channels)> {
         bump_memlock();
         let me = std::process::id();
         let ss = sock_state_offsets().unwrap_or_default();
@@ -253,7 +254,14 @@ impl Loader {
             tracing::info!("sock:inet_sock_set_state has unexpected fields; client local addresses come from /proc only");
         }
 
-        match attach_network(&mut ebpf, &ss, &tcp_events, &mut tracepoint_links) {
+        let attached = if network {
+            attach_network(&mut ebpf, &ss, &tcp_events, &mut tracepoint_links)
+        } else {
+            Err(anyhow::anyhow!(
+                "the configuration turns them off (capture.network: false)"
+            ))
+        };
+        match attached {
             Ok(()) => match &tcp {
                 Ok(_) => tracing::info!("network signals: every TCP connection's opens, failures, closes, retransmits, resets, bytes and RTT"),
                 Err(e) => tracing::warn!("network signals without bytes, segments and RTT: {e}"),

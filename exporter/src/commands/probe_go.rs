@@ -23,7 +23,7 @@ pub fn run(
     let a = analyze(target, &Options::default())?;
     let go =
         a.go.with_context(|| format!("{} is not a Go executable", target.display()))?;
-    let (mut loader, _channels) = Loader::load(DEFAULT_CAPTURE)?;
+    let (mut loader, _channels) = Loader::load(DEFAULT_CAPTURE, false)?;
     if let Some(pid) = pid {
         let offsets = go_offsets(&go).map_err(anyhow::Error::msg)?;
         loader.set_go_process(pid, &offsets)?;
