@@ -104,12 +104,15 @@ fi
 apt_install \
   openssl libssl-dev \
   nginx-light curl python3 wrk iperf3 bpftrace bpftool procps iproute2 binutils nftables \
+  prometheus \
   golang-1.19-go golang-golang-x-net-dev \
   qemu-system-x86 busybox-static cpio
 # (the last line: a second kernel without lockdown, under software emulation, tests/support/vm.rs)
 
 # nginx must not hold port 80 from the package's own unit; tests run their own instances.
 if systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
+# Only promtool is used (to load the example rules); the packaged server need not run.
+if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl disable --now prometheus || true; fi
 if pgrep -x nginx >/dev/null && [ -f /run/nginx.pid ]; then nginx -s quit 2>/dev/null || true; fi
 
 # Every Go toolchain the tests cover beyond bookworm's 1.19 comes from bookworm-backports.
