@@ -17,7 +17,7 @@ use sightline::sinks::otlp::MetricsSink;
 use sightline::sinks::Sink;
 use sightline::sources;
 use sightline::telemetry::counters::{Counter, Stats};
-use sightline::telemetry::metrics::Metrics;
+use sightline::telemetry::metrics::{Metrics, Reader};
 use sightline::telemetry::spans::{scope, to_span};
 use sightline_common::{direction, kind, DataHeader};
 use std::sync::{Arc, Mutex};
@@ -64,7 +64,7 @@ fn record(dir: u32, conn: u64, t: u64, payload: &[u8]) -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let process = ProcessInfo::from_parts(4242, "/usr/sbin/nginx".into(), "nginx".into(), b"");
     let stats = Arc::new(Stats::default());
-    let metrics = Arc::new(Metrics::new(stats.clone(), Vec::new()));
+    let metrics = Arc::new(Metrics::new(stats.clone(), Vec::new(), &[Reader::Otlp]));
     let resource = process_resource(&process, &[]);
     let bytes = Arc::new(Mutex::new(0usize));
     let sinks: Vec<Box<dyn Sink>> = vec![

@@ -9,11 +9,12 @@ use crate::protocols::{Conventions, DropReason};
 use crate::sinks::flows::{FlowFilter, FlowsView};
 use crate::sinks::live::{Format, LiveView};
 use crate::sinks::otlp;
+use crate::sinks::prometheus::{self, Health};
 use crate::sinks::summary::Summary;
 use crate::sinks::Sink;
 use crate::sources;
 use crate::telemetry::counters::{Counter, Stats};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, Reader};
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use otel_config::{Config, OutputFormat};
@@ -100,6 +101,10 @@ pub async fn run(cfg: Config, view: View) -> anyhow::Result<()> {
         ))
     };
     report_propagation(socket, writes, lockdown_mode().as_deref());
+    outputs
+        .health
+        .capturing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("sightline is running; Ctrl-C to stop");
 
     let ring = loader::watch_ring(channels.events).context("watching the ring buffer")?;
@@ -120,6 +125,8 @@ pub async fn run(cfg: Config, view: View) -> anyhow::Result<()> {
 /// Where calls go: the live view and summary (unless `--output none`) and the OTLP exporters
 /// the configuration names, with the tasks that export.
 struct Outputs {
+    /// What `/readyz` reports.
+    health: Arc<Health>,
     output: OutputFormat,
     sinks: Vec<Box<dyn Sink>>,
     summary: Summary,
@@ -176,23 +183,49 @@ impl Outputs {
             tasks.push(task);
             tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "exporting spans");
         }
-        if let (true, Some(m)) = (exporting, &cfg.metrics) {
-            let exporter = otlp::metric_exporter(m)?;
-            let metrics = Arc::new(Metrics::new(stats.clone(), cfg.resource_attributes.clone()));
+        let otlp_metrics = match (exporting, &cfg.metrics) {
+            (true, Some(m)) => Some((otlp::metric_exporter(m)?, m)),
+            _ => None,
+        };
+        let mut readers = Vec::new();
+        if otlp_metrics.is_some() {
+            readers.push(Reader::Otlp);
+        }
+        if cfg.prometheus.is_some() {
+            readers.push(Reader::Prometheus);
+        }
+        let health = Arc::new(Health::default());
+        if !readers.is_empty() {
+            let metrics = Arc::new(Metrics::new(
+                stats.clone(),
+                cfg.resource_attributes.clone(),
+                &readers,
+            ));
             sinks.push(Box::new(otlp::MetricsSink {
                 metrics: metrics.clone(),
             }));
-            tasks.push(otlp::start_metrics(
-                exporter,
-                metrics,
-                cfg.metric_export_interval,
-                cfg.metric_export_timeout,
-                stats.clone(),
-                shutdown_rx,
-            ));
-            tracing::info!(endpoint = %m.endpoint, protocol = ?m.protocol, "exporting metrics");
+            if let Some(addr) = cfg.prometheus {
+                tasks.push(prometheus::start(
+                    addr,
+                    metrics.clone(),
+                    health.clone(),
+                    shutdown_rx.clone(),
+                )?);
+            }
+            if let Some((exporter, m)) = otlp_metrics {
+                tasks.push(otlp::start_metrics(
+                    exporter,
+                    metrics,
+                    cfg.metric_export_interval,
+                    cfg.metric_export_timeout,
+                    stats.clone(),
+                    shutdown_rx,
+                ));
+                tracing::info!(endpoint = %m.endpoint, protocol = ?m.protocol, "exporting metrics");
+            }
         }
         Ok(Outputs {
+            health,
             output,
             sinks,
             summary,

@@ -28,6 +28,10 @@ struct Cli {
     /// Observe only executables with this name (repeatable).
     #[arg(long)]
     exe: Vec<String>,
+    /// Serve metrics on /metrics (Prometheus text format) and probes on /healthz and /readyz
+    /// at this address (`:9464`, or host:port).
+    #[arg(long, global = true, value_parser = parse_listen)]
+    prometheus: Option<std::net::SocketAddr>,
     /// Show TCP connection events (as `sightline flows` does) beside the calls.
     #[arg(long)]
     flows: bool,
@@ -152,6 +156,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             port,
         }) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
+            cfg.prometheus = cli.prometheus.or(cfg.prometheus);
             cfg.output = Some(match output {
                 Output::Text => OutputFormat::Text,
                 Output::Json => OutputFormat::Json,
@@ -167,6 +172,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         None | Some(Command::Run) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
+            cfg.prometheus = cli.prometheus.or(cfg.prometheus);
             if let Some(o) = cli.output {
                 cfg.output = Some(match o {
                     Output::Text => OutputFormat::Text,
@@ -184,6 +190,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             run(cfg, view)
         }
     }
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    otel_config::ListenAddr::parse(s).map(|a| a.0)
 }
 
 fn run(cfg: Config, view: sightline::app::View) -> anyhow::Result<()> {

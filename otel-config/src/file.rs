@@ -25,6 +25,33 @@ pub struct FileConfig {
     #[serde(default)]
     pub propagation: PropagationFile,
     pub sdk_disabled: Option<bool>,
+    /// Where to serve `/metrics` (Prometheus text format), `/healthz` and `/readyz`.
+    pub prometheus: Option<ListenAddr>,
+}
+
+/// A listening address: `host:port`, or `:port` for every interface. Validated while parsing,
+/// so the error has a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr(pub std::net::SocketAddr);
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ListenAddr::parse(&s)
+    }
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        let full = match s.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => s.to_string(),
+        };
+        full.parse().map(ListenAddr).map_err(|_| {
+            format!("`{s}` is not a listening address; write host:port or :port, e.g. :9464")
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::OutputFormat;
+pub use file::{ListenAddr, OutputFormat};
 
 /// Must match `sightline_common::MAX_CAPTURE`; kept here so this crate has no eBPF dependency.
 pub const MAX_CAPTURE_BYTES: u32 = 8192;
@@ -146,6 +146,8 @@ pub struct Config {
     pub redaction: Redaction,
     pub selection: Selection,
     pub output: Option<OutputFormat>,
+    /// `prometheus`: where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
+    pub prometheus: Option<std::net::SocketAddr>,
     pub traces: Option<SignalExport>,
     pub metrics: Option<SignalExport>,
     pub batch: BatchSettings,
@@ -335,6 +337,7 @@ fn resolve(file: file::FileConfig, vars: &BTreeMap<String, String>) -> Result<Co
         redaction,
         selection,
         output: file.output,
+        prometheus: file.prometheus.map(|a| a.0),
         traces,
         metrics,
         batch,

@@ -27,6 +27,18 @@ fn nothing_set_means_no_export_and_safe_defaults() {
 }
 
 #[test]
+fn the_prometheus_endpoint_takes_a_port_or_an_address() {
+    assert_eq!(load(None, &[]).unwrap().prometheus, None);
+    let c = load(Some("prometheus: \":9464\"\n"), &[]).unwrap();
+    assert_eq!(c.prometheus, Some("0.0.0.0:9464".parse().unwrap()));
+    let c = load(Some("prometheus: 127.0.0.1:9500\n"), &[]).unwrap();
+    assert_eq!(c.prometheus, Some("127.0.0.1:9500".parse().unwrap()));
+    let e = load(Some("prometheus: nine\n"), &[]).unwrap_err();
+    assert!(e.to_string().starts_with("sightline.yaml:1:"), "{e}");
+    assert!(e.to_string().contains(":9464"), "{e}");
+}
+
+#[test]
 fn network_signals_are_on_unless_turned_off() {
     assert!(load(None, &[]).unwrap().network_signals);
     let c = load(Some("capture:\n  network: false\n"), &[]).unwrap();

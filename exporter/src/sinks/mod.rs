@@ -3,6 +3,7 @@
 pub mod flows;
 pub mod live;
 pub mod otlp;
+pub mod prometheus;
 pub mod summary;
 pub mod timefmt;
 

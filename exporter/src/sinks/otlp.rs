@@ -353,7 +353,7 @@ pub fn start_metrics(
                 } else {
                     interval.min(timeout)
                 };
-            for rm in metrics.collect() {
+            for rm in metrics.collect(crate::telemetry::metrics::Reader::Otlp) {
                 let left = end.saturating_duration_since(Instant::now());
                 let result = if left.is_zero() {
                     Err("no time left".to_string())

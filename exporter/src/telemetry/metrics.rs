@@ -109,8 +109,10 @@ struct Instruments {
     server: Histogram<f64>,
     client: Histogram<f64>,
     net: NetInstruments,
-    /// The process is gone: export once more, then forget it.
+    /// The process is gone: each reader collects it once more, then it is forgotten.
     exited: bool,
+    /// Readers ([`Reader`]) that collected it since it exited.
+    seen_after_exit: u8,
 }
 
 fn new_provider(resource: Resource) -> (SdkMeterProvider, Arc<ManualReader>) {
@@ -127,14 +129,25 @@ fn new_provider(resource: Resource) -> (SdkMeterProvider, Arc<ManualReader>) {
     (provider, reader)
 }
 
+/// Who reads the metrics: each must see an exited process's last values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reader {
+    Otlp = 1,
+    Prometheus = 2,
+}
+
 pub struct Metrics {
     procs: Mutex<HashMap<u32, Instruments>>,
+    /// The readers in use, as [`Reader`] bits.
+    readers: u8,
     extra: Vec<(String, String)>,
     own: (SdkMeterProvider, Arc<ManualReader>),
 }
 
 impl Metrics {
-    pub fn new(stats: Arc<Stats>, extra: Vec<(String, String)>) -> Metrics {
+    /// Metrics that `readers` collect.
+    pub fn new(stats: Arc<Stats>, extra: Vec<(String, String)>, readers: &[Reader]) -> Metrics {
         let own_resource = Resource::builder_empty()
             .with_attributes(
                 [
@@ -150,6 +163,7 @@ impl Metrics {
         register_own(&own.0, stats);
         Metrics {
             procs: Mutex::new(HashMap::new()),
+            readers: readers.iter().fold(0, |a, r| a | *r as u8),
             extra,
             own,
         }
@@ -182,6 +196,7 @@ impl Metrics {
                 _provider: provider,
                 reader,
                 exited: false,
+                seen_after_exit: 0,
             }
         });
         f(inst)
@@ -261,8 +276,9 @@ impl Metrics {
         }
     }
 
-    /// Collects every provider; processes that exited are collected a last time and dropped.
-    pub fn collect(&self) -> Vec<ResourceMetrics> {
+    /// Collects every provider for `reader`; a process that exited is collected a last time by
+    /// each reader in use, then dropped.
+    pub fn collect(&self, reader: Reader) -> Vec<ResourceMetrics> {
         let mut out = Vec::new();
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         for inst in procs.values() {
@@ -271,7 +287,11 @@ impl Metrics {
                 out.push(rm);
             }
         }
-        procs.retain(|_, i| !i.exited);
+        let all = self.readers;
+        for i in procs.values_mut().filter(|i| i.exited) {
+            i.seen_after_exit |= reader as u8;
+        }
+        procs.retain(|_, i| !(i.exited && i.seen_after_exit & all == all));
         drop(procs);
         let mut rm = ResourceMetrics::default();
         if self.own.1.collect(&mut rm).is_ok() {

@@ -2,4 +2,5 @@
 
 pub mod counters;
 pub mod metrics;
+pub mod prometheus;
 pub mod spans;
