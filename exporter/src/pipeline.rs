@@ -40,7 +40,11 @@ impl Pipeline {
         conv: Conventions,
     ) -> Pipeline {
         Pipeline {
-            processes: Processes::default(),
+            processes: Processes::with_enrichers(vec![Box::new(
+                crate::metadata::container::ContainerEnricher {
+                    host: crate::metadata::host_name(),
+                },
+            )]),
             sockets: Sockets::new(lookup, true),
             sources,
             correlate: Correlator::new(stats.clone(), &conv),

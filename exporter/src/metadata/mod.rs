@@ -1,6 +1,8 @@
 //! Who an observed process is: its identity, and the OpenTelemetry resource every signal from
 //! it carries. Enrichers add what the host knows beyond `/proc` (containers, Kubernetes).
 
+pub mod container;
+
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 use rustc_hash::FxHashMap as HashMap;
@@ -22,6 +24,9 @@ pub struct ProcessInfo {
     pub service_name: String,
     /// The rest of the process's own `OTEL_RESOURCE_ATTRIBUTES`.
     pub attributes: Vec<(String, String)>,
+    /// What sightline's enrichers found (its container, say): these win over the process's
+    /// own attributes.
+    pub detected: Vec<(String, String)>,
 }
 
 impl ProcessInfo {
@@ -78,6 +83,7 @@ impl ProcessInfo {
             exe_name,
             service_name,
             attributes,
+            detected: Vec::new(),
         }
     }
 }
@@ -134,6 +140,11 @@ pub fn process_resource(p: &ProcessInfo, extra: &[(String, String)]) -> Resource
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
         .collect();
+    attrs.extend(
+        p.detected
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
     attrs.extend([
         KeyValue::new("process.pid", p.pid as i64),
         KeyValue::new("process.executable.name", p.exe_name.clone()),
