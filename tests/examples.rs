@@ -1,7 +1,7 @@
 //! The examples are what users copy: each must load in the real tool that reads it, and the
 //! alerts must fire on the series sightline's metrics become.
 
-use sightline_e2e::procs::{require, run};
+use sightline_e2e::procs::{require, run, sightline_bin, tempdir};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -53,4 +53,26 @@ fn the_grafana_dashboard_queries_sightline_series() {
             "no panel queries {series}"
         );
     }
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    require("systemd-analyze");
+    // verify checks that ExecStart's program exists: point it at the binary under test.
+    let unit = std::fs::read_to_string(root().join("examples/systemd/sightline.service"))
+        .unwrap()
+        .replace(
+            "/usr/local/bin/sightline",
+            &sightline_bin().display().to_string(),
+        );
+    let dir = tempdir("unit");
+    let path = dir.join("sightline.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }

@@ -104,7 +104,7 @@ fi
 apt_install \
   openssl libssl-dev \
   nginx-light curl python3 wrk iperf3 bpftrace bpftool procps iproute2 binutils nftables \
-  prometheus podman runc conmon fuse-overlayfs \
+  prometheus podman runc conmon fuse-overlayfs systemd \
   golang-1.19-go golang-golang-x-net-dev \
   qemu-system-x86 busybox-static cpio
 # (the last line: a second kernel without lockdown, under software emulation, tests/support/vm.rs)
