@@ -1,6 +1,6 @@
 //! End to end, as root: a process in a real container (Debian's podman and runc; its root is
 //! this host's filesystem behind an overlay, so no image is pulled) gets its container's
-//! identity on the spans sightline exports, and a host process gets none.
+//! identity and name on the spans sightline exports, and a host process gets none.
 
 use sightline_e2e::flat::{spans, Val, CLIENT, SERVER};
 use sightline_e2e::procs::{free_port, require, run, Agent};
@@ -39,6 +39,7 @@ fn a_containers_process_carries_its_container_id() {
     .unwrap();
 
     let port = free_port();
+    let name = format!("sightline-web-{}", std::process::id());
     // The flags this machine's podman needs (cgroupfs on a hybrid host, limits no higher than
     // the host allows); the host's network, so the host's curl reaches the server.
     let id = run(Command::new("podman").args([
@@ -48,6 +49,8 @@ fn a_containers_process_carries_its_container_id() {
         "cgroupfs",
         "run",
         "-d",
+        "--name",
+        &name,
         "--ulimit",
         "nofile=20000:20000",
         "--ulimit",

@@ -41,9 +41,7 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             processes: Processes::with_enrichers(vec![Box::new(
-                crate::metadata::container::ContainerEnricher {
-                    host: crate::metadata::host_name(),
-                },
+                crate::metadata::container::ContainerEnricher::new(crate::metadata::host_name()),
             )]),
             sockets: Sockets::new(lookup, true),
             sources,

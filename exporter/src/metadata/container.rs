@@ -1,8 +1,17 @@
 //! Which container a process runs in, from its cgroup path: cgroup v1 and v2, under systemd or
 //! cgroupfs, with docker's, containerd's, CRI-O's and podman's naming; and, for a container
-//! Kubernetes made, its pod's uid (in the path too). Also each process's `service.instance.id`.
+//! Kubernetes made, its pod's uid (in the path too). The runtime's own files add names
+//! ([`super::runtime`]). Also each process's `service.instance.id`, and a service name for a
+//! containerised process that gave none.
 
+use super::runtime::{lookup, RuntimeInfo};
 use super::{Enricher, ProcessInfo};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Containers whose runtime files were read, remembered; past this the memory starts over.
+const MAX_KNOWN: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
@@ -83,39 +92,78 @@ fn pod_uid(seg: &str) -> Option<String> {
     ok.then_some(uid)
 }
 
-/// Adds `container.id`, `container.runtime`, `k8s.pod.uid` and `service.instance.id`.
+/// Adds `container.*`, `k8s.*` and `service.instance.id`, and names the service of a
+/// containerised process that named none after its Kubernetes container or its container.
 pub struct ContainerEnricher {
     pub host: String,
+    known: Mutex<HashMap<String, RuntimeInfo>>,
+}
+
+impl ContainerEnricher {
+    pub fn new(host: String) -> ContainerEnricher {
+        ContainerEnricher {
+            host,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The runtime's files for container `id`, read once per container.
+    fn runtime(&self, id: &str) -> RuntimeInfo {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = known.get(id) {
+            return i.clone();
+        }
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        let info = lookup(Path::new("/"), id);
+        known.insert(id.to_string(), info.clone());
+        info
+    }
 }
 
 impl Enricher for ContainerEnricher {
     fn enrich(&self, p: &mut ProcessInfo) {
         let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
-        let container = from_cgroup(&cgroup);
-        let instance = match &container {
-            // Every process of a container is one instance of its service.
-            Some(c) => match &c.pod_uid {
-                Some(pod) => format!("{pod}.{}", &c.id[..12]),
-                None => c.id.clone(),
-            },
+        let Some(c) = from_cgroup(&cgroup) else {
             // A process on the host: its pid and start time, which no later process repeats.
-            None => format!(
-                "{}:{}:{}",
-                self.host,
-                p.pid,
-                start_ticks(p.pid).unwrap_or(0)
-            ),
+            let start = start_ticks(p.pid).unwrap_or(0);
+            p.detected.push((
+                "service.instance.id".into(),
+                format!("{}:{}:{start}", self.host, p.pid),
+            ));
+            return;
         };
-        if let Some(c) = container {
-            p.detected.push(("container.id".into(), c.id));
-            if let Some(rt) = c.runtime {
-                p.detected.push(("container.runtime".into(), rt.into()));
+        let rt = self.runtime(&c.id);
+        let pod_uid = rt.pod_uid.clone().or(c.pod_uid.clone());
+        // Every process of a container is one instance of its service.
+        let instance = match (&pod_uid, &rt.k8s_container) {
+            (Some(pod), Some(name)) => format!("{pod}.{name}"),
+            (Some(pod), None) => format!("{pod}.{}", &c.id[..12]),
+            _ => c.id.clone(),
+        };
+        let mut add = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                p.detected.push((k.into(), v));
             }
-            if let Some(uid) = c.pod_uid {
-                p.detected.push(("k8s.pod.uid".into(), uid));
+        };
+        add("container.id", Some(c.id.clone()));
+        add("container.runtime", c.runtime.map(str::to_string));
+        add(
+            "container.name",
+            rt.name.clone().or(rt.k8s_container.clone()),
+        );
+        add("container.image.name", rt.image.clone());
+        add("k8s.pod.uid", pod_uid);
+        add("k8s.pod.name", rt.pod_name.clone());
+        add("k8s.namespace.name", rt.pod_namespace.clone());
+        add("k8s.container.name", rt.k8s_container.clone());
+        add("service.instance.id", Some(instance));
+        if !p.self_named {
+            if let Some(name) = rt.k8s_container.or(rt.name) {
+                p.service_name = name;
             }
         }
-        p.detected.push(("service.instance.id".into(), instance));
     }
 }
 

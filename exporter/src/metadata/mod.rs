@@ -2,6 +2,7 @@
 //! it carries. Enrichers add what the host knows beyond `/proc` (containers, Kubernetes).
 
 pub mod container;
+pub mod runtime;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
@@ -22,6 +23,9 @@ pub struct ProcessInfo {
     /// From the process's own `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`, else the
     /// executable's name: the service is named as it would name itself.
     pub service_name: String,
+    /// The process named its service itself (`OTEL_SERVICE_NAME` or `service.name`): no
+    /// enricher renames it.
+    pub self_named: bool,
     /// The rest of the process's own `OTEL_RESOURCE_ATTRIBUTES`.
     pub attributes: Vec<(String, String)>,
     /// What sightline's enrichers found (its container, say): these win over the process's
@@ -74,14 +78,15 @@ impl ProcessInfo {
             .find(|(k, _)| k == "service.name")
             .map(|(_, v)| v.clone());
         attributes.retain(|(k, _)| k != "service.name");
-        let service_name = service_name
-            .or(from_attrs)
-            .unwrap_or_else(|| exe_name.clone());
+        let own = service_name.or(from_attrs);
+        let self_named = own.is_some();
+        let service_name = own.unwrap_or_else(|| exe_name.clone());
         ProcessInfo {
             pid,
             exe_path,
             exe_name,
             service_name,
+            self_named,
             attributes,
             detected: Vec::new(),
         }
