@@ -205,6 +205,36 @@ fn prometheus_scrapes_sightline_and_the_dashboard_queries_return_data() {
         );
     }
 
+    // The service picker lists client-only services too (curl here), as Grafana asks.
+    let picker = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "service")
+        .unwrap()["query"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let selector = picker
+        .strip_prefix("label_values(")
+        .and_then(|r| r.strip_suffix(", service_name)"))
+        .unwrap_or_else(|| panic!("{picker}"));
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-G",
+            &format!("{prom}/api/v1/label/service_name/values"),
+            "--data-urlencode",
+        ])
+        .arg(format!("match[]={selector}"))
+        .output()
+        .unwrap();
+    let names: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names = names["data"].as_array().cloned().unwrap_or_default();
+    for svc in ["curl", "python3.11"] {
+        assert!(names.iter().any(|n| n == svc), "{svc} not in {names:?}");
+    }
+
     // The example alerts loaded.
     let out = Command::new("curl")
         .args(["-s", &format!("{prom}/api/v1/rules")])
