@@ -122,13 +122,22 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
     if off.oldstate == 0 {
         return 0;
     }
+    // Two of each end's five transitions (into FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, SYN_RECV)
+    // say nothing the signals use: they cost one read, not five.
     // SAFETY: offsets come from the tracepoint's own format description.
-    let (protocol, family, old, new, sk) = unsafe {
+    let new = unsafe { ctx.read_at::<i32>(off.newstate as usize) }.unwrap_or(0);
+    if !matches!(
+        new,
+        tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::CLOSE | tcp_state::LISTEN
+    ) {
+        return 0;
+    }
+    // SAFETY: offsets come from the tracepoint's own format description.
+    let (protocol, family, old, sk) = unsafe {
         (
             ctx.read_at::<u16>(off.protocol as usize).unwrap_or(0),
             ctx.read_at::<u16>(off.family as usize).unwrap_or(0),
             ctx.read_at::<i32>(off.oldstate as usize).unwrap_or(0),
-            ctx.read_at::<i32>(off.newstate as usize).unwrap_or(0),
             ctx.read_at::<u64>(off.skaddr as usize).unwrap_or(0),
         )
     };
