@@ -23,12 +23,7 @@ impl Drop for Podman {
 fn a_containers_process_carries_its_container_id() {
     require("podman");
     require("curl");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let (rt, addr, rec) = receiver::http_on_runtime();
     let mut agent = Agent::start(
         &["--output", "json"],
         &[
@@ -40,8 +35,9 @@ fn a_containers_process_carries_its_container_id() {
 
     let port = free_port();
     let name = format!("sightline-web-{}", std::process::id());
-    // The flags this machine's podman needs (cgroupfs on a hybrid host, limits no higher than
-    // the host allows); the host's network, so the host's curl reaches the server.
+    // cgroupfs works on hybrid cgroup hosts too; explicit limits, as podman's defaults may
+    // exceed the hard limits of a caller without CAP_SYS_RESOURCE; the host's network, so the
+    // host's curl reaches the server.
     let id = run(Command::new("podman").args([
         "--runtime",
         "runc",

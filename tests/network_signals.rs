@@ -8,11 +8,11 @@
 use serde_json::Value;
 use sightline_e2e::flat::{points, spans, FlatPoint, Val, CLIENT, SERVER};
 use sightline_e2e::netns::Netns;
-use sightline_e2e::procs::{require, run, Agent};
+use sightline_e2e::procs::{require, run, Agent, Killed};
 use sightline_e2e::receiver;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SINK_PORT: u16 = 7701;
@@ -24,16 +24,6 @@ const DOWNLOAD_PORT: u16 = 7705;
 
 /// Each test loads the probes, which see the whole host: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A child killed when dropped, so a failed assertion leaves no server behind.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn peer_py() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("network/peer.py")
@@ -190,12 +180,7 @@ fn tcp_connections_their_faults_and_figures() {
     let (server_pid, abort_pid) = (sink.0.id(), abort.0.id());
     let retrans_before = retrans_segs(&ns);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let (_rt, addr, rec) = receiver::http_on_runtime();
     let ports: Vec<String> = [SINK_PORT, ABORT_PORT, CLOSED_PORT, BLACKHOLE_PORT]
         .iter()
         .map(|p| p.to_string())
@@ -486,12 +471,7 @@ fn spans_carry_what_their_connection_suffered() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let (rt, addr, rec) = receiver::http_on_runtime();
     // The calls' live view with the flows beside it.
     let mut agent = Agent::start(
         &["--output", "json", "--flows"],

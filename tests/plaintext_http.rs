@@ -4,10 +4,10 @@
 //! not become a span).
 
 use sightline_e2e::flat::{points, spans, FlatSpan, Val, CLIENT, SERVER};
-use sightline_e2e::procs::{free_port, leftover_programs, require, run, tempdir, Agent};
+use sightline_e2e::procs::{free_port, leftover_programs, require, run, tempdir, Agent, Killed};
 use sightline_e2e::receiver;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,16 +22,6 @@ fn s(v: Option<&Val>) -> String {
     }
 }
 
-/// A child killed when dropped, so a failed assertion leaves no server behind.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_listening(port: u16) {
     let end = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -43,12 +33,7 @@ fn wait_listening(port: u16) {
 /// sightline exporting to a real OTLP receiver in this process, exporting often, and the
 /// runtime the receiver runs on.
 fn agent_with_receiver() -> (tokio::runtime::Runtime, receiver::Received, Agent) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (addr, rec) = rt.block_on(receiver::start_http()).unwrap();
+    let (rt, addr, rec) = receiver::http_on_runtime();
     let agent = Agent::start(
         &["--output", "json"],
         &[

@@ -3,19 +3,9 @@
 //! Grafana dashboard's queries run on them.
 
 use serde_json::Value;
-use sightline_e2e::procs::{free_port, require, tempdir, Agent};
-use std::process::{Child, Command, Stdio};
+use sightline_e2e::procs::{free_port, require, tempdir, Agent, Killed};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A child killed when dropped, so a failed assertion leaves no server behind.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn get(url: &str) -> (u16, String) {
     let out = Command::new("curl")

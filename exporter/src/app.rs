@@ -65,13 +65,13 @@ pub async fn run(cfg: Config, view: View) -> anyhow::Result<()> {
     let mut discovery = Discovery::new(attachers, stats.clone(), cfg.selection.clone());
     discovery.scan_all(&mut loader);
     let mut conn_info = channels.conn_info;
-    let existing = existing::established_sockets(|pid, exe| cfg.selection.matches(pid, exe));
-    let entered = conn_info.enter_existing(&existing);
+    let at_start = existing::sockets_at_start(|pid, exe| cfg.selection.matches(pid, exe));
+    let entered = conn_info.enter_existing(&at_start.established);
     tracing::info!(
         connections = entered,
         "TCP connections open before start are captured from their next bytes"
     );
-    let listeners = loader.enter_listeners(&existing::listening_sockets());
+    let listeners = loader.enter_listeners(&at_start.listening);
     tracing::debug!(
         listeners,
         "connections accepted on sockets listening since before start are their process's"

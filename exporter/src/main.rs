@@ -47,6 +47,16 @@ enum Output {
     None,
 }
 
+impl From<Output> for OutputFormat {
+    fn from(o: Output) -> OutputFormat {
+        match o {
+            Output::Text => OutputFormat::Text,
+            Output::Json => OutputFormat::Json,
+            Output::None => OutputFormat::None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Capture and report (the default).
@@ -157,11 +167,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
             cfg.prometheus = cli.prometheus.or(cfg.prometheus);
-            cfg.output = Some(match output {
-                Output::Text => OutputFormat::Text,
-                Output::Json => OutputFormat::Json,
-                Output::None => OutputFormat::None,
-            });
+            cfg.output = Some(output.into());
             let filter = sightline::sinks::flows::FlowFilter {
                 pids: pid,
                 processes: process,
@@ -174,11 +180,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let mut cfg = Config::load(cli.config.as_deref())?;
             cfg.prometheus = cli.prometheus.or(cfg.prometheus);
             if let Some(o) = cli.output {
-                cfg.output = Some(match o {
-                    Output::Text => OutputFormat::Text,
-                    Output::Json => OutputFormat::Json,
-                    Output::None => OutputFormat::None,
-                });
+                cfg.output = Some(o.into());
             }
             cfg.selection.pids.extend(cli.pid);
             cfg.selection.executables.extend(cli.exe);

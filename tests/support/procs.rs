@@ -140,6 +140,16 @@ impl Drop for Nginx {
     }
 }
 
+/// A child killed when dropped, so a failed assertion leaves no server behind.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn sightline_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SIGHTLINE_BIN") {
         return PathBuf::from(p);

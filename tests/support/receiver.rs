@@ -94,6 +94,18 @@ async fn start_grpc_with(
     Ok((addr, received))
 }
 
+/// A runtime with an HTTP/protobuf receiver running on it, for a test's sightline to export
+/// to; the runtime must live as long as the receiver is needed.
+pub fn http_on_runtime() -> (tokio::runtime::Runtime, SocketAddr, Received) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let (addr, rec) = rt.block_on(start_http()).expect("the OTLP receiver starts");
+    (rt, addr, rec)
+}
+
 /// Starts an HTTP/protobuf receiver (`POST /v1/traces`, `POST /v1/metrics`) on a free port.
 pub async fn start_http() -> anyhow::Result<(SocketAddr, Received)> {
     start_http_with(None).await

@@ -31,15 +31,21 @@ pub fn tcp_addrs(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
 pub const ESTABLISHED: &str = "01";
 pub const LISTEN: &str = "0A";
 
-/// The TCP sockets (v4 and v6) of `pid`'s network namespace in state `st`, by inode, with
-/// their address family (2 or 10, as the kernel numbers them) and local port.
-pub fn inodes_in_state(pid: u32, st: &str) -> rustc_hash::FxHashMap<u64, (u16, u16)> {
+/// The TCP sockets (v4 and v6) of `pid`'s network namespace in any of `states`, by inode:
+/// which of `states` (its index) it is in, its address family (2 or 10, as the kernel numbers
+/// them) and its local port. Each table is read once for all the states.
+pub fn inodes_in_states(
+    pid: u32,
+    states: &[&str],
+) -> rustc_hash::FxHashMap<u64, (usize, u16, u16)> {
     let mut out = rustc_hash::FxHashMap::default();
     for (file, family) in [("tcp", 2u16), ("tcp6", 10)] {
         let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
             continue;
         };
-        out.extend(in_state(&table, st).map(|(inode, port)| (inode, (family, port))));
+        for (i, st) in states.iter().enumerate() {
+            out.extend(in_state(&table, st).map(|(inode, port)| (inode, (i, family, port))));
+        }
     }
     out
 }

@@ -341,12 +341,8 @@ impl Source for Tcp {
         Ok(())
     }
 
-    /// A process exited: its connections are closed by the kernel, which reports each.
-    fn process_exit(&mut self, _pid: u32, _cx: &mut Context<'_>, _made: &mut Vec<Made>) {
-        self.stats
-            .set(Counter::FlowsFollowed, self.flows.len() as u64);
-    }
-
+    /// The table's fill, for the health metrics. (A process's exit needs nothing here: the
+    /// kernel closes its connections and reports each.)
     fn tick(&mut self, _now_mono_ns: u64, _made: &mut Vec<Made>) {
         self.stats
             .set(Counter::FlowsFollowed, self.flows.len() as u64);
