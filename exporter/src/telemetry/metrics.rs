@@ -111,8 +111,8 @@ struct Instruments {
     net: NetInstruments,
     /// The process is gone: each reader collects it once more, then it is forgotten.
     exited: bool,
-    /// Readers ([`Reader`]) that collected it since it exited.
-    seen_after_exit: u8,
+    /// Collections since it exited, per [`Reader`].
+    seen_after_exit: [u8; 2],
 }
 
 fn new_provider(resource: Resource) -> (SdkMeterProvider, Arc<ManualReader>) {
@@ -131,16 +131,27 @@ fn new_provider(resource: Resource) -> (SdkMeterProvider, Arc<ManualReader>) {
 
 /// Who reads the metrics: each must see an exited process's last values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Reader {
-    Otlp = 1,
-    Prometheus = 2,
+    Otlp = 0,
+    Prometheus = 1,
+}
+
+impl Reader {
+    /// Collections after a process's exit before this reader lets it go: an OTLP export sends
+    /// the final cumulative values once; a Prometheus series needs two samples for `rate()`
+    /// to see it, and a short-lived client may exit before its second scrape.
+    fn last_looks(self) -> u8 {
+        match self {
+            Reader::Otlp => 1,
+            Reader::Prometheus => 2,
+        }
+    }
 }
 
 pub struct Metrics {
     procs: Mutex<HashMap<u32, Instruments>>,
-    /// The readers in use, as [`Reader`] bits.
-    readers: u8,
+    /// The readers in use.
+    readers: Vec<Reader>,
     extra: Vec<(String, String)>,
     own: (SdkMeterProvider, Arc<ManualReader>),
 }
@@ -163,7 +174,7 @@ impl Metrics {
         register_own(&own.0, stats);
         Metrics {
             procs: Mutex::new(HashMap::new()),
-            readers: readers.iter().fold(0, |a, r| a | *r as u8),
+            readers: readers.to_vec(),
             extra,
             own,
         }
@@ -196,7 +207,7 @@ impl Metrics {
                 _provider: provider,
                 reader,
                 exited: false,
-                seen_after_exit: 0,
+                seen_after_exit: [0; 2],
             }
         });
         f(inst)
@@ -276,8 +287,8 @@ impl Metrics {
         }
     }
 
-    /// Collects every provider for `reader`; a process that exited is collected a last time by
-    /// each reader in use, then dropped.
+    /// Collects every provider for `reader`; a process that exited is collected its last times
+    /// ([`Reader::last_looks`]) by each reader in use, then dropped.
     pub fn collect(&self, reader: Reader) -> Vec<ResourceMetrics> {
         let mut out = Vec::new();
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
@@ -287,11 +298,17 @@ impl Metrics {
                 out.push(rm);
             }
         }
-        let all = self.readers;
         for i in procs.values_mut().filter(|i| i.exited) {
-            i.seen_after_exit |= reader as u8;
+            let n = &mut i.seen_after_exit[reader as usize];
+            *n = n.saturating_add(1);
         }
-        procs.retain(|_, i| !(i.exited && i.seen_after_exit & all == all));
+        let readers = &self.readers;
+        procs.retain(|_, i| {
+            !(i.exited
+                && readers
+                    .iter()
+                    .all(|r| i.seen_after_exit[*r as usize] >= r.last_looks()))
+        });
         drop(procs);
         let mut rm = ResourceMetrics::default();
         if self.own.1.collect(&mut rm).is_ok() {
@@ -417,4 +434,28 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
             }
         })
         .build();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::twins::tests::call;
+
+    #[test]
+    fn an_exited_process_is_kept_until_every_reader_had_its_last_looks() {
+        let m = Metrics::new(
+            Arc::new(Stats::default()),
+            Vec::new(),
+            &[Reader::Otlp, Reader::Prometheus],
+        );
+        m.record(&call(7, Role::Server, "/", 1, 1, "http"));
+        m.process_exited(7);
+        // Each collection holds the process's resource and sightline's own.
+        assert_eq!(m.collect(Reader::Prometheus).len(), 2);
+        assert_eq!(m.collect(Reader::Otlp).len(), 2);
+        // Prometheus has had one look of its two: still there.
+        assert_eq!(m.collect(Reader::Prometheus).len(), 2);
+        assert_eq!(m.collect(Reader::Prometheus).len(), 1);
+        assert_eq!(m.collect(Reader::Otlp).len(), 1);
+    }
 }
