@@ -3,21 +3,11 @@
 //! identity and name on the spans sightline exports, and a host process gets none.
 
 use sightline_e2e::flat::{spans, Val, CLIENT, SERVER};
+use sightline_e2e::podman::{wait_listening, Container};
 use sightline_e2e::procs::{free_port, require, run, Agent};
 use sightline_e2e::receiver;
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-/// The container, removed when dropped.
-struct Podman(String);
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rm", "-f", "-t", "0", &self.0])
-            .output();
-    }
-}
+use std::time::Duration;
 
 #[test]
 fn a_containers_process_carries_its_container_id() {
@@ -35,43 +25,20 @@ fn a_containers_process_carries_its_container_id() {
 
     let port = free_port();
     let name = format!("sightline-web-{}", std::process::id());
-    // cgroupfs works on hybrid cgroup hosts too; explicit limits, as podman's defaults may
-    // exceed the hard limits of a caller without CAP_SYS_RESOURCE; the host's network, so the
-    // host's curl reaches the server.
-    let id = run(Command::new("podman").args([
-        "--runtime",
-        "runc",
-        "--cgroup-manager",
-        "cgroupfs",
-        "run",
-        "-d",
-        "--name",
+    let web = Container::on_host_root(
         &name,
-        "--ulimit",
-        "nofile=20000:20000",
-        "--ulimit",
-        "nproc=4096:4096",
-        "--network",
-        "host",
-        "--rootfs",
-        "/:O",
-        "python3",
-        "-m",
-        "http.server",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ]))
-    .unwrap_or_else(|e| panic!("podman run: {e}"))
-    .trim()
-    .to_string();
-    let _container = Podman(id.clone());
-    assert_eq!(id.len(), 64, "{id}");
-    let end = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "the container's server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        &[],
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    let id = web.id.clone();
+    wait_listening(port, "the container's server");
     let url = format!("http://127.0.0.1:{port}/");
     run(Command::new("curl").args(["-s", "-o", "/dev/null", &url])).unwrap();
 
@@ -104,11 +71,7 @@ fn a_containers_process_carries_its_container_id() {
         "{r:#?}"
     );
     // The process as the host sees it: sightline reads the host's pid namespace.
-    let host_pid = run(Command::new("podman").args(["inspect", "-f", "{{.State.Pid}}", &id]))
-        .unwrap()
-        .trim()
-        .parse::<i64>()
-        .unwrap();
+    let host_pid = web.host_pid() as i64;
     assert_eq!(r.get("process.pid"), Some(&Val::I(host_pid)), "{r:#?}");
 
     // curl ran on the host: no container, and an instance of its own.

@@ -5,6 +5,7 @@ pub mod flat;
 pub mod gobuild;
 pub mod gosvc;
 pub mod netns;
+pub mod podman;
 pub mod procs;
 pub mod receiver;
 pub mod vm;

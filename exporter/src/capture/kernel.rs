@@ -9,8 +9,8 @@ use std::path::Path;
 /// Things the kernel must offer; each failure says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
-    #[error("sightline must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE: it loads eBPF programs and reads other processes' memory maps. Try `sudo sightline`.")]
-    NotPrivileged,
+    #[error("sightline lacks {0}: it loads eBPF programs, creates uprobes (perf_event_open asks for CAP_SYS_ADMIN there) and reads other processes' binaries and memory maps. Run it as root (`sudo sightline`); in a container, add CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH (examples/kubernetes shows how)")]
+    NotPrivileged(String),
     #[error("this kernel has no uprobe support (no /sys/bus/event_source/devices/uprobe): sightline needs CONFIG_UPROBE_EVENTS=y, which every mainstream distribution kernel has")]
     NoUprobes,
     #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): sightline needs CONFIG_DEBUG_INFO_BTF=y (kernels from Debian 11, Ubuntu 20.10 and RHEL 8.2 on have it)")]
@@ -20,8 +20,9 @@ pub enum PreflightError {
 }
 
 pub fn preflight() -> Result<(), PreflightError> {
-    if !privileged() {
-        return Err(PreflightError::NotPrivileged);
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        return Err(PreflightError::NotPrivileged(missing.join(" and ")));
     }
     kernel_features(Path::new("/"))?;
     ensure_tracefs().map_err(PreflightError::NoTracefs)?;
@@ -39,22 +40,25 @@ fn kernel_features(root: &Path) -> Result<(), PreflightError> {
     Ok(())
 }
 
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    // CAP_BPF = 39, CAP_PERFMON = 38, CAP_SYS_PTRACE = 19.
+/// The capabilities sightline cannot work without that this process lacks. Root in a
+/// container may hold only some, so the effective set is read, not the user id.
+fn missing_capabilities() -> Vec<&'static str> {
+    const SYS_PTRACE: u32 = 19;
+    const SYS_ADMIN: u32 = 21;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
+        return vec!["a readable /proc/self/status"];
     };
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    let need = (1u64 << 39) | (1u64 << 38) | (1u64 << 19);
-    eff & need == need
+    // CAP_SYS_ADMIN implies CAP_BPF and CAP_PERFMON, and uprobes need it beyond them.
+    [(SYS_ADMIN, "CAP_SYS_ADMIN"), (SYS_PTRACE, "CAP_SYS_PTRACE")]
+        .into_iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Tracepoints are found through tracefs; hosts often leave it unmounted.
@@ -210,21 +214,57 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Where a cgroup v2 hierarchy is mounted (its root holds every process of a hybrid or pure
-/// v2 host), mounted under /run when the host has none.
-pub(super) fn cgroup2_root() -> std::io::Result<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    if let Some(dir) = mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| dir.to_string())
-    }) {
-        return Ok(dir.into());
+/// The cgroup v2 hierarchy where the socket programs attach.
+pub(super) struct CgroupRoot {
+    pub path: std::path::PathBuf,
+    /// Whether it is the host's root, which holds every process. A container in a cgroup
+    /// namespace of its own mounts only its namespace's subtree.
+    pub host: bool,
+}
+
+/// The host's cgroup v2 root: among the cgroup2 mounts this process sees, and those a host
+/// process sees (reached through its /proc root, as a container with the host's pid
+/// namespace can), the one whose directory is the hierarchy's root. Every kernfs hierarchy's
+/// root directory has inode 1; a namespace's root is a cgroup below it. With none, a
+/// hierarchy is mounted under /run, which in a cgroup namespace of its own is that
+/// namespace's root.
+pub(super) fn cgroup2_root() -> std::io::Result<CgroupRoot> {
+    use std::os::unix::fs::MetadataExt;
+    let cgroup2_dirs = |mounts: &str, prefix: &str| -> Vec<std::path::PathBuf> {
+        mounts
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+                (fstype == "cgroup2").then(|| format!("{prefix}{dir}").into())
+            })
+            .collect()
+    };
+    let own = cgroup2_dirs(&std::fs::read_to_string("/proc/self/mounts")?, "");
+    let init = crate::metadata::host_process()
+        .and_then(|pid| {
+            let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok()?;
+            Some(cgroup2_dirs(&mounts, &format!("/proc/{pid}/root")))
+        })
+        .unwrap_or_default();
+    let is_root = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == 1);
+    if let Some(path) = own.iter().chain(&init).find(|p| is_root(p)) {
+        return Ok(CgroupRoot {
+            path: path.clone(),
+            host: true,
+        });
     }
-    let dir = Path::new("/run/sightline/cgroup2");
-    std::fs::create_dir_all(dir)?;
-    mount_fs(c"cgroup2", c"/run/sightline/cgroup2")?;
-    Ok(dir.into())
+    let path = match own.into_iter().next() {
+        Some(p) => p,
+        None => {
+            let dir = Path::new("/run/sightline/cgroup2");
+            std::fs::create_dir_all(dir)?;
+            mount_fs(c"cgroup2", c"/run/sightline/cgroup2")?;
+            dir.into()
+        }
+    };
+    let host = is_root(&path);
+    Ok(CgroupRoot { path, host })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
@@ -257,6 +297,16 @@ mod tests {
         // The kernel the tests run on has both: sightline needs them.
         assert!(kernel_features(Path::new("/")).is_ok());
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_hosts_cgroup_root_is_found() {
+        use std::os::unix::fs::MetadataExt;
+        // The tests run as root on the host, where every process is in the root's subtree.
+        let r = cgroup2_root().unwrap();
+        assert!(r.host, "{}", r.path.display());
+        assert_eq!(std::fs::metadata(&r.path).unwrap().ino(), 1);
+        assert!(missing_capabilities().is_empty());
     }
 
     #[test]

@@ -326,6 +326,19 @@ impl Loader {
         detach_links(std::mem::take(&mut self.links));
     }
 
+    /// How many uprobes are attached: a mark to undo a file's attach back to.
+    pub fn uprobes(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Detaches the uprobes attached since `mark`, so that a file whose attach stopped
+    /// half-way can be attached again later without doubling its probes.
+    pub fn detach_uprobes_since(&mut self, mark: usize) {
+        if mark < self.links.len() {
+            detach_links(self.links.split_off(mark));
+        }
+    }
+
     /// Attaches `prog` at `offset` of the file, for every process that maps it, and keeps the
     /// link so that shutdown can detach all links at once (see `Drop`).
     pub fn uprobe(&mut self, prog: &str, offset: u64, path: &Path) -> anyhow::Result<()> {
@@ -352,7 +365,14 @@ impl Loader {
     /// process, so this works under kernel lockdown. On error, nothing is injected and the
     /// error says why.
     pub fn attach_injection(&mut self) -> anyhow::Result<()> {
-        let root = cgroup2_root().context("finding or mounting a cgroup v2 hierarchy")?;
+        let found = cgroup2_root().context("finding or mounting a cgroup v2 hierarchy")?;
+        if !found.host {
+            tracing::warn!(
+                cgroup = %found.path.display(),
+                "the socket programs attach at a cgroup namespace's root, not the host's: only processes in that namespace get traceparent injection; mount the host's /sys/fs/cgroup (examples/kubernetes does)"
+            );
+        }
+        let root = found.path;
         let cgroup = std::fs::File::open(&root)
             .with_context(|| format!("opening the cgroup {}", root.display()))?;
         let socks: SockHash<MapData, u64> =

@@ -7,7 +7,7 @@
 use super::runtime::{lookup, RuntimeInfo};
 use super::{Enricher, ProcessInfo};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Containers whose runtime files were read, remembered; past this the memory starts over.
@@ -96,6 +96,8 @@ fn pod_uid(seg: &str) -> Option<String> {
 /// containerised process that named none after its Kubernetes container or its container.
 pub struct ContainerEnricher {
     pub host: String,
+    /// Where the runtimes' state is read: the host's root, also from inside a container.
+    root: PathBuf,
     known: Mutex<HashMap<String, RuntimeInfo>>,
 }
 
@@ -103,6 +105,7 @@ impl ContainerEnricher {
     pub fn new(host: String) -> ContainerEnricher {
         ContainerEnricher {
             host,
+            root: super::host_root(),
             known: Mutex::new(HashMap::new()),
         }
     }
@@ -116,7 +119,7 @@ impl ContainerEnricher {
         if known.len() >= MAX_KNOWN {
             known.clear();
         }
-        let info = lookup(Path::new("/"), id);
+        let info = lookup(&self.root, id);
         known.insert(id.to_string(), info.clone());
         info
     }

@@ -179,9 +179,42 @@ pub fn common_resource_attributes(extra: &[(String, String)]) -> Vec<KeyValue> {
 }
 
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    let own = || std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    // In a container with a UTS namespace of its own the kernel's name is the container's;
+    // the host's is in the host's /etc.
+    let name = match host_process() {
+        Some(pid) if namespace("self", "uts") != namespace(&pid.to_string(), "uts") => {
+            std::fs::read_to_string(host_root().join("etc/hostname"))
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+                .or_else(own)
+        }
+        _ => own(),
+    };
+    name.map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A process in the host's namespaces whose root this one may enter (from a container, with
+/// the host's pid namespace): init, else kthreadd, which shares init's file system root from
+/// boot, for hosts that bar reading their init.
+pub fn host_process() -> Option<u32> {
+    [1, 2]
+        .into_iter()
+        .find(|pid| std::fs::read_dir(format!("/proc/{pid}/root")).is_ok())
+}
+
+/// The host's root file system, reached through a host process's root without mounting
+/// anything; "/" where none is readable.
+pub fn host_root() -> std::path::PathBuf {
+    match host_process() {
+        Some(pid) => format!("/proc/{pid}/root").into(),
+        None => "/".into(),
+    }
+}
+
+fn namespace(pid: &str, kind: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
 }
 
 #[cfg(test)]

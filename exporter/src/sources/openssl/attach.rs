@@ -55,13 +55,21 @@ impl Attach for OpensslAttach {
                     path: path.to_owned(),
                     points,
                 };
+                let mark = cx.loader.uprobes();
                 match attach(cx.loader, &target) {
                     Ok(points) => {
                         let shown = std::fs::canonicalize(path).unwrap_or(path.to_owned());
                         tracing::info!(file = %shown.display(), points, "probing OpenSSL");
                         FileState::Attached { points }
                     }
+                    Err(_) if std::fs::metadata(path).is_err() => {
+                        // Reached through a process that exited mid-attach: the file lives
+                        // on for the others that map it, so the next one tries again.
+                        cx.loader.detach_uprobes_since(mark);
+                        return;
+                    }
                     Err(e) => {
+                        cx.loader.detach_uprobes_since(mark);
                         cx.stats.add(Counter::AttachFailures, 1);
                         tracing::warn!(file = %path.display(), "cannot probe OpenSSL: {e:#}");
                         FileState::Failed(format!("{e:#}"))
