@@ -27,6 +27,8 @@ use tokio::sync::watch;
 
 /// How often new processes' second looks are taken: a fraction of the first delay.
 const RESCAN_TICK: Duration = Duration::from_millis(25);
+/// How long start-up waits for the analyses of what already runs (each has its own budget).
+const STARTUP_ANALYSIS: Duration = Duration::from_secs(30);
 
 /// Everything must be detached and flushed within this after SIGINT/SIGTERM.
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
@@ -64,6 +66,9 @@ pub async fn run(cfg: Config, view: View) -> anyhow::Result<()> {
     let (sources, attachers) = sources::split(sources::all(&cfg.selection, conv, &stats));
     let mut discovery = Discovery::new(attachers, stats.clone(), cfg.selection.clone());
     discovery.scan_all(&mut loader);
+    // Processes running before start are traced once sightline says it runs; a binary slow to
+    // analyse is left to finish in the background.
+    discovery.settle(&mut loader, STARTUP_ANALYSIS);
     let mut conn_info = channels.conn_info;
     let at_start = existing::sockets_at_start(|pid, exe| cfg.selection.matches(pid, exe));
     let entered = conn_info.enter_existing(&at_start.established);
@@ -287,8 +292,18 @@ async fn capture(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut notices = Vec::new();
+    let analysed = discovery.wake();
     loop {
         tokio::select! {
+            // Analyses done on the workers: attach, and look again at who waited.
+            _ = analysed.notified() => {
+                for pid in discovery.answered(loader) {
+                    discovery.scan_pid(pid, loader);
+                    for point in discovery.tracing(pid) {
+                        pipeline.traced(point, pid);
+                    }
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 drain_ring(guard.get_inner_mut(), pipeline, &mut notices);
@@ -306,6 +321,13 @@ async fn capture(
                 }
             }
             _ = tick.tick() => {
+                // Also where an analysis that ran over its time is given up.
+                for pid in discovery.answered(loader) {
+                    discovery.scan_pid(pid, loader);
+                    for point in discovery.tracing(pid) {
+                        pipeline.traced(point, pid);
+                    }
+                }
                 pipeline.tick(kernel::monotonic_ns());
                 pipeline.flush();
                 stats.copy_kernel(&loader.counters());

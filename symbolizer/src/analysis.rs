@@ -1,13 +1,12 @@
 //! The whole answer for one binary: what `sightline symbols` prints and what discovery uses.
 
+use crate::budget::Budgeted;
 use crate::elf::{AttachPoint, SymbolSource};
 use crate::go::{self, GoInfo, OffsetSource};
 use crate::image::{Arch, Image};
 use crate::openssl::SSL_FUNCTIONS;
 use crate::{debuglink, SymbolizeError};
-use object::ReadCache;
 use serde::Serialize;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Bumped when a field changes meaning or goes away; new fields may appear without a bump.
@@ -78,21 +77,26 @@ impl From<AttachPoint> for Point {
 }
 
 pub fn analyze(path: &Path, opts: &Options) -> Result<Analysis, SymbolizeError> {
-    let open = |p: &Path| {
-        File::open(p).map_err(|source| SymbolizeError::Open {
-            path: p.to_owned(),
-            source,
-        })
-    };
+    // One budget for the binary and its debug file together.
+    let (out, over) =
+        crate::budget::within(crate::budget::MAX_BYTES, || analyze_within(path, opts));
+    if over {
+        return Err(crate::image::over_budget(path));
+    }
+    out
+}
+
+fn analyze_within(path: &Path, opts: &Options) -> Result<Analysis, SymbolizeError> {
+    let open = |p: &Path| crate::budget::open_regular(p).map(Budgeted::new);
     let not_elf = |reason: String| SymbolizeError::NotElf {
         path: path.to_owned(),
         reason,
     };
-    let cache = ReadCache::new(open(path)?);
+    let cache = open(path)?;
     let img = Image::parse(&cache).map_err(not_elf)?;
     let debug_path = debuglink::find(&img, path, &opts.debug_root);
     let debug_cache = match &debug_path {
-        Some(p) => Some(ReadCache::new(open(p)?)),
+        Some(p) => Some(open(p)?),
         None => None,
     };
     // A debug file that does not parse is ignored: the binary itself still answers.

@@ -59,7 +59,7 @@ fn crc32_of(path: &Path) -> Option<u32> {
     if !meta.is_file() || meta.len() > MAX_DEBUG_FILE {
         return None;
     }
-    let f = std::fs::File::open(path).ok()?;
+    let f = crate::budget::open_regular(path).ok()?;
     // The size checked above may grow meanwhile: the read itself is bounded too.
     let mut f = f.take(MAX_DEBUG_FILE);
     let mut h = crc32fast::Hasher::new();

@@ -81,6 +81,12 @@ impl<'data, R: ReadRef<'data>> Image<'data, R> {
                 c.data.len()
             ));
         }
+        if !crate::budget::charge(c.uncompressed_size) {
+            return Err(format!(
+                "{name}: {} bytes decompressed exceed the analysis budget",
+                c.uncompressed_size
+            ));
+        }
         c.decompress()
             .map(Some)
             .map_err(|e| format!("{name}: cannot decompress: {e}"))
@@ -204,22 +210,32 @@ impl<'data, R: ReadRef<'data>> Image<'data, R> {
     }
 }
 
-/// Opens `path` as an ELF file read through a `ReadCache` and hands it to `f`: the one place
-/// that turns a path into an [`Image`] with the errors a user is shown.
+/// Opens `path` as an ELF file read through a `ReadCache` within the analysis budget and hands
+/// it to `f`: the one place that turns a path into an [`Image`] with the errors a user is
+/// shown.
 pub fn with_image<T>(
     path: &std::path::Path,
-    f: impl for<'a> FnOnce(&Image<'a, &'a object::ReadCache<std::fs::File>>) -> T,
+    f: impl for<'a> FnOnce(&Image<'a, &'a crate::budget::Budgeted>) -> T,
 ) -> Result<T, crate::SymbolizeError> {
-    let file = std::fs::File::open(path).map_err(|source| crate::SymbolizeError::Open {
+    let cache = crate::budget::Budgeted::new(crate::budget::open_regular(path)?);
+    let (out, over) = crate::budget::within(crate::budget::MAX_BYTES, || {
+        let img = Image::parse(&cache).map_err(|reason| crate::SymbolizeError::NotElf {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(f(&img))
+    });
+    if over {
+        return Err(over_budget(path));
+    }
+    out
+}
+
+pub fn over_budget(path: &std::path::Path) -> crate::SymbolizeError {
+    crate::SymbolizeError::OverBudget {
         path: path.to_owned(),
-        source,
-    })?;
-    let cache = object::ReadCache::new(file);
-    let img = Image::parse(&cache).map_err(|reason| crate::SymbolizeError::NotElf {
-        path: path.to_owned(),
-        reason,
-    })?;
-    Ok(f(&img))
+        limit_mib: crate::budget::MAX_BYTES >> 20,
+    }
 }
 
 pub fn c_str_at(strings: &[u8], at: usize) -> Option<&[u8]> {

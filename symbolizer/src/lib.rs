@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod analysis;
+pub mod budget;
 mod cache;
 mod debuglink;
 pub mod dwarf;
@@ -30,6 +31,10 @@ pub enum SymbolizeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: not a regular file (a FIFO, device or directory), so it is not analysed")]
+    NotRegular { path: PathBuf },
+    #[error("{path}: analysing it would read more than {limit_mib} MiB into memory (its sizes, or its debug sections' decompressed sizes, are that large), so it is not traced")]
+    OverBudget { path: PathBuf, limit_mib: u64 },
     #[error("{path}: not a readable ELF file ({reason}); is it a script or a corrupt binary?")]
     NotElf { path: PathBuf, reason: String },
     #[error("{path}: symbol {symbol} at {address:#x} lies in no loadable segment; the file is corrupt or unusual, so it is not probed")]

@@ -56,7 +56,10 @@ fn sibling_libcrypto(path: &Path) -> Option<PathBuf> {
 fn version_string(path: &Path) -> Option<String> {
     const NEEDLE: &[u8] = b"OpenSSL ";
     const KEEP: usize = 64;
-    let mut f = std::fs::File::open(path).ok()?;
+    // A bounded stream: the string sits in read-only data, within the first few hundred MiB
+    // of even the largest static binaries, and a sparse file may claim a terabyte of zeros.
+    const MAX_SCAN: u64 = 512 << 20;
+    let mut f = crate::budget::open_regular(path).ok()?.take(MAX_SCAN);
     let mut buf = vec![0u8; 1 << 20];
     let mut carry = 0usize;
     loop {

@@ -183,6 +183,11 @@ fn collect(
 }
 
 impl Agent {
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Agent> {
         let mut cmd = Command::new(sightline_bin());
         cmd.args(args)

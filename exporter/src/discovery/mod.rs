@@ -3,13 +3,17 @@
 //!
 //! At start: the system's libraries a capture point asks for, then every running process.
 //! At each exec: the new process's executable and the libraries it maps, again a few times
-//! within the first second to catch libraries loaded with dlopen.
+//! within the first second to catch libraries loaded with dlopen. Analysis runs on workers
+//! (`analyzer`); a process whose files are still being analysed is scanned again when they
+//! are.
+
+pub mod analyzer;
 
 use crate::capture::loader::Loader;
 use crate::sources::{Attach, AttachContext, CapturePoint, Found};
-use crate::telemetry::counters::Stats;
+use crate::telemetry::counters::{Counter, Stats};
+use analyzer::{Analyzer, Refused, Waiter};
 use otel_config::Selection;
-use sightline_symbolizer::Cache;
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -73,8 +77,8 @@ pub struct Discovery {
     /// Only selected processes are analysed, attached to or written into (a library every
     /// process may map, such as the system's libssl, is still probed once for all).
     selection: Selection,
-    /// What each binary contains: analysed once per build-id, whatever the path.
-    symbols: Cache,
+    /// What each binary contains, analysed off the capture loop once per file.
+    analyzer: Analyzer,
     stats: Arc<Stats>,
 }
 
@@ -87,7 +91,7 @@ impl Discovery {
         Discovery {
             attachers,
             selection,
-            symbols: Cache::default(),
+            analyzer: Analyzer::new(),
             stats,
         }
     }
@@ -101,7 +105,11 @@ impl Discovery {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                self.offer(&e.path(), None, loader, |a| a.wants_system_library(&name));
+                let path = e.path();
+                let waiter = Waiter::Library(path.clone());
+                self.offer(&path, None, waiter, loader, |a| {
+                    a.wants_system_library(&name)
+                });
             }
         }
         let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -159,7 +167,7 @@ impl Discovery {
         // A deleted executable's path may name another file by now.
         if exe.starts_with('/') && !deleted {
             let path = stable_path(&root, exe);
-            self.offer(&path, Some(pid), loader, |_| true);
+            self.offer(&path, Some(pid), Waiter::Process(pid), loader, |_| true);
         }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return true;
@@ -180,10 +188,62 @@ impl Discovery {
                 .any(|(_, a)| a.wants_mapped_library(name))
             {
                 let path = stable_path(&root, path);
-                self.offer(&path, None, loader, |a| a.wants_mapped_library(name));
+                self.offer(&path, None, Waiter::Process(pid), loader, |a| {
+                    a.wants_mapped_library(name)
+                });
             }
         }
         true
+    }
+
+    /// Takes in the analyses that are done: system libraries are looked at again here; the
+    /// processes that waited are returned, to be scanned again.
+    pub fn answered(&mut self, loader: &mut Loader) -> Vec<u32> {
+        let waiters = self.analyzer.collect(Instant::now());
+        for r in self.analyzer.refused.drain(..) {
+            let c = match r {
+                Refused::OverMemory(_) => Counter::RefusedMemory,
+                Refused::OverTime => Counter::RefusedTime,
+                Refused::NotRegular => Counter::RefusedNotRegular,
+                Refused::Unusable(_) => continue,
+            };
+            self.stats.add(c, 1);
+        }
+        self.stats
+            .set(Counter::AnalysesPending, self.analyzer.in_flight() as u64);
+        let mut pids = Vec::new();
+        for w in waiters {
+            match w {
+                Waiter::Process(pid) => pids.push(pid),
+                Waiter::Library(path) => {
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    self.offer(&path, None, Waiter::Library(path.clone()), loader, |a| {
+                        a.wants_system_library(&name)
+                    });
+                }
+            }
+        }
+        pids
+    }
+
+    /// Wakes the capture loop when an analysis is done.
+    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.analyzer.wake()
+    }
+
+    /// Start-up: waits (at most `budget`) until what the first scan asked for is analysed and
+    /// attached, so that processes running before start are traced once sightline says so.
+    pub fn settle(&mut self, loader: &mut Loader, budget: Duration) {
+        let end = Instant::now() + budget;
+        while self.analyzer.in_flight() > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+            for pid in self.answered(loader) {
+                self.scan_pid(pid, loader);
+            }
+        }
     }
 
     /// A process is gone: what the kernel holds for it goes (its pid may be reused).
@@ -199,6 +259,7 @@ impl Discovery {
         &mut self,
         path: &Path,
         pid: Option<u32>,
+        waiter: Waiter,
         loader: &mut Loader,
         wants: impl Fn(&dyn Attach) -> bool,
     ) {
@@ -219,7 +280,8 @@ impl Discovery {
         };
         let mut cx = AttachContext {
             loader,
-            symbols: &mut self.symbols,
+            analyzer: &mut self.analyzer,
+            waiter,
             stats: &self.stats,
         };
         for (_, a) in &mut self.attachers {

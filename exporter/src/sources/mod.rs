@@ -14,12 +14,12 @@ use crate::capture::loader::Loader;
 use crate::capture::records::DecodeError;
 use crate::capture::sockets::{Role, Sockets};
 use crate::correlate::same_host::Ends;
+use crate::discovery::analyzer::{Analyzer, Waiter};
 use crate::metadata::Processes;
 use crate::protocols::call::Call;
 use crate::protocols::Conventions;
 use crate::telemetry::counters::Stats;
 use otel_config::Selection;
-use sightline_symbolizer::Cache;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -103,10 +103,12 @@ pub struct Found<'a> {
     pub pid: Option<u32>,
 }
 
-/// What attaching needs: the loader, the symbolizer's answers (once per binary), the counters.
+/// What attaching needs: the loader, the analyses (once per file, off the capture loop), who
+/// is told when one is ready, the counters.
 pub struct AttachContext<'a> {
     pub loader: &'a mut Loader,
-    pub symbols: &'a mut Cache,
+    pub analyzer: &'a mut Analyzer,
+    pub waiter: Waiter,
     pub stats: &'a Stats,
 }
 

@@ -44,6 +44,10 @@ pub enum Counter {
     KernelFlowsRemoved,
     KernelFlowsFill,
     FlowsFollowed,
+    RefusedMemory,
+    RefusedTime,
+    RefusedNotRegular,
+    AnalysesPending,
 }
 
 /// How a counter is exported: its metric, the attributes of its series, what it means, and
@@ -62,7 +66,9 @@ const UNTRACKED: &str = "Library calls not tracked (no in-flight slot, unreadabl
 const CLASSIFIED: &str = "Sockets classified by their first bytes at the socket syscalls (class: http, whose bytes are copied; tls, h2 and other, which cost one map lookup per syscall from then on; library, in a process whose requests a library capture point reports).";
 const UNTRACKED_FLOWS: &str = "TCP connections not followed for network signals because a flow table was full (table: kernel or user).";
 const KERNEL_FLOWS: &str = "TCP connections the kernel started (op: added) and stopped (op: removed) following for network signals.";
-const FILL: &str = "Entries in sightline's bounded tables (table: kernel_tcp_flows, tcp_flows).";
+const FILL: &str =
+    "Entries in sightline's bounded tables (table: kernel_tcp_flows, tcp_flows, analyses_pending).";
+const REFUSED: &str = "Binaries not traced because analysing them ran over a budget (reason: memory, more than 128 MiB read or decompressed; time, more than 10 s) or because the file is not a regular file (reason: not_regular). `sightline symbols FILE` says why for one file.";
 const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend, or the head already carried a traceparent or did not end within 1 KiB; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).";
 
 macro_rules! def {
@@ -92,7 +98,7 @@ macro_rules! gauge {
 }
 
 /// Every counter, in [`Counter`]'s order.
-pub const COUNTERS: [CounterDef; 33] = [
+pub const COUNTERS: [CounterDef; 37] = [
     def!(EventsLost, "sightline.events.lost", &[], "Capture records lost because the ring buffer was full.", Some(kernel::RINGBUF_FULL)),
     def!(KernelActiveFull, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::ACTIVE_FULL)),
     def!(KernelReadFailed, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::READ_FAILED)),
@@ -126,6 +132,10 @@ pub const COUNTERS: [CounterDef; 33] = [
     def!(KernelFlowsRemoved, "sightline.kernel.flows", &[("op", "removed")], KERNEL_FLOWS, Some(kernel::FLOWS_REMOVED)),
     gauge!(KernelFlowsFill, "sightline.table.fill", &[("table", "kernel_tcp_flows")], FILL),
     gauge!(FlowsFollowed, "sightline.table.fill", &[("table", "tcp_flows")], FILL),
+    def!(RefusedMemory, "sightline.binaries.refused", &[("reason", "memory")], REFUSED, None),
+    def!(RefusedTime, "sightline.binaries.refused", &[("reason", "time")], REFUSED, None),
+    def!(RefusedNotRegular, "sightline.binaries.refused", &[("reason", "not_regular")], REFUSED, None),
+    gauge!(AnalysesPending, "sightline.table.fill", &[("table", "analyses_pending")], FILL),
 ];
 
 /// The counters' values, shared by every stage and read by the metrics and the summary.

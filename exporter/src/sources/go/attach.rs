@@ -3,12 +3,12 @@
 
 use super::offsets::go_offsets;
 use crate::capture::loader::Loader;
+use crate::discovery::analyzer::{Answer, Lookup, Wanted};
 use crate::sources::{Attach, AttachContext, Found};
 use crate::telemetry::counters::{Counter, Stats};
 use anyhow::Context;
 use sightline_common::{programs, GoOffsets};
 use sightline_symbolizer::go::GoInfo;
-use sightline_symbolizer::Options;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -43,15 +43,19 @@ impl Attach for GoAttach {
             return;
         }
         if let Entry::Vacant(slot) = self.files.entry(found.inode) {
-            let t0 = std::time::Instant::now();
-            let state = match cx.symbols.analysis(found.path, &Options::default()) {
+            let asked = cx
+                .analyzer
+                .ask(found.inode, Wanted::Whole, found.path, cx.waiter.clone());
+            let Lookup::Ready(Answer::Whole(analysis)) = asked else {
+                return;
+            };
+            let state = match analysis {
                 Ok(a) => match &a.go {
                     None => GoFileState::NotGo,
                     Some(go) => probe(found.path, go, cx.loader, cx.stats),
                 },
                 Err(_) => GoFileState::NotGo,
             };
-            tracing::debug!(file = %found.path.display(), elapsed = ?t0.elapsed(), "Go analysis");
             slot.insert(state);
         }
         if let Some(GoFileState::Attached { offsets, .. }) = self.files.get(&found.inode) {

@@ -4,6 +4,7 @@
 //! `*ssl*.so` a process maps.
 
 use crate::capture::loader::Loader;
+use crate::discovery::analyzer::{Answer, Lookup, Refused, Wanted};
 use crate::sources::{Attach, AttachContext, Found};
 use crate::telemetry::counters::Counter;
 use anyhow::Context;
@@ -20,6 +21,8 @@ pub enum FileState {
         points: usize,
     },
     Failed(String),
+    /// Over an analysis budget, or not a regular file.
+    Refused(Refused),
 }
 
 #[derive(Default)]
@@ -43,13 +46,17 @@ impl Attach for OpensslAttach {
             return;
         }
         let path = found.path;
-        let t0 = std::time::Instant::now();
-        let points = cx.symbols.openssl_points(path);
-        tracing::debug!(file = %path.display(), elapsed = ?t0.elapsed(), "symbols read");
+        let asked = cx
+            .analyzer
+            .ask(found.inode, Wanted::Openssl, path, cx.waiter.clone());
+        let Lookup::Ready(Answer::Openssl(points)) = asked else {
+            return;
+        };
         let state = match points {
             Ok(None) => FileState::NotTls,
             // Scripts, corrupt files: nothing to probe, nothing to report per file.
-            Err(_) => FileState::NotTls,
+            Err(Refused::Unusable(_)) => FileState::NotTls,
+            Err(r) => FileState::Refused(r),
             Ok(Some(points)) => {
                 let target = OpensslTarget {
                     path: path.to_owned(),

@@ -1,0 +1,3 @@
+module sightline.test/idle
+
+go 1.19
