@@ -450,12 +450,16 @@ fn unprivileged_run_says_what_to_do() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("must run as root"), "{err}");
+    assert!(
+        err.contains("lacks CAP_SYS_ADMIN and CAP_SYS_PTRACE") && err.contains("sudo sightline"),
+        "{err}"
+    );
 }
 
 /// sightline leaves the host's mounts as it found them: what it mounts to read the kernel
-/// (securityfs for the lockdown mode, a cgroup v2 hierarchy for the socket programs) is gone at
-/// exit. Run in a private mount namespace whose securityfs and cgroup v2 mounts were removed.
+/// (securityfs for the lockdown mode) is gone at exit. Run in a private mount namespace whose
+/// securityfs and cgroup v2 mounts were removed: the host's cgroup v2 root is still reached
+/// through a host process's root, so no hierarchy is mounted for the socket programs.
 #[test]
 fn mounts_it_makes_are_gone_at_exit() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -493,7 +497,7 @@ echo "after: $({ours})""#,
     assert_eq!(line("status:"), "0", "{out}");
     let during = line("during:");
     assert!(during.contains("securityfs:/sys/kernel/security"), "{out}");
-    assert!(during.contains("cgroup2:/run/sightline/cgroup2"), "{out}");
+    assert!(!during.contains("cgroup2"), "{out}");
     assert_eq!(line("after:"), "", "{out}");
 }
 
