@@ -298,10 +298,7 @@ async fn capture(
             // Analyses done on the workers: attach, and look again at who waited.
             _ = analysed.notified() => {
                 for pid in discovery.answered(loader) {
-                    discovery.scan_pid(pid, loader);
-                    for point in discovery.tracing(pid) {
-                        pipeline.traced(point, pid);
-                    }
+                    look_at(pid, discovery, loader, pipeline);
                 }
             }
             guard = ring.readable_mut() => {
@@ -314,19 +311,13 @@ async fn capture(
             _ = rescan_tick.tick() => {
                 rescans.due(Instant::now(), &mut due);
                 for pid in due.drain(..) {
-                    discovery.scan_pid(pid, loader);
-                    for point in discovery.tracing(pid) {
-                        pipeline.traced(point, pid);
-                    }
+                    look_at(pid, discovery, loader, pipeline);
                 }
             }
             _ = tick.tick() => {
                 // Also where an analysis that ran over its time is given up.
                 for pid in discovery.answered(loader) {
-                    discovery.scan_pid(pid, loader);
-                    for point in discovery.tracing(pid) {
-                        pipeline.traced(point, pid);
-                    }
+                    look_at(pid, discovery, loader, pipeline);
                 }
                 pipeline.tick(kernel::monotonic_ns());
                 pipeline.flush();
@@ -343,14 +334,19 @@ async fn capture(
                     // old image (a Go program's offsets) must not serve the new one. So must a
                     // new process whose pid an exited one had, if that exit was lost.
                     discovery.forget(pid, loader);
-                    discovery.scan_pid(pid, loader);
-                    for point in discovery.tracing(pid) {
-                        pipeline.traced(point, pid);
-                    }
+                    look_at(pid, discovery, loader, pipeline);
                     rescans.exec(pid, Instant::now());
                 }
             }
         }
+    }
+}
+
+/// Scans `pid` and tells the pipeline which capture points trace it.
+fn look_at(pid: u32, discovery: &mut Discovery, loader: &mut Loader, pipeline: &mut Pipeline) {
+    discovery.scan_pid(pid, loader);
+    for point in discovery.tracing(pid) {
+        pipeline.traced(point, pid);
     }
 }
 
