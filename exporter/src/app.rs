@@ -32,6 +32,9 @@ const STARTUP_ANALYSIS: Duration = Duration::from_secs(30);
 
 /// Everything must be detached and flushed within this after SIGINT/SIGTERM.
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
+/// How often the processes a capture point holds state for are checked for having ended
+/// unseen (an exit record lost to a full ring buffer).
+const REAP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the terminal shows.
 #[derive(Debug, Clone)]
@@ -293,6 +296,8 @@ async fn capture(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut notices = Vec::new();
     let analysed = discovery.wake();
+    let mut reap_at = Instant::now() + REAP_INTERVAL;
+    stats.set_table_capacities(&loader.tables.capacities());
     loop {
         tokio::select! {
             // Analyses done on the workers: attach, and look again at who waited.
@@ -322,13 +327,28 @@ async fn capture(
                 pipeline.tick(kernel::monotonic_ns());
                 pipeline.flush();
                 stats.copy_kernel(&loader.counters());
+                let now = Instant::now();
+                if reap_at <= now {
+                    reap_at = now + REAP_INTERVAL;
+                    for pid in discovery.reap(loader) {
+                        loader.tables.exited(pid, now);
+                    }
+                }
+                if let Some(scan) = loader.tables.tick(now) {
+                    stats.set_table_fills(&scan.fill);
+                    stats.add(Counter::TableSwept, scan.removed);
+                    stats.set(Counter::TableSweepsDropped, loader.tables.exits_dropped);
+                }
             }
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         }
         for n in notices.drain(..) {
             match n {
-                Notice::Exit(pid) => discovery.forget(pid, loader),
+                Notice::Exit(pid) => {
+                    discovery.forget(pid, loader);
+                    loader.tables.exited(pid, Instant::now());
+                }
                 Notice::Exec(pid) => {
                     // A process that replaced its image keeps its pid: what was held for the
                     // old image (a Go program's offsets) must not serve the new one. So must a

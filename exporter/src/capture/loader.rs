@@ -8,6 +8,7 @@ use super::kernel::{
     bump_memlock, cgroup2_root, lockdown_mode, sock_state_offsets, tcp_event_offsets,
 };
 use super::sockets::ConnInfo;
+use super::tables::{Tables, Watch};
 use anyhow::Context;
 use aya::maps::{
     Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SockHash,
@@ -62,6 +63,8 @@ pub struct Loader {
     /// The programs that write a traceparent into Go requests in memory loaded (the kernel
     /// allows `bpf_probe_write_user`): Go binaries get them too.
     writes: bool,
+    /// The hash tables, counted and swept of exited processes' entries.
+    pub tables: Watch,
 }
 
 impl Drop for Loader {
@@ -192,15 +195,21 @@ impl Loader {
             .override_global(names::TCP_EVENT_OFFSETS, &tcp_events, true)
             .load(PROBES)
             .context("loading sightline's eBPF programs into the kernel")?;
+        let tables = Watch::new(Tables::new(&ebpf));
 
         for name in programs::UPROBES {
             let p: &mut UProbe = program(&mut ebpf, name)?.try_into()?;
             p.load().map_err(|e| rejected(name, e))?;
         }
-        let tracepoints: [(&str, &str, &[&str]); 15] = [
+        let tracepoints: [(&str, &str, &[&str]); 16] = [
             (programs::PROC_EXEC, "sched", &["sched_process_exec"]),
             (programs::PROC_EXIT, "sched", &["sched_process_exit"]),
             (programs::SOCK_CONNECT, "syscalls", &["sys_enter_connect"]),
+            (
+                programs::SOCK_CONNECT_EXIT,
+                "syscalls",
+                &["sys_exit_connect"],
+            ),
             (
                 programs::ACCEPT_ENTER,
                 "syscalls",
@@ -289,6 +298,7 @@ impl Loader {
                 listeners,
                 inject_socks: None,
                 writes: false,
+                tables,
             },
             Channels { events, conn_info },
         ))

@@ -9,3 +9,4 @@ pub mod loader;
 pub mod proc_net;
 pub mod records;
 pub mod sockets;
+pub mod tables;

@@ -253,6 +253,24 @@ impl Discovery {
         }
     }
 
+    /// The processes a capture point holds state for but that no longer run: their exit
+    /// record was lost (a full ring buffer). Without this, a full Go table would refuse new
+    /// Go processes for good. Returns them, forgotten.
+    pub fn reap(&mut self, loader: &mut Loader) -> Vec<u32> {
+        let mut gone: Vec<u32> = self
+            .attachers
+            .iter()
+            .flat_map(|(_, a)| a.pids())
+            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        for pid in &gone {
+            self.forget(*pid, loader);
+        }
+        gone
+    }
+
     /// Hands a regular file to the capture points `wants` picks. Only regular files: a FIFO
     /// or a device would block or never end a read.
     fn offer(

@@ -5,7 +5,7 @@
 //! Counters that share a metric name and attributes are summed into one series.
 
 use crate::protocols::DropReason;
-use sightline_common::counter as kernel;
+use sightline_common::{counter as kernel, table};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// One of sightline's own counters; [`COUNTERS`] says how each is exported.
@@ -48,6 +48,8 @@ pub enum Counter {
     RefusedTime,
     RefusedNotRegular,
     AnalysesPending,
+    TableSwept,
+    TableSweepsDropped,
 }
 
 /// How a counter is exported: its metric, the attributes of its series, what it means, and
@@ -66,8 +68,9 @@ const UNTRACKED: &str = "Library calls not tracked (no in-flight slot, unreadabl
 const CLASSIFIED: &str = "Sockets classified by their first bytes at the socket syscalls (class: http, whose bytes are copied; tls, h2 and other, which cost one map lookup per syscall from then on; library, in a process whose requests a library capture point reports).";
 const UNTRACKED_FLOWS: &str = "TCP connections not followed for network signals because a flow table was full (table: kernel or user).";
 const KERNEL_FLOWS: &str = "TCP connections the kernel started (op: added) and stopped (op: removed) following for network signals.";
-const FILL: &str =
-    "Entries in sightline's bounded tables (table: kernel_tcp_flows, tcp_flows, analyses_pending).";
+pub const FILL: &str = "Entries in sightline's bounded tables: the kernel's (table: kernel_*, one per eBPF hash table, e.g. kernel_go_client, kernel_sock_class, kernel_tcp_flows) and its own (tcp_flows, analyses_pending).";
+pub const CAPACITY: &str = "Entries each of sightline's bounded kernel tables can hold (table: as for sightline.table.fill). An LRU table at capacity recycles its oldest entries.";
+pub const INSERT_FAILED: &str = "Inserts into a kernel table that failed (table: as for sightline.table.fill): the entry was not kept, and what needed it is missing.";
 const REFUSED: &str = "Binaries not traced because analysing them ran over a budget (reason: memory, more than 128 MiB read or decompressed; time, more than 10 s) or because the file is not a regular file (reason: not_regular). `sightline symbols FILE` says why for one file.";
 const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend, or the head already carried a traceparent or did not end within 1 KiB; in memory, the request's buffer had no room or held an unexpected frame); no_socket (the connection could not take the socket program).";
 
@@ -98,7 +101,7 @@ macro_rules! gauge {
 }
 
 /// Every counter, in [`Counter`]'s order.
-pub const COUNTERS: [CounterDef; 37] = [
+pub const COUNTERS: [CounterDef; 39] = [
     def!(EventsLost, "sightline.events.lost", &[], "Capture records lost because the ring buffer was full.", Some(kernel::RINGBUF_FULL)),
     def!(KernelActiveFull, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::ACTIVE_FULL)),
     def!(KernelReadFailed, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::READ_FAILED)),
@@ -136,6 +139,8 @@ pub const COUNTERS: [CounterDef; 37] = [
     def!(RefusedTime, "sightline.binaries.refused", &[("reason", "time")], REFUSED, None),
     def!(RefusedNotRegular, "sightline.binaries.refused", &[("reason", "not_regular")], REFUSED, None),
     gauge!(AnalysesPending, "sightline.table.fill", &[("table", "analyses_pending")], FILL),
+    def!(TableSwept, "sightline.table.swept", &[], "Entries of exited processes removed from the kernel's tables (a process's connections, calls in flight and goroutines), so that a later process under the same pid does not match them.", None),
+    def!(TableSweepsDropped, "sightline.table.sweeps.dropped", &[], "Process exits whose table entries were left to age out of their LRU tables rather than swept, because more than 65 536 exits waited for a sweep.", None),
 ];
 
 /// The counters' values, shared by every stage and read by the metrics and the summary.
@@ -143,6 +148,16 @@ pub const COUNTERS: [CounterDef; 37] = [
 pub struct Stats {
     values: [AtomicU64; COUNTERS.len()],
     parse_dropped: [AtomicU64; DropReason::ALL.len()],
+    /// The kernel's hash tables, by `sightline_common::table` index.
+    tables: [TableStats; table::COUNT as usize],
+}
+
+/// One kernel table's figures.
+#[derive(Debug, Default)]
+pub struct TableStats {
+    pub fill: AtomicU64,
+    pub capacity: AtomicU64,
+    pub insert_failed: AtomicU64,
 }
 
 impl Default for Stats {
@@ -150,6 +165,7 @@ impl Default for Stats {
         Stats {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
             parse_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+            tables: std::array::from_fn(|_| TableStats::default()),
         }
     }
 }
@@ -178,6 +194,32 @@ impl Stats {
             .get(Counter::KernelFlowsAdded)
             .saturating_sub(self.get(Counter::KernelFlowsRemoved));
         self.set(Counter::KernelFlowsFill, fill);
+        self.tables[table::FLOWS as usize].fill.store(fill, Relaxed);
+        for (i, t) in self.tables.iter().enumerate() {
+            if let Some(v) = k.get((kernel::INSERT_FAILED + i as u32) as usize) {
+                t.insert_failed.store(*v, Relaxed);
+            }
+        }
+    }
+
+    /// Each kernel table's entries as last counted (`None`: not counted this time).
+    pub fn set_table_fills(&self, fill: &[Option<u64>]) {
+        for (t, f) in self.tables.iter().zip(fill) {
+            if let Some(f) = f {
+                t.fill.store(*f, Relaxed);
+            }
+        }
+    }
+
+    pub fn set_table_capacities(&self, capacity: &[u64]) {
+        for (t, c) in self.tables.iter().zip(capacity) {
+            t.capacity.store(*c, Relaxed);
+        }
+    }
+
+    /// The kernel table at `table` index `i`.
+    pub fn table(&self, i: usize) -> &TableStats {
+        &self.tables[i]
     }
 
     pub fn count_drop(&self, r: DropReason) {

@@ -3,7 +3,7 @@
 //! Each process has its own resource, so each gets an `SdkMeterProvider`. They share no
 //! threads: each has a manual reader, and one export task collects them all in turn.
 
-use super::counters::{CounterDef, Stats, COUNTERS};
+use super::counters::{self, CounterDef, Stats, COUNTERS};
 use crate::capture::sockets::Role as NetRole;
 use crate::metadata::{common_resource_attributes, process_resource, ProcessInfo};
 use crate::protocols::call::Call;
@@ -18,7 +18,9 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
 use opentelemetry_sdk::Resource;
+use sightline_common::table;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -377,6 +379,9 @@ fn net_attributes(e: &NetEvent) -> Vec<KeyValue> {
     a
 }
 
+/// The metric the kernel's tables' fill joins.
+const TABLE_FILL: &str = "sightline.table.fill";
+
 fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
     let meter = provider.meter("sightline");
     let mut metrics: Vec<&'static str> = Vec::new();
@@ -403,6 +408,15 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
                 let kv: Vec<KeyValue> = attrs.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect();
                 o.observe(v, &kv);
             }
+            if metric == TABLE_FILL {
+                // The kernel's tables join the same metric; FLOWS is a row of COUNTERS.
+                for (i, t) in table::ALL.iter().enumerate() {
+                    if i != table::FLOWS as usize {
+                        let v = stats.table(i).fill.load(Relaxed);
+                        o.observe(v, &[KeyValue::new("table", t.label)]);
+                    }
+                }
+            }
         };
         let first = COUNTERS
             .iter()
@@ -422,6 +436,28 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
                 .build();
         }
     }
+    let tables = stats.clone();
+    let _ = meter
+        .u64_observable_gauge("sightline.table.capacity")
+        .with_description(counters::CAPACITY)
+        .with_callback(move |o| {
+            for (i, t) in table::ALL.iter().enumerate() {
+                let v = tables.table(i).capacity.load(Relaxed);
+                o.observe(v, &[KeyValue::new("table", t.label)]);
+            }
+        })
+        .build();
+    let tables = stats.clone();
+    let _ = meter
+        .u64_observable_counter("sightline.table.insert.failures")
+        .with_description(counters::INSERT_FAILED)
+        .with_callback(move |o| {
+            for (i, t) in table::ALL.iter().enumerate() {
+                let v = tables.table(i).insert_failed.load(Relaxed);
+                o.observe(v, &[KeyValue::new("table", t.label)]);
+            }
+        })
+        .build();
     let _ = meter
         .u64_observable_counter("sightline.parse.dropped")
         .with_description("Captured bytes given up on, by reason.")

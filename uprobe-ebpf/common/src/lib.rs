@@ -96,6 +96,7 @@ pub mod programs {
     pub const PROC_EXEC: &str = "proc_exec";
     pub const PROC_EXIT: &str = "proc_exit";
     pub const SOCK_CONNECT: &str = "sock_connect";
+    pub const SOCK_CONNECT_EXIT: &str = "sock_connect_exit";
     pub const ACCEPT_ENTER: &str = "accept_enter";
     pub const ACCEPT_EXIT: &str = "accept_exit";
     pub const SOCK_STATE: &str = "sock_state";
@@ -428,7 +429,81 @@ pub mod counter {
     pub const FLOWS_REMOVED: u32 = 18;
     /// Retransmits and resets on connections opened before sightline (not followed).
     pub const TCP_UNFOLLOWED: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// Failed inserts into each hash table: `INSERT_FAILED + table::X`.
+    pub const INSERT_FAILED: u32 = 20;
+    pub const COUNT: u32 = INSERT_FAILED + super::table::COUNT;
+}
+
+/// Every hash table the programs keep. User space exports each one's fill and sweeps the
+/// entries of processes that exited; the programs count failed inserts at
+/// [`counter::INSERT_FAILED`] plus the table's index.
+pub mod table {
+    pub const SYN_SENT: u32 = 0;
+    pub const PENDING_CONNECT: u32 = 1;
+    pub const CONN_INFO: u32 = 2;
+    pub const CONN_PAST: u32 = 3;
+    pub const ACCEPT_ARGS: u32 = 4;
+    pub const SOCK_CLASS: u32 = 5;
+    pub const AGENT_PORTS: u32 = 6;
+    pub const GO_PROCS: u32 = 7;
+    pub const GO_SERVER: u32 = 8;
+    pub const GO_CLIENT: u32 = 9;
+    pub const GO_PARENT: u32 = 10;
+    pub const GO_NEWPROC: u32 = 11;
+    pub const PENDING_TRACE: u32 = 12;
+    pub const INJECT_WANTED: u32 = 13;
+    pub const INJECT_SOCKS: u32 = 14;
+    pub const PENDING_WRITE: u32 = 15;
+    pub const H2_HEADERS: u32 = 16;
+    pub const FLOWS: u32 = 17;
+    pub const LISTENERS: u32 = 18;
+    pub const COUNT: u32 = 19;
+
+    /// Where a table's key holds the process (tgid) its entry belongs to.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Owner {
+        /// Not keyed by process: the entry ages out (an LRU) or is removed by the kernel.
+        None,
+        /// The key's first `u32` is the tgid (`ConnKey`, `GoKey`, a tgid).
+        Tgid,
+        /// The key is a thread's `pid_tgid`: the tgid is its upper half.
+        PidTgid,
+    }
+
+    /// A table: its map's name, the label its metrics carry, and whose its entries are.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Table {
+        pub map: &'static str,
+        pub label: &'static str,
+        pub owner: Owner,
+    }
+
+    const fn t(map: &'static str, label: &'static str, owner: Owner) -> Table {
+        Table { map, label, owner }
+    }
+
+    /// Every table, in index order.
+    pub const ALL: [Table; COUNT as usize] = [
+        t("SYN_SENT", "kernel_syn_sent", Owner::None),
+        t("PENDING_CONNECT", "kernel_pending_connect", Owner::PidTgid),
+        t("CONN_INFO", "kernel_conn_info", Owner::Tgid),
+        t("CONN_PAST", "kernel_conn_past", Owner::None),
+        t("ACCEPT_ARGS", "kernel_accept_args", Owner::PidTgid),
+        t("SOCK_CLASS", "kernel_sock_class", Owner::Tgid),
+        t("AGENT_PORTS", "kernel_agent_ports", Owner::None),
+        t("GO_PROCS", "kernel_go_procs", Owner::Tgid),
+        t("GO_SERVER", "kernel_go_server", Owner::Tgid),
+        t("GO_CLIENT", "kernel_go_client", Owner::Tgid),
+        t("GO_PARENT", "kernel_go_parent", Owner::Tgid),
+        t("GO_NEWPROC", "kernel_go_newproc", Owner::PidTgid),
+        t("PENDING_TRACE", "kernel_pending_trace", Owner::None),
+        t("INJECT_WANTED", "kernel_inject_wanted", Owner::None),
+        t("INJECT_SOCKS", "kernel_inject_socks", Owner::None),
+        t("PENDING_WRITE", "kernel_pending_write", Owner::Tgid),
+        t("H2_HEADERS", "kernel_h2_headers", Owner::Tgid),
+        t("FLOWS", "kernel_tcp_flows", Owner::None),
+        t("LISTENERS", "kernel_listeners", Owner::None),
+    ];
 }
 
 /// Header of a [`kind::DATA`] record. `captured` payload bytes follow it directly.
@@ -920,6 +995,35 @@ mod tests {
         // Too few bytes to tell: the next read decides.
         assert_eq!(class_of(b"GE"), None);
         assert_eq!(class_of(b""), None);
+    }
+
+    #[test]
+    fn each_table_sits_at_its_index() {
+        use table::*;
+        for (i, name) in [
+            (SYN_SENT, "SYN_SENT"),
+            (PENDING_CONNECT, "PENDING_CONNECT"),
+            (CONN_INFO, "CONN_INFO"),
+            (CONN_PAST, "CONN_PAST"),
+            (ACCEPT_ARGS, "ACCEPT_ARGS"),
+            (SOCK_CLASS, "SOCK_CLASS"),
+            (AGENT_PORTS, "AGENT_PORTS"),
+            (GO_PROCS, "GO_PROCS"),
+            (GO_SERVER, "GO_SERVER"),
+            (GO_CLIENT, "GO_CLIENT"),
+            (GO_PARENT, "GO_PARENT"),
+            (GO_NEWPROC, "GO_NEWPROC"),
+            (PENDING_TRACE, "PENDING_TRACE"),
+            (INJECT_WANTED, "INJECT_WANTED"),
+            (INJECT_SOCKS, "INJECT_SOCKS"),
+            (PENDING_WRITE, "PENDING_WRITE"),
+            (H2_HEADERS, "H2_HEADERS"),
+            (FLOWS, "FLOWS"),
+            (LISTENERS, "LISTENERS"),
+        ] {
+            assert_eq!(ALL[i as usize].map, name);
+        }
+        assert_eq!(ALL[FLOWS as usize].label, "kernel_tcp_flows");
     }
 
     #[test]

@@ -87,9 +87,8 @@ pub(crate) static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entri
 pub(crate) static SYN_SENT: LruHashMap<u64, ConnKey> = LruHashMap::with_max_entries(8192, 0);
 
 /// `connect()` in progress per thread: the fd whose local address the SYN_SENT transition
-/// inside the same syscall will tell. Every AF_INET/INET6 connect() fills it, UDP ones and
-/// early failures included, and only a TCP socket reaching SYN_SENT empties it: an LRU, so
-/// those leftovers age out instead of filling it for good.
+/// inside the same syscall will tell. Emptied at SYN_SENT or at the syscall's return
+/// (`sock_connect_exit`); an LRU for the threads that die inside `connect()`.
 #[map]
 pub(crate) static PENDING_CONNECT: LruHashMap<u64, i32> = LruHashMap::with_max_entries(4096, 0);
 
@@ -352,6 +351,16 @@ pub(crate) fn bump(idx: u32) {
         // SAFETY: per-CPU slot; no other program touches it concurrently on this CPU.
         unsafe { *p += 1 };
     }
+}
+
+/// Counts a failed insert into hash table `t` (a `sightline_common::table` index).
+#[inline(always)]
+pub(crate) fn inserted<E>(t: u32, r: Result<(), E>) -> bool {
+    if r.is_err() {
+        bump(counter::INSERT_FAILED + t);
+        return false;
+    }
+    true
 }
 
 #[inline(always)]

@@ -6,14 +6,14 @@
 //! - `sock_state` adds a client socket's local address once TCP chose it.
 
 use crate::maps::{
-    global, now, ACCEPT_ARGS, AGENT_PORTS, AGENT_TGID, CONN_INFO, CONN_PAST, PENDING_CONNECT,
-    SOCK_CLASS, SOCK_GEN, SS_OFFSETS, SYN_SENT,
+    global, inserted, now, ACCEPT_ARGS, AGENT_PORTS, AGENT_TGID, CONN_INFO, CONN_PAST,
+    PENDING_CONNECT, SOCK_CLASS, SOCK_GEN, SS_OFFSETS, SYN_SENT,
 };
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use sightline_common::{
-    sock_class, sock_gen_slot, sock_role, ConnKey, SockClass, SockGen, SockInfo,
+    sock_class, sock_gen_slot, sock_role, table, ConnKey, SockClass, SockGen, SockInfo,
 };
 
 /// Syscall tracepoints share one layout: 8 bytes of common fields, the syscall number, then
@@ -37,9 +37,9 @@ fn set_sock_gen(tgid: u32, fd: i32, ts_ns: u64) {
 fn record_socket(key: &ConnKey, info: &SockInfo, copy: bool) {
     // SAFETY: map lookup, copied at once.
     if let Some(old) = unsafe { CONN_INFO.get(key) }.copied() {
-        let _ = CONN_PAST.insert(&old.ts_ns, &old, 0);
+        inserted(table::CONN_PAST, CONN_PAST.insert(&old.ts_ns, &old, 0));
     }
-    let _ = CONN_INFO.insert(key, info, 0);
+    inserted(table::CONN_INFO, CONN_INFO.insert(key, info, 0));
     if !copy {
         return;
     }
@@ -48,7 +48,7 @@ fn record_socket(key: &ConnKey, info: &SockInfo, copy: bool) {
         class: sock_class::UNKNOWN,
         _pad: [0; 7],
     };
-    let _ = SOCK_CLASS.insert(key, &class, 0);
+    inserted(table::SOCK_CLASS, SOCK_CLASS.insert(key, &class, 0));
 }
 
 #[inline(always)]
@@ -107,7 +107,20 @@ pub fn sock_connect(ctx: TracePointContext) -> u32 {
     };
     record_socket(&key, &info, !agent);
     set_sock_gen(tgid, fd as i32, info.ts_ns);
-    let _ = PENDING_CONNECT.insert(&id, &(fd as i32), 0);
+    inserted(
+        table::PENDING_CONNECT,
+        PENDING_CONNECT.insert(&id, &(fd as i32), 0),
+    );
+    0
+}
+
+/// `connect()` returned: a TCP socket reached SYN_SENT inside it and took its fd from
+/// `PENDING_CONNECT`; whatever is left there is a UDP connect (every `getaddrinfo` makes
+/// some) or one that failed before the handshake, and goes now rather than filling the table.
+#[tracepoint]
+pub fn sock_connect_exit(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let _ = PENDING_CONNECT.remove(&id);
     0
 }
 
@@ -118,6 +131,7 @@ pub fn sock_connect(ctx: TracePointContext) -> u32 {
 pub fn sock_state(ctx: TracePointContext) -> u32 {
     const TCP_ESTABLISHED: i32 = 1;
     const TCP_SYN_SENT: i32 = 2;
+    const TCP_CLOSE: i32 = 7;
     // SAFETY: plain read of a loader-written global.
     let off = unsafe { core::ptr::read_volatile(&SS_OFFSETS) };
     if off.newstate == 0 {
@@ -139,7 +153,15 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
                 tgid: (id >> 32) as u32,
                 fd,
             };
-            let _ = SYN_SENT.insert(&sk, &key, 0);
+            inserted(table::SYN_SENT, SYN_SENT.insert(&sk, &key, 0));
+        }
+        return 0;
+    }
+    if newstate == TCP_CLOSE {
+        // A connect that never got through (refused, timed out, unreachable) leaves here.
+        // SAFETY: offset from the tracepoint's own format description.
+        if unsafe { ctx.read_at::<i32>(off.oldstate as usize) } == Ok(TCP_SYN_SENT) {
+            let _ = SYN_SENT.remove(&sk);
         }
         return 0;
     }
@@ -161,7 +183,10 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
         let family = ctx.read_at::<u16>(off.family as usize).unwrap_or(0);
         info.local_port = ctx.read_at::<u16>(off.sport as usize).unwrap_or(0);
         if key.tgid == global(&AGENT_TGID) {
-            let _ = AGENT_PORTS.insert(&(info.local_port as u32), &key, 0);
+            inserted(
+                table::AGENT_PORTS,
+                AGENT_PORTS.insert(&(info.local_port as u32), &key, 0),
+            );
         }
         if family == 2 {
             let a = ctx.read_at::<[u8; 4]>(off.saddr as usize).unwrap_or([0; 4]);
@@ -188,7 +213,10 @@ pub fn accept_enter(ctx: TracePointContext) -> u32 {
             ctx.read_at::<u64>(SYSCALL_ARG1).unwrap_or(0),
         )
     };
-    let _ = ACCEPT_ARGS.insert(&id, &[addr, listen_fd], 0);
+    inserted(
+        table::ACCEPT_ARGS,
+        ACCEPT_ARGS.insert(&id, &[addr, listen_fd], 0),
+    );
     0
 }
 

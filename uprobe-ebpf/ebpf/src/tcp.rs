@@ -14,7 +14,8 @@
 //! at offsets from the kernel's BTF; none is assumed.
 
 use crate::maps::{
-    bump, now, wakeup_flags, EVENTS, FLOWS, LISTENERS, SS_OFFSETS, TCP_EVENT_OFFSETS, TCP_OFFSETS,
+    bump, inserted, now, wakeup_flags, EVENTS, FLOWS, LISTENERS, SS_OFFSETS, TCP_EVENT_OFFSETS,
+    TCP_OFFSETS,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
@@ -22,7 +23,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use sightline_common::{
-    counter, kind, tcp_event, tcp_state, Flow, ListenKey, SockStateOffsets, TcpRecord, FLOW_CLOSED,
+    counter, kind, table, tcp_event, tcp_state, Flow, ListenKey, SockStateOffsets, TcpRecord,
+    FLOW_CLOSED,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -107,7 +109,7 @@ fn follow(sk: u64, flow: &Flow) -> bool {
     if unsafe { FLOWS.get(&sk) }.is_some() {
         bump(counter::FLOWS_REMOVED);
     }
-    if FLOWS.insert(&sk, flow, 0).is_err() {
+    if !inserted(table::FLOWS, FLOWS.insert(&sk, flow, 0)) {
         bump(counter::FLOWS_FULL);
         return false;
     }
@@ -158,7 +160,10 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
             // SAFETY: offsets come from the tracepoint's own format description.
             let port = unsafe { ctx.read_at::<u16>(off.sport as usize) }.unwrap_or(0);
             let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            let _ = LISTENERS.insert(&ListenKey { family, port }, &tgid, 0);
+            inserted(
+                table::LISTENERS,
+                LISTENERS.insert(&ListenKey { family, port }, &tgid, 0),
+            );
         }
         tcp_state::ESTABLISHED if old == tcp_state::SYN_SENT => {
             let Some(flow) = FLOWS.get_ptr_mut(&sk) else {

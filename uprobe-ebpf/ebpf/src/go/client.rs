@@ -12,13 +12,15 @@ use super::{
 };
 use crate::{
     maps::{
-        bump, now, sock_gen, wakeup_flags, writes_on, InFlight, WriterKey, CONN_INFO, GO_CLIENT,
-        GO_PARENT, GO_SERVER, GO_WINDOWS, INJECT_ON, PENDING_TRACE, PENDING_WRITE,
+        bump, inserted, now, sock_gen, wakeup_flags, writes_on, InFlight, WriterKey, CONN_INFO,
+        GO_CLIENT, GO_PARENT, GO_SERVER, GO_WINDOWS, INJECT_ON, PENDING_TRACE, PENDING_WRITE,
     },
     propagate::traceparent::{random64, random_trace},
 };
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use sightline_common::{counter, go_role, ConnKey, GoKey, GoOffsets, InjectKey, PendingTrace};
+use sightline_common::{
+    counter, go_role, table, ConnKey, GoKey, GoOffsets, InjectKey, PendingTrace,
+};
 
 /// How many goroutine generations a client call looks up for its server request.
 const ANCESTORS: usize = 4;
@@ -71,7 +73,7 @@ pub fn go_client_enter(ctx: ProbeContext) -> u32 {
         call.trace = random_trace();
         call.flags = 1;
     }
-    if GO_CLIENT.insert(&key, &call, 0).is_err() {
+    if !inserted(table::GO_CLIENT, GO_CLIENT.insert(&key, &call, 0)) {
         bump(counter::ACTIVE_FULL);
     }
     0
@@ -147,7 +149,10 @@ fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
         done: 0,
         _pad: [0; 6],
     };
-    if PENDING_TRACE.insert(&key, &pending, 0).is_ok() {
+    if inserted(
+        table::PENDING_TRACE,
+        PENDING_TRACE.insert(&key, &pending, 0),
+    ) {
         call.inject = key;
     }
 }
@@ -182,7 +187,10 @@ fn pend_h1(off: &GoOffsets, tgid: u32, pc: u64, call: &mut InFlight) {
         _pad: 0,
         writer,
     };
-    if PENDING_WRITE.insert(&key, &pending, 0).is_ok() {
+    if inserted(
+        table::PENDING_WRITE,
+        PENDING_WRITE.insert(&key, &pending, 0),
+    ) {
         call.writer = writer;
     }
 }

@@ -4,9 +4,9 @@
 //! 1.21+ also records the creator in `g.parentGoid`, which those read first.
 
 use super::{goid, regs};
-use crate::maps::{GO_NEWPROC, GO_PARENT, GO_PROCS};
+use crate::maps::{inserted, GO_NEWPROC, GO_PARENT, GO_PROCS};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
-use sightline_common::GoKey;
+use sightline_common::{table, GoKey};
 
 /// `runtime.newproc1(fn, callergp *g, callerpc) *g`: remember the creating goroutine.
 #[uprobe]
@@ -17,7 +17,7 @@ pub fn go_newproc_enter(ctx: ProbeContext) -> u32 {
         return 0;
     };
     if let Some(parent) = goid(&off, regs(&ctx).rbx) {
-        let _ = GO_NEWPROC.insert(&id, &parent, 0);
+        inserted(table::GO_NEWPROC, GO_NEWPROC.insert(&id, &parent, 0));
     }
     0
 }
@@ -37,7 +37,7 @@ pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
         return 0;
     };
     if let Some(child) = goid(&off, regs(&ctx).rax) {
-        let _ = GO_PARENT.insert(
+        let r = GO_PARENT.insert(
             &GoKey {
                 tgid,
                 _pad: 0,
@@ -46,6 +46,7 @@ pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
             &parent,
             0,
         );
+        inserted(table::GO_PARENT, r);
     }
     0
 }

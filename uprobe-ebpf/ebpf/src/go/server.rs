@@ -7,11 +7,11 @@ use super::{
     word, wstring,
 };
 use crate::{
-    maps::{bump, now, sock_gen, wakeup_flags, GO_SERVER},
+    maps::{bump, inserted, now, sock_gen, wakeup_flags, GO_SERVER},
     propagate::traceparent::random64,
 };
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use sightline_common::{counter, go_role, GoOffsets};
+use sightline_common::{counter, go_role, table, GoOffsets};
 
 /// `InFlight::fd` of a server connection whose socket was not followed yet.
 const FD_UNKNOWN: i32 = -2;
@@ -85,7 +85,7 @@ fn server_enter(ctx: &ProbeContext, req: u64, obj: u64, xnet: u8) -> u32 {
     call.fd = FD_UNKNOWN;
     call.xnet = xnet;
     call.span = random64();
-    if GO_SERVER.insert(&key, &call, 0).is_err() {
+    if !inserted(table::GO_SERVER, GO_SERVER.insert(&key, &call, 0)) {
         bump(counter::ACTIVE_FULL);
     }
     0

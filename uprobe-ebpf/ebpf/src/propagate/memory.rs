@@ -24,8 +24,8 @@ use super::traceparent::traceparent_value;
 use crate::{
     go::{current, field, read, regs},
     maps::{
-        bump, now, H2Headers, InFlight, WriterKey, GO_CLIENT, GO_PARENT, GO_PROCS, H2_HEADERS,
-        PENDING_WRITE,
+        bump, inserted, now, H2Headers, InFlight, WriterKey, GO_CLIENT, GO_PARENT, GO_PROCS,
+        H2_HEADERS, PENDING_WRITE,
     },
 };
 use aya_ebpf::{
@@ -34,7 +34,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use sightline_common::{
-    counter, GoKey, GoOffsets, PendingTrace, PENDING_TRACE_NS, TRACEPARENT_HPACK_LEN,
+    counter, table, GoKey, GoOffsets, PendingTrace, PENDING_TRACE_NS, TRACEPARENT_HPACK_LEN,
     TRACEPARENT_LINE_LEN,
 };
 
@@ -149,7 +149,7 @@ pub fn go_tp_h2_enter(ctx: ProbeContext) -> u32 {
         flags: call.flags,
         _pad: [0; 3],
     };
-    let _ = H2_HEADERS.insert(&key, &h, 0);
+    inserted(table::H2_HEADERS, H2_HEADERS.insert(&key, &h, 0));
     0
 }
 

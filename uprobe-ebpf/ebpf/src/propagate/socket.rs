@@ -9,14 +9,16 @@
 //! the sockhash once established. Everything else on the host is left alone.
 
 use super::traceparent::traceparent_value;
-use crate::maps::{bump, now, GO_PROCS, INJECT_ON, INJECT_SOCKS, INJECT_WANTED, PENDING_TRACE};
+use crate::maps::{
+    bump, inserted, now, GO_PROCS, INJECT_ON, INJECT_SOCKS, INJECT_WANTED, PENDING_TRACE,
+};
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
     helpers::{bpf_get_current_pid_tgid, generated},
     macros::{cgroup_sock_addr, sk_msg, sock_ops},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
-use sightline_common::{counter, InjectKey, PENDING_TRACE_NS, TRACEPARENT_LINE_LEN};
+use sightline_common::{counter, table, InjectKey, PENDING_TRACE_NS, TRACEPARENT_LINE_LEN};
 
 /// Longest request line looked at: a line longer than this is sent untouched (and counted).
 const MAX_LINE: u32 = 1024;
@@ -42,7 +44,7 @@ fn mark(ctx: &SockAddrContext) {
     }
     // SAFETY: the context is a socket address context, which this helper takes.
     let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let _ = INJECT_WANTED.insert(&cookie, &1, 0);
+    inserted(table::INJECT_WANTED, INJECT_WANTED.insert(&cookie, &1, 0));
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -72,10 +74,10 @@ pub fn go_sockops(ctx: SockOpsContext) -> u32 {
     let _ = INJECT_WANTED.remove(&cookie);
     // SAFETY: the kernel hands the program its context.
     let ops = unsafe { &mut *ctx.ops };
-    if INJECT_SOCKS
-        .update(&mut cookie, ops, BPF_ANY as u64)
-        .is_err()
-    {
+    if !inserted(
+        table::INJECT_SOCKS,
+        INJECT_SOCKS.update(&mut cookie, ops, BPF_ANY as u64),
+    ) {
         bump(counter::INJECT_SOCKS_FULL);
     }
     1

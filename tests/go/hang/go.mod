@@ -1,0 +1,3 @@
+module sightline.test/hang
+
+go 1.19
