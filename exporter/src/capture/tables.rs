@@ -348,6 +348,7 @@ fn owner_of(owner: Owner, key: &[u8]) -> u32 {
         Owner::Tgid => word(0),
         // `pid_tgid` is a u64 whose upper half is the tgid.
         Owner::PidTgid => word(4),
+        Owner::At(at) => word(at),
     }
 }
 
@@ -403,5 +404,8 @@ mod tests {
         let pid_tgid = ((42u64 << 32) | 43).to_ne_bytes();
         assert_eq!(owner_of(Owner::PidTgid, &pid_tgid), 42);
         assert_eq!(owner_of(Owner::PidTgid, &[1, 2]), 0);
+        let mut inject = [0u8; 28];
+        inject[24..].copy_from_slice(&9u32.to_ne_bytes());
+        assert_eq!(owner_of(Owner::At(24), &inject), 9);
     }
 }

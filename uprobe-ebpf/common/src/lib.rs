@@ -468,6 +468,8 @@ pub mod table {
         Tgid,
         /// The key is a thread's `pid_tgid`: the tgid is its upper half.
         PidTgid,
+        /// The tgid is the `u32` at this byte offset of the key (`InjectKey`).
+        At(usize),
     }
 
     /// A table: its map's name, the label its metrics carry, and whose its entries are.
@@ -496,7 +498,11 @@ pub mod table {
         t("GO_CLIENT", "kernel_go_client", Owner::Tgid),
         t("GO_PARENT", "kernel_go_parent", Owner::Tgid),
         t("GO_NEWPROC", "kernel_go_newproc", Owner::PidTgid),
-        t("PENDING_TRACE", "kernel_pending_trace", Owner::None),
+        t(
+            "PENDING_TRACE",
+            "kernel_pending_trace",
+            Owner::At(core::mem::offset_of!(super::InjectKey, tgid)),
+        ),
         t("INJECT_WANTED", "kernel_inject_wanted", Owner::None),
         t("INJECT_SOCKS", "kernel_inject_socks", Owner::None),
         t("PENDING_WRITE", "kernel_pending_write", Owner::Tgid),
@@ -798,7 +804,11 @@ pub const PENDING_TRACE_NS: u64 = 10_000_000_000;
 pub const TRACEPARENT_LINE_LEN: u32 = 13 + 55 + 2;
 
 /// A TCP connection as both its client's uprobes (through the socket table) and the socket
-/// layer see it: the client's local port and the peer's address and port.
+/// layer see it: the sending process, the client's local port and the peer's address and
+/// port. The ends alone are not unique on a host: two containers, each in its own network
+/// namespace, may use the same ephemeral port towards the same peer. They are two
+/// processes, and the process sending is known to both sides (`sk_msg` runs in the sender's
+/// `sendmsg`), so the key holds it: finer than the namespace, and free to read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InjectKey {
@@ -811,6 +821,8 @@ pub struct InjectKey {
     pub _pad: u16,
     /// Peer address: 4 bytes for IPv4, 16 for IPv6, network order.
     pub remote_addr: [u8; 16],
+    /// The client process.
+    pub tgid: u32,
 }
 
 /// Bytes of a `traceparent` header field in an HPACK block: a literal without indexing (so
@@ -1039,7 +1051,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 32);
         assert_eq!(core::mem::size_of::<CloseRecord>(), 24);
         assert_eq!(core::mem::size_of::<GoOffsets>(), 39 * 4);
-        assert_eq!(core::mem::size_of::<InjectKey>(), 24);
+        assert_eq!(core::mem::size_of::<InjectKey>(), 28);
         assert_eq!(core::mem::size_of::<PendingTrace>(), 40);
         assert_eq!(
             core::mem::size_of::<GoHttpRecord>(),

@@ -140,6 +140,7 @@ fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
         remote_port: info.port,
         _pad: 0,
         remote_addr: info.addr,
+        tgid,
     };
     let pending = PendingTrace {
         trace_id: call.trace,

@@ -83,7 +83,8 @@ pub fn go_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// The connection a message is sent on, as the client probes key it.
+/// The connection a message is sent on, and the process sending it, as the client probes key
+/// them.
 #[inline(always)]
 fn key_of(ctx: &SkMsgContext) -> InjectKey {
     // SAFETY: the kernel hands the program its context.
@@ -98,6 +99,8 @@ fn key_of(ctx: &SkMsgContext) -> InjectKey {
         remote_port: u16::from_be(rp as u16),
         _pad: 0,
         remote_addr: [0; 16],
+        // sk_msg runs in the sender's sendmsg().
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
     // The verifier allows context loads only at constant offsets from the context itself, so
     // each word is read on its own, never through a computed pointer.
