@@ -54,6 +54,7 @@ func main() {
 	onwardMethod := flag.String("onward-method", "GET", "method of the onward call (POST sends onwardBody)")
 	onwardTP := flag.String("onward-traceparent", "", "a traceparent the program itself sets on onward calls")
 	onwardRawTP := flag.String("onward-raw-traceparent", "", "the same, under the non-canonical key \"traceparent\" (written as is)")
+	onwardHeaders := flag.Int("onward-headers", 0, "onward calls carry this many extra headers (X-Fill-N: a big header map)")
 	onwardTrailer := flag.Bool("onward-trailer", false, "onward POSTs end with a trailer (X-Check: 1)")
 	execInto := flag.String("exec-into", "", "GET /exec/ replaces this process's image with this program (same pid)")
 	execListen := flag.String("exec-listen", "", "the address the -exec-into program listens on")
@@ -80,6 +81,9 @@ func main() {
 		}
 		if *onwardRawTP != "" {
 			req.Header["traceparent"] = []string{*onwardRawTP}
+		}
+		for i := 0; i < *onwardHeaders; i++ {
+			req.Header.Set(fmt.Sprintf("X-Fill-%d", i), "1")
 		}
 		if *onwardTrailer {
 			// Traceparent is declared (with no value) so that the server would see one

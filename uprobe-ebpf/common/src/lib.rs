@@ -408,7 +408,8 @@ pub mod counter {
     /// own memory, before encryption or compression.
     pub const WRITTEN_IN_PROCESS: u32 = 8;
     /// Requests that waited for one there but were left untouched: no room left in the
-    /// connection's buffer, a frame sightline did not expect, or a failed write.
+    /// connection's buffer, a frame sightline did not expect, a failed write, or a header
+    /// map it could not read whole (it might hold a `traceparent`).
     pub const WRITE_SKIPPED: u32 = 9;
     /// Sockets classified by their first bytes, one counter per class ([`super::sock_class`]).
     pub const SOCK_HTTP: u32 = 10;

@@ -7,8 +7,8 @@
 //! the call learns whether it was written.
 
 use super::{
-    below_tls, carries_none, conn_fd, current, field, in_flight, init, read_request, regs, reserve,
-    settle_trace,
+    below_tls, conn_fd, current, field, in_flight, init, read_request, regs, request_traceparent,
+    reserve, settle_trace, Seen,
 };
 use crate::{
     maps::{
@@ -118,7 +118,9 @@ fn inherit_trace(off: &GoOffsets, tgid: u32, call: &mut InFlight) -> bool {
 
 /// Leaves the call's traceparent waiting for its request to be written on socket `fd`, when
 /// injection is on, the connection is plaintext HTTP/1.x with known ends, and the program
-/// set no `Traceparent` of its own (it is never written twice).
+/// set no `Traceparent` of its own (it is never written twice). A header map that could not
+/// be read whole does not stop it: `go_inject` looks at the bytes sent, and leaves a head
+/// that carries one untouched.
 #[inline(always)]
 fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
     if fd < 0 || !INJECT_ON.get(0).is_some_and(|on| *on == 1) {
@@ -131,7 +133,7 @@ fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
     if info.local_port == 0 || info.port == 0 {
         return;
     }
-    if !carries_none(off, call) {
+    if let Seen::Found(_) = request_traceparent(off, call) {
         return;
     }
     let key = InjectKey {
@@ -158,10 +160,25 @@ fn pend_traceparent(off: &GoOffsets, tgid: u32, fd: i32, call: &mut InFlight) {
     }
 }
 
+/// The memory path writes into a request only when its whole header map was read and holds
+/// no `traceparent`: it cannot see the bytes the program then writes. A map it could not
+/// read whole is counted as a skipped write.
+#[inline(always)]
+fn may_write(off: &GoOffsets, call: &InFlight) -> bool {
+    match request_traceparent(off, call) {
+        Seen::None => true,
+        Seen::Found(_) => false,
+        Seen::Unknown => {
+            bump(counter::WRITE_SKIPPED);
+            false
+        }
+    }
+}
+
 /// Leaves an HTTP/1 call's traceparent for its connection's writer (`persistConn.bw`, of `pc`).
 #[inline(always)]
 fn pend_h1(off: &GoOffsets, tgid: u32, pc: u64, call: &mut InFlight) {
-    if !writes_on() || !carries_none(off, call) {
+    if !writes_on() || !may_write(off, call) {
         return;
     }
     let Some(writer) = field::<u64>(pc, off.pconn_bw).filter(|w| *w != 0) else {
@@ -285,7 +302,7 @@ pub fn go_h2cc_enter(ctx: ProbeContext) -> u32 {
         (*call).proto_major = 2;
         // Each attempt (a retry on another connection runs this again) gets its header once.
         (*call).written = 0;
-        (*call).want_write = (writes_on() && carries_none(off, &*call)) as u8;
+        (*call).want_write = (writes_on() && may_write(&off, &*call)) as u8;
     }
     0
 }

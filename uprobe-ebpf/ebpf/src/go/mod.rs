@@ -209,28 +209,49 @@ const MIN_TOP_HASH: u8 = 5;
 /// Buckets looked at: 2^3, enough for 52 headers at Go's load factor.
 const MAX_BUCKETS_LOG2: u8 = 3;
 
-/// Copies the first `Traceparent` value of the header map `hmap` (Go canonicalises the
-/// name) into `w.tp`; returns its length, 0 when there is none.
+/// What a request's header map says of a `traceparent`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// The whole map was read and no key is `traceparent` in any case.
+    None,
+    /// A key is `traceparent` (in any case); its first value's length is copied.
+    Found(u32),
+    /// The map could not be read whole: too big, growing, a chain too long, an unknown
+    /// offset or unreadable memory. Whoever writes a traceparent must then not.
+    Unknown,
+}
+
+/// Reads the header map `hmap` for a key `traceparent`, in any case (Go canonicalises the
+/// names it parses and `Header.Set` writes, but a program may assign `Header["traceparent"]`
+/// itself), copying its first value into `w.tp`.
 #[inline(always)]
-fn header_traceparent(off: &GoOffsets, hmap: u64, w: &mut Windows) -> u32 {
-    if off.hmap_buckets == GO_NO_OFFSET || off.hmap_b == GO_NO_OFFSET || hmap == 0 {
-        return 0;
+fn header_traceparent(off: &GoOffsets, hmap: u64, w: &mut Windows) -> Seen {
+    if off.hmap_buckets == GO_NO_OFFSET || off.hmap_b == GO_NO_OFFSET {
+        return Seen::Unknown;
+    }
+    // A nil map: no header at all.
+    if hmap == 0 {
+        return Seen::None;
     }
     // Most requests carry a few headers, some none: an empty map costs one read.
-    if field::<u64>(hmap, off.hmap_count).unwrap_or(0) == 0 {
-        return 0;
+    match field::<u64>(hmap, off.hmap_count) {
+        Some(0) => return Seen::None,
+        Some(_) => {}
+        None => return Seen::Unknown,
     }
     let Some(b) = field::<u8>(hmap, off.hmap_b) else {
-        return 0;
+        return Seen::Unknown;
     };
     if b > MAX_BUCKETS_LOG2 {
-        return 0;
+        return Seen::Unknown;
     }
-    let Some(buckets) = field::<u64>(hmap, off.hmap_buckets) else {
-        return 0;
+    // `oldbuckets` follows `buckets` in every classic map layout: a map being grown keeps
+    // some of its entries there until they are moved.
+    let Some([buckets, old]) = field::<[u64; 2]>(hmap, off.hmap_buckets) else {
+        return Seen::Unknown;
     };
-    if buckets == 0 {
-        return 0;
+    if buckets == 0 || old != 0 {
+        return Seen::Unknown;
     }
     let n = 1u64 << b;
     let size = BUCKET_WORDS as u64 * 8;
@@ -239,18 +260,22 @@ fn header_traceparent(off: &GoOffsets, hmap: u64, w: &mut Windows) -> u32 {
             break;
         }
         let mut bucket = buckets + i * size;
-        // One overflow bucket, for a crowded first one.
-        for _ in 0..2 {
-            if bucket == 0 || load(&mut w.bucket, bucket, size as u32) == 0 {
+        // A bucket and one overflow bucket, for a crowded first one; a longer chain is not
+        // read.
+        for hop in 0..3 {
+            if bucket == 0 {
                 break;
             }
+            if hop == 2 || load(&mut w.bucket, bucket, size as u32) == 0 {
+                return Seen::Unknown;
+            }
             if let Some(len) = traceparent_in_bucket(&w.bucket, &mut w.tp) {
-                return len;
+                return Seen::Found(len);
             }
             bucket = w.bucket[BUCKET_OVERFLOW];
         }
     }
-    0
+    Seen::None
 }
 
 #[inline(always)]
@@ -268,9 +293,15 @@ fn traceparent_in_bucket(
             continue;
         }
         let Some(name) = read::<[u8; 11]>(ptr) else {
-            continue;
+            // Unreadable: it may be the one.
+            return Some(0);
         };
-        if &name != b"Traceparent" {
+        // Every byte of the name is a letter, so folding ASCII case is setting bit 5.
+        let mut same = true;
+        for (k, c) in b"traceparent".iter().enumerate() {
+            same &= name[k] | 0x20 == *c;
+        }
+        if !same {
             continue;
         }
         // []string: the first element's string header.
@@ -293,7 +324,10 @@ fn traceparent_in_bucket(
 #[inline(always)]
 fn settle_trace(off: &GoOffsets, hmap: u64, call: &mut InFlight, w: &mut Windows) {
     call.traced = 1;
-    let len = header_traceparent(off, hmap, w);
+    let len = match header_traceparent(off, hmap, w) {
+        Seen::Found(len) => len,
+        Seen::None | Seen::Unknown => 0,
+    };
     if let Some((trace, parent, flags)) = parse_traceparent(&w.tp, len) {
         call.trace = trace;
         call.parent_span = parent;
@@ -363,17 +397,19 @@ pub(crate) fn current(ctx: &ProbeContext) -> Option<(&'static GoOffsets, GoKey)>
     ))
 }
 
-/// True when the call's request has no `Traceparent` of the program's own, so sightline may
-/// give it one (it is never written twice).
+/// What the call's request header map says of a `traceparent` of the program's own, which
+/// sightline never adds a second to.
 #[inline(always)]
-fn carries_none(off: &GoOffsets, call: &InFlight) -> bool {
+fn request_traceparent(off: &GoOffsets, call: &InFlight) -> Seen {
     let Some(w) = GO_WINDOWS.get_ptr_mut(0) else {
-        return false;
+        return Seen::Unknown;
     };
     // SAFETY: this CPU's scratch, used by this program run only.
     let w = unsafe { &mut *w };
-    let hmap = field::<u64>(call.req, off.req_header).unwrap_or(0);
-    header_traceparent(off, hmap, w) == 0
+    let Some(hmap) = field::<u64>(call.req, off.req_header) else {
+        return Seen::Unknown;
+    };
+    header_traceparent(off, hmap, w)
 }
 
 /// The connection under a `*tls.Conn` (its `conn`, a net.Conn whose data word follows the
