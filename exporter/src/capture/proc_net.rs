@@ -1,7 +1,9 @@
 //! A socket's addresses from /proc, for connections that were open before sightline started
 //! (their connect/accept happened before the probes existed).
 
+use rustc_hash::FxHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 /// The socket inode an fd's `/proc/PID/fd/N` link names, if it names a socket.
 pub fn socket_inode(link: &std::path::Path) -> Option<u64> {
@@ -12,19 +14,104 @@ pub fn socket_inode(link: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
-/// Local and peer address of a process's socket fd, if it is a TCP socket.
-pub fn tcp_addrs(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
-    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode = socket_inode(&link)?;
+/// A namespace's tables are read again for a socket they lack at most this often: on a
+/// host with 100 000 connections each read is megabytes of text.
+const REREAD: Duration = Duration::from_millis(250);
+/// A namespace's tables not asked about for this long are dropped.
+const KEEP: Duration = Duration::from_secs(30);
+/// Namespaces whose tables are kept at once; past it the one asked about longest ago goes.
+const MAX_NAMESPACES: usize = 256;
+
+/// The TCP tables of each network namespace, parsed once and asked many times: every
+/// connection /proc is asked about would otherwise reread its namespace's whole tables.
+#[derive(Default)]
+pub struct TcpTables {
+    by_netns: FxHashMap<u64, Table>,
+}
+
+struct Table {
+    read_at: Instant,
+    used_at: Instant,
+    /// Local and peer address by socket inode.
+    sockets: FxHashMap<u64, (SocketAddr, SocketAddr)>,
+}
+
+impl TcpTables {
+    /// Local and peer address of a process's socket fd, if it is a TCP socket.
+    pub fn addrs(&mut self, pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let inode = socket_inode(&link)?;
+        let ns = netns_inode(pid)?;
+        let now = Instant::now();
+        if let Some(t) = self.by_netns.get_mut(&ns) {
+            t.used_at = now;
+            if let Some(found) = t.sockets.get(&inode) {
+                return Some(*found);
+            }
+            if now.duration_since(t.read_at) < REREAD {
+                return None;
+            }
+        }
+        let sockets = read_tables(pid);
+        let found = sockets.get(&inode).copied();
+        self.by_netns
+            .retain(|_, t| now.duration_since(t.used_at) < KEEP);
+        if self.by_netns.len() >= MAX_NAMESPACES && !self.by_netns.contains_key(&ns) {
+            if let Some(oldest) = self
+                .by_netns
+                .iter()
+                .min_by_key(|(_, t)| t.used_at)
+                .map(|(k, _)| *k)
+            {
+                self.by_netns.remove(&oldest);
+            }
+        }
+        self.by_netns.insert(
+            ns,
+            Table {
+                read_at: now,
+                used_at: now,
+                sockets,
+            },
+        );
+        found
+    }
+}
+
+/// The inode of `pid`'s network namespace (`net:[N]`).
+fn netns_inode(pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Every socket of `pid`'s namespace's TCP tables, by inode.
+fn read_tables(pid: u32) -> FxHashMap<u64, (SocketAddr, SocketAddr)> {
+    let mut out = FxHashMap::default();
     for (file, v6) in [("tcp", false), ("tcp6", true)] {
         let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
             continue;
         };
-        if let Some(found) = find_inode(&table, inode, v6) {
-            return Some(found);
-        }
+        out.extend(all_sockets(&table, v6));
     }
-    None
+    out
+}
+
+fn all_sockets(
+    table: &str,
+    v6: bool,
+) -> impl Iterator<Item = (u64, (SocketAddr, SocketAddr))> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 10 {
+            return None;
+        }
+        let inode = cols[9].parse::<u64>().ok()?;
+        Some((inode, (parse_addr(cols[1], v6)?, parse_addr(cols[2], v6)?)))
+    })
 }
 
 /// `st` 01 is TCP_ESTABLISHED, 0A TCP_LISTEN.
@@ -62,17 +149,6 @@ fn in_state<'a>(table: &'a str, st: &'a str) -> impl Iterator<Item = (u64, u16)>
     })
 }
 
-fn find_inode(table: &str, inode: u64, v6: bool) -> Option<(SocketAddr, SocketAddr)> {
-    for line in table.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 10 || cols[9].parse::<u64>().ok()? != inode {
-            continue;
-        }
-        return Some((parse_addr(cols[1], v6)?, parse_addr(cols[2], v6)?));
-    }
-    None
-}
-
 /// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6), each 32-bit word in host order.
 fn parse_addr(s: &str, v6: bool) -> Option<SocketAddr> {
     let (addr, port) = s.split_once(':')?;
@@ -105,10 +181,12 @@ mod tests {
     #[test]
     fn parses_proc_net_tcp() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1\n";
-        let (l, p) = find_inode(table, 12345, false).unwrap();
+        let all: Vec<_> = all_sockets(table, false).collect();
+        assert_eq!(all.len(), 1);
+        let (inode, (l, p)) = all[0];
+        assert_eq!(inode, 12345);
         assert_eq!(l.to_string(), "127.0.0.1:8080");
         assert_eq!(p.to_string(), "127.0.0.1:54321");
-        assert_eq!(find_inode(table, 1, false), None);
     }
 
     #[test]
@@ -129,8 +207,38 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         use std::os::fd::AsRawFd;
-        let (local, peer) = tcp_addrs(std::process::id(), c.as_raw_fd()).unwrap();
+        let (local, peer) = TcpTables::default()
+            .addrs(std::process::id(), c.as_raw_fd())
+            .unwrap();
         assert_eq!(peer, l.local_addr().unwrap());
         assert_eq!(local, c.local_addr().unwrap());
+    }
+
+    #[test]
+    fn tables_are_read_again_only_for_a_socket_they_lack() {
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut tables = TcpTables::default();
+        let me = std::process::id();
+        assert_eq!(
+            tables.addrs(me, a.as_raw_fd()).map(|(_, p)| p),
+            Some(l.local_addr().unwrap())
+        );
+        let read_at = tables.by_netns.values().next().unwrap().read_at;
+        // Known: answered from the parsed tables.
+        assert!(tables.addrs(me, a.as_raw_fd()).is_some());
+        assert_eq!(tables.by_netns.values().next().unwrap().read_at, read_at);
+        // A socket made since: not before REREAD has passed, then found.
+        let b = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert_eq!(tables.addrs(me, b.as_raw_fd()), None);
+        std::thread::sleep(REREAD);
+        assert_eq!(
+            tables.addrs(me, b.as_raw_fd()).map(|(l, _)| l),
+            Some(b.local_addr().unwrap())
+        );
+        // Not a socket at all.
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(tables.addrs(me, f.as_raw_fd()), None);
     }
 }

@@ -1,7 +1,7 @@
 //! A socket's role and ends, for a record that names it by (process, fd, stamp): from the
 //! kernel's connect/accept record, or from /proc for connections older than sightline.
 
-use super::proc_net::tcp_addrs;
+use super::proc_net::TcpTables;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use rustc_hash::FxHashMap as HashMap;
 use sightline_common::{sock_class, sock_role, ConnKey, SockClass, SockInfo};
@@ -161,6 +161,7 @@ pub struct Sockets {
     use_proc: bool,
     /// Local addresses of listening sockets, by (pid, fd).
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+    tables: TcpTables,
 }
 
 impl Sockets {
@@ -169,6 +170,7 @@ impl Sockets {
             lookup,
             use_proc,
             listeners: HashMap::default(),
+            tables: TcpTables::default(),
         }
     }
 
@@ -196,12 +198,14 @@ impl Sockets {
 
     /// The role and ends of socket `fd` of `tgid`, as it was when stamped `stamp`.
     pub fn resolve(&mut self, tgid: u32, fd: i32, stamp: u64) -> Resolved {
-        let (mut r, listen_fd) = resolve(&*self.lookup, tgid, fd, stamp, self.use_proc);
+        let tables = self.use_proc.then_some(&mut self.tables);
+        let (mut r, listen_fd) = resolve(&*self.lookup, tgid, fd, stamp, tables);
         if let (None, Some(lfd), true) = (r.local, listen_fd, self.use_proc) {
+            let tables = &mut self.tables;
             r.local = *self
                 .listeners
                 .entry((tgid, lfd))
-                .or_insert_with(|| tcp_addrs(tgid, lfd).map(|(local, _)| local));
+                .or_insert_with(|| tables.addrs(tgid, lfd).map(|(local, _)| local));
         }
         r
     }
@@ -238,9 +242,9 @@ fn resolve(
     tgid: u32,
     fd: i32,
     stamp: u64,
-    use_proc: bool,
+    mut tables: Option<&mut TcpTables>,
 ) -> (Resolved, Option<i32>) {
-    let from_proc = || if use_proc { tcp_addrs(tgid, fd) } else { None };
+    let mut from_proc = || tables.as_mut().and_then(|t| t.addrs(tgid, fd));
     let (info, current) = match lookup.lookup(tgid, fd, stamp) {
         Sock::Now(i) => (i, true),
         Sock::Before(i) => (i, false),
@@ -309,12 +313,12 @@ mod tests {
     #[test]
     fn a_record_read_after_its_fd_was_reused_keeps_its_own_ends() {
         let before = Fixed(|stamp| Sock::Before(connected(stamp, 8443)));
-        let (r, _) = resolve(&before, 1, 5, 42, false);
+        let (r, _) = resolve(&before, 1, 5, 42, None);
         assert_eq!(r.peer, Some("127.0.0.1:8443".parse().unwrap()));
         assert_eq!(r.role, Some(Role::Client));
         // Once the earlier socket's record is gone too, no ends are better than another's.
         let replaced = Fixed(|_| Sock::Replaced);
-        let (r, _) = resolve(&replaced, 1, 5, 42, true);
+        let (r, _) = resolve(&replaced, 1, 5, 42, Some(&mut TcpTables::default()));
         assert_eq!((r.peer, r.local, r.role), (None, None, None));
     }
 }
