@@ -3,7 +3,8 @@
 # responses), three ways in one run: no probes, empty probes on exactly the points sightline
 # uses (the same entry and RET-site uprobes, attached by `sightline probe-go --empty`: bpftrace
 # refuses uprobes inside functions), and sightline. Also the probe hits per request, counted
-# by the empty probes.
+# by the empty probes. Then the same for the client path: a Go client (tests/go/load) on CPU 0
+# calling an unprobed Go server on CPU 1.
 #
 # The server runs on CPU 0 and the load generator on CPU 1. sightline's own user-space work
 # (reading records, building spans) runs on CPU 1 too, as it would on any core the service
@@ -27,12 +28,14 @@ go=/usr/lib/go-1.23/bin/go
 
 dir=$(mktemp -d)
 svc=$dir/svc
+load=$dir/load
 (cd tests/go/probe && GOTOOLCHAIN=local GOFLAGS=-buildvcs=false "$go" build -o "$svc" .)
+(cd tests/go/load && GOTOOLCHAIN=local GOFLAGS=-buildvcs=false "$go" build -o "$load" .)
 port=$((20000 + RANDOM % 20000))
 # One P on one core: the figure is per served core, as for nginx.
 GOMAXPROCS=1 taskset -c 0 "$svc" -listen "127.0.0.1:$port" >/dev/null 2>&1 &
 svc_pid=$!
-cleanup() { kill "$svc_pid" "${probe_pid:-}" 2>/dev/null || true; rm -rf "$dir"; }
+cleanup() { kill "$svc_pid" "${svc2_pid:-}" "${probe_pid:-}" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 sleep 0.5
 
@@ -81,3 +84,44 @@ awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
   printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
 echo "probe hits per request: $hits_per_req (empty probes, last run)"
 echo "sightline user-space CPU per request: $a us (median)"
+
+# The client path: the Go client is the one pinned to a core of its own, the server on the
+# other with the load generator's share of it.
+port2=$((port + 1))
+GOMAXPROCS=1 taskset -c 1 "$svc" -listen "127.0.0.1:$port2" >/dev/null 2>&1 &
+svc2_pid=$!
+sleep 0.5
+client() {
+  GOMAXPROCS=1 taskset -c 0 "$load" -url "http://127.0.0.1:$port2/items/1" -c "$conns" \
+    -d "${secs}s" -wait 2s >"$dir/load.out"
+  awk '/^requests/ {print "total", $2 > "/dev/stderr"} /^rps/ {print $2}' "$dir/load.out"
+}
+cnone=(); cempty=(); cwith=(); chits=
+for i in $(seq "$runs"); do
+  cnone+=("$(client 2>/dev/null)")
+
+  "$bin" probe-go --empty "$load" >"$dir/empty.out" 2>&1 &
+  probe_pid=$!
+  sleep 2
+  cempty+=("$(client 2>"$dir/load.err")")
+  kill -INT "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
+  total=$(awk '/total/ {print $2}' "$dir/load.err")
+  hits=$(awk '/^hits/ {print $2}' "$dir/empty.out")
+  chits=$(awk -v h="${hits:-0}" -v t="${total:-1}" 'BEGIN {printf "%.2f", h / t}')
+
+  taskset -c "$agent_cpu" "$bin" --output none --exe "$(basename "$load")" >/dev/null 2>&1 &
+  probe_pid=$!
+  sleep 3
+  cwith+=("$(client 2>/dev/null)")
+  kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
+done
+n=$(printf '%s\n' "${cnone[@]}" | median)
+e=$(printf '%s\n' "${cempty[@]}" | median)
+w=$(printf '%s\n' "${cwith[@]}" | median)
+echo
+echo "client path: Go 1.23 client (tests/go/load, -c$conns) GOMAXPROCS=1 on CPU 0, unprobed Go server on CPU 1"
+printf '%-26s %12s\n' "setup" "requests/s"
+printf '%-26s %12s\n' "no probes" "$n" "empty probes (same points)" "$e" "sightline" "$w"
+awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
+  printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
+echo "probe hits per request: $chits (empty probes, last run)"

@@ -108,34 +108,35 @@ fn probe(path: &Path, go: &GoInfo, loader: &mut Loader, stats: &Stats) -> GoFile
     }
 }
 
-/// Go functions sightline probes: (symbol, program at entry, program at each RET). Each needs
-/// its return sites; a function without them is not probed at all.
-pub const GO_PROBES: [(&str, &str, &str); 5] = [
+/// Go functions sightline probes: (symbols, program at entry, program at each RET); the first
+/// of the symbols that the binary has is probed. Each needs its return sites; a function
+/// without them is not probed at all.
+pub const GO_PROBES: [(&[&str], &str, &str); 4] = [
     (
-        "net/http.serverHandler.ServeHTTP",
+        &["net/http.serverHandler.ServeHTTP"],
         programs::GO_SERVER_ENTER,
         programs::GO_SERVER_RET,
     ),
+    // The client call: `Transport.RoundTrip` is one line, calling `roundTrip`, and is
+    // inlined where a caller holds a *Transport (caddy's proxy), so the body is where every
+    // call passes. Probing both would cost two more hits per request for nothing.
     (
-        "net/http.(*Transport).RoundTrip",
+        &[
+            "net/http.(*Transport).roundTrip",
+            "net/http.(*Transport).RoundTrip",
+        ],
         programs::GO_CLIENT_ENTER,
         programs::GO_CLIENT_RET,
     ),
-    // Inlined into callers that hold a *Transport; the first of the two to run owns the call.
     (
-        "net/http.(*Transport).roundTrip",
-        programs::GO_CLIENT_ENTER,
-        programs::GO_CLIENT_RET,
-    ),
-    (
-        "runtime.newproc1",
+        &["runtime.newproc1"],
         programs::GO_NEWPROC_ENTER,
         programs::GO_NEWPROC_RET,
     ),
     // Every request of golang.org/x/net/http2's own server, which h2c and ServeConn serve
     // without serverHandler.ServeHTTP (with ConfigureServer, ServeHTTP runs inside it).
     (
-        "golang.org/x/net/http2.(*serverConn).runHandler",
+        &["golang.org/x/net/http2.(*serverConn).runHandler"],
         programs::GO_XSERVER_ENTER,
         programs::GO_SERVER_RET,
     ),
@@ -187,14 +188,15 @@ pub fn attach(
     let parent_in_g = go
         .field("runtime.g", "parentGoid")
         .is_some_and(|f| f.offset.is_some());
-    for (symbol, entry, ret) in GO_PROBES {
-        if symbol == "runtime.newproc1" && parent_in_g {
+    for (symbols, entry, ret) in GO_PROBES {
+        if symbols == ["runtime.newproc1"] && parent_in_g {
             continue;
         }
-        let Some(f) = go.function(symbol) else {
-            continue;
-        };
-        let Some(rets) = f.returns.as_ref().filter(|r| !r.is_empty()) else {
+        let Some((symbol, f, rets)) = symbols.iter().find_map(|s| {
+            let f = go.function(s)?;
+            let rets = f.returns.as_ref().filter(|r| !r.is_empty())?;
+            Some((*s, f, rets))
+        }) else {
             continue;
         };
         // Return sites first: an entry without its returns would leave calls in flight.

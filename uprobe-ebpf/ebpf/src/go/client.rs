@@ -25,15 +25,15 @@ use sightline_common::{
 /// How many goroutine generations a client call looks up for its server request.
 const ANCESTORS: usize = 4;
 
-/// `net/http.(*Transport).RoundTrip(t, req *Request) (*Response, error)` and its body
-/// `roundTrip`, same arguments: RAX = t, RBX = req.
+/// `net/http.(*Transport).roundTrip(t, req *Request) (*Response, error)`, the body of
+/// `RoundTrip` (probed instead where a binary lacks it), same arguments: RAX = t, RBX = req.
 #[uprobe]
 pub fn go_client_enter(ctx: ProbeContext) -> u32 {
     let Some((off, key)) = current(&ctx) else {
         return 0;
     };
-    // Transport.RoundTrip and its body roundTrip are both probed (the first may be inlined
-    // away); when both run, the outer one owns the call and the inner one's return ends it.
+    // A round trip made inside another on the same goroutine (a RoundTripper that calls a
+    // second Transport) belongs to the first, and the first return ends it.
     // SAFETY: map lookup.
     if unsafe { GO_CLIENT.get(&key) }.is_some() {
         return 0;

@@ -1,0 +1,3 @@
+module sightline.test/load
+
+go 1.19
