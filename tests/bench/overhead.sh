@@ -20,34 +20,10 @@ for t in nginx wrk bpftrace openssl; do command -v $t >/dev/null || { echo "miss
 libssl=$(ldconfig -p | awk '/libssl.so.3 .*x86-64/ {print $NF; exit}')
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
-  -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
-cat >"$dir/nginx.conf" <<CONF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $dir/body;
-  server {
-    listen 127.0.0.1:$port ssl;
-    ssl_certificate $dir/cert.pem;
-    ssl_certificate_key $dir/key.pem;
-    location / { return 200 "ok\n"; }
-  }
-}
-CONF
-nginx -c "$dir/nginx.conf"
-cleanup() { nginx -c "$dir/nginx.conf" -s quit 2>/dev/null || true; kill "${probe_pid:-}" 2>/dev/null || true; rm -rf "$dir"; }
+. tests/bench/nginx_https.sh
+nginx_https "$dir" "$port"
+cleanup() { nginx_stop "$dir"; kill "${probe_pid:-}" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
-sleep 0.5
-
-# Pin nginx to one core and wrk to the other, so the figure is per served core.
-master=$(cat "$dir/nginx.pid")
-worker=$(pgrep -P "$master" | head -1)
-taskset -pc 0 "$worker" >/dev/null
 
 measure() {
   taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" "https://127.0.0.1:$port/" 2>/dev/null |
