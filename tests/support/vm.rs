@@ -22,12 +22,17 @@ pub struct Outcome {
     pub status: Option<i32>,
     /// Everything the guest printed on its console.
     pub console: String,
+    /// The guest did not finish within the timeout; the console ends with what the magic
+    /// SysRq keys then dumped (every CPU's backtrace, the blocked tasks).
+    pub hung: bool,
 }
 
 pub struct Guest {
     files: Vec<(PathBuf, bool)>,
     modules: Vec<String>,
     env: Vec<(String, String)>,
+    kernel_root: PathBuf,
+    cpus: u32,
 }
 
 impl Default for Guest {
@@ -42,7 +47,21 @@ impl Guest {
             files: Vec::new(),
             modules: Vec::new(),
             env: Vec::new(),
+            kernel_root: PathBuf::from(KERNEL_ROOT),
+            cpus: 2,
         }
+    }
+
+    /// Another unpacked kernel package (its `boot/vmlinuz-*` and `lib/modules`).
+    pub fn kernel_root(mut self, root: impl AsRef<Path>) -> Guest {
+        self.kernel_root = root.as_ref().to_path_buf();
+        self
+    }
+
+    /// Virtual CPUs (2 by default).
+    pub fn cpus(mut self, n: u32) -> Guest {
+        self.cpus = n;
+        self
     }
 
     /// A host file, at the same path in the guest, with the libraries it links.
@@ -69,13 +88,28 @@ impl Guest {
         self
     }
 
-    /// Boots the guest, runs `command` as its only job, and powers it off.
+    /// Boots the guest, runs `command` as its only job, and powers it off; fails if the
+    /// guest hangs.
     pub fn run(&self, command: &[&str], timeout: Duration) -> Outcome {
+        let out = self.outcome(command, timeout);
+        assert!(
+            !out.hung,
+            "the guest did not finish in {timeout:?}; its console:\n{}",
+            out.console
+        );
+        out
+    }
+
+    /// The same, telling a hang rather than failing on it.
+    pub fn outcome(&self, command: &[&str], timeout: Duration) -> Outcome {
         require("qemu-system-x86_64");
         require("busybox");
         require("cpio");
-        let kernel = find(&Path::new(KERNEL_ROOT).join("boot"), "vmlinuz-").unwrap_or_else(|| {
-            panic!("no guest kernel under {KERNEL_ROOT}; run tests/prereqs.sh (the README's test command does)")
+        let kernel = find(&self.kernel_root.join("boot"), "vmlinuz-").unwrap_or_else(|| {
+            panic!(
+                "no guest kernel under {}; run tests/prereqs.sh (the README's test command does)",
+                self.kernel_root.display()
+            )
         });
         let dir = tempdir("vm");
         let root = dir.join("root");
@@ -94,13 +128,18 @@ impl Guest {
         let _ = std::fs::remove_dir_all(&root);
 
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "3072"])
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "3072", "-smp"])
+            .arg(self.cpus.to_string())
             .args(["-nographic", "-no-reboot", "-kernel"])
             .arg(&kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4"])
-            .stdin(Stdio::null())
+            // A soft lockup prints every CPU's backtrace, and SysRq works over the console.
+            .args([
+                "-append",
+                "console=ttyS0 panic=-1 quiet loglevel=4 sysrq_always_enabled=1 softlockup_all_cpu_backtrace=1",
+            ])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -116,6 +155,7 @@ impl Guest {
         while child.try_wait().ok().flatten().is_none() {
             if Instant::now() >= end {
                 timed_out = true;
+                dump_over_sysrq(child.stdin.as_mut());
                 let _ = child.kill();
                 break;
             }
@@ -127,11 +167,11 @@ impl Guest {
         let status = console
             .lines()
             .find_map(|l| l.trim().strip_prefix(EXIT_MARK)?.trim().parse().ok());
-        assert!(
-            !timed_out || status.is_some(),
-            "the guest did not finish in {timeout:?}; its console:\n{console}"
-        );
-        Outcome { status, console }
+        Outcome {
+            status,
+            hung: timed_out && status.is_none(),
+            console,
+        }
     }
 
     fn stage(&self, root: &Path, command: &[&str]) {
@@ -202,7 +242,7 @@ impl Guest {
                     .unwrap_or_else(|e| panic!("copying {} into the guest: {e}", p.display()));
             }
         }
-        let modules = Path::new(KERNEL_ROOT).join("lib/modules");
+        let modules = self.kernel_root.join("lib/modules");
         for m in &self.modules {
             let ko = find_file(&modules, &format!("{m}.ko"))
                 .unwrap_or_else(|| panic!("module {m} is not in the guest kernel's package"));
@@ -237,6 +277,23 @@ impl Guest {
         std::fs::write(&path, init).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// A hung guest's state, through the magic SysRq keys on its serial console (qemu's `-nographic`
+/// console sends a break for Ctrl-A b): every CPU's backtrace, then the blocked tasks.
+fn dump_over_sysrq(stdin: Option<&mut std::process::ChildStdin>) {
+    use std::io::Write;
+    let Some(stdin) = stdin else {
+        return;
+    };
+    for key in [b'l', b'w'] {
+        let _ = stdin.write_all(b"\x01b");
+        let _ = stdin.flush();
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = stdin.write_all(&[key]);
+        let _ = stdin.flush();
+        std::thread::sleep(Duration::from_secs(5));
     }
 }
 
