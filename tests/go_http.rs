@@ -404,7 +404,8 @@ async fn attach_and_detach_100_times_under_load() {
         .args(["probe-go", "--cycles", "100", "--pid", &svc.pid.to_string()])
         .arg(&bin))
     .unwrap();
-    assert_eq!(cycles.trim(), "cycles 100");
+    // Where the kernel allows writes into process memory, what they wrote follows.
+    assert_eq!(cycles.lines().next(), Some("cycles 100"), "{cycles}");
     // wrk prints its report on SIGINT.
     Command::new("kill")
         .args(["-INT", &wrk.id().to_string()])
@@ -428,20 +429,41 @@ async fn attach_and_detach_100_times_under_load() {
     assert_eq!(body.trim(), "GET /items/after HTTP/1.1");
 }
 
-/// An investigation, not a check: the soft lockup that about one run in eight of
-/// `attach_and_detach_100_times_under_load` caused in the emulated 6.1 kernel. Runs it in a
-/// guest `SIGHTLINE_LOCKUP_RUNS` times (4), with `SIGHTLINE_GUEST_CPUS` virtual CPUs (2), on
-/// the kernel package unpacked at `SIGHTLINE_GUEST_KERNEL` (the 6.1 one), and says of each
-/// run whether it passed, failed or hung and whether the kernel reported a soft lockup. A
-/// hung guest's CPUs and blocked tasks are dumped through SysRq; every console is kept in
-/// /tmp/sightline-guest-N.log.
+/// `attach_and_detach_100_times_under_load` in the emulated 6.1 kernel, where the probes
+/// that write into process memory are attached and detached too. One run in about eight of
+/// an earlier 20-cycle version soft-locked this guest; see
+/// `attach_and_detach_in_a_guest_kernel` for the investigation.
+#[test]
+fn attach_and_detach_under_load_in_the_guest_kernel() {
+    let tally = attach_and_detach_in_guest(1, 2, None);
+    assert_eq!(tally, vec![("passed", false)]);
+}
+
+/// An investigation, not a check: runs `attach_and_detach_100_times_under_load` in a guest
+/// `SIGHTLINE_LOCKUP_RUNS` times (4), with `SIGHTLINE_GUEST_CPUS` virtual CPUs (2), on the
+/// kernel package unpacked at `SIGHTLINE_GUEST_KERNEL` (the 6.1 one), and says of each run
+/// whether it passed, failed or hung and whether the kernel reported a soft lockup.
 #[test]
 #[ignore = "an investigation, minutes per boot: run it with --ignored --exact"]
 fn attach_and_detach_in_a_guest_kernel() {
-    let bin = gobuild::build("probe", "1.22", Shape::StrippedPie, false);
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let runs: usize = env("SIGHTLINE_LOCKUP_RUNS", "4").parse().unwrap();
     let cpus: u32 = env("SIGHTLINE_GUEST_CPUS", "2").parse().unwrap();
+    let tally =
+        attach_and_detach_in_guest(runs, cpus, std::env::var("SIGHTLINE_GUEST_KERNEL").ok());
+    assert!(tally.iter().all(|(v, l)| *v == "passed" && !l), "{tally:?}");
+}
+
+/// Boots the guest `runs` times, each running `attach_and_detach_100_times_under_load`; for
+/// each run, whether it passed, failed or hung, and whether the kernel reported a soft
+/// lockup. A hung guest's CPUs and blocked tasks are dumped through SysRq; every console is
+/// kept in /tmp/sightline-guest-N.log.
+fn attach_and_detach_in_guest(
+    runs: usize,
+    cpus: u32,
+    kernel: Option<String>,
+) -> Vec<(&'static str, bool)> {
+    let bin = gobuild::build("probe", "1.22", Shape::StrippedPie, false);
     let me = std::env::current_exe().unwrap();
     let mut guest = sightline_e2e::vm::Guest::new()
         .stripped_file(&me)
@@ -449,7 +471,7 @@ fn attach_and_detach_in_a_guest_kernel() {
         .file(&bin)
         .env("SIGHTLINE_IN_GUEST", "1")
         .cpus(cpus);
-    if let Ok(k) = std::env::var("SIGHTLINE_GUEST_KERNEL") {
+    if let Some(k) = kernel {
         guest = guest.kernel_root(k);
     }
     for tool in ["wrk", "curl"] {
@@ -481,10 +503,13 @@ fn attach_and_detach_in_a_guest_kernel() {
             "run {i}: {verdict}; soft lockup reported: {lockup}; {:.0?}; console in {log}",
             started.elapsed()
         );
+        if verdict != "passed" {
+            eprintln!("{}", out.console);
+        }
         tally.push((verdict, lockup));
     }
     eprintln!("{cpus} CPUs: {tally:?}");
-    assert!(tally.iter().all(|(v, l)| *v == "passed" && !l), "{tally:?}");
+    tally
 }
 
 /// Real third-party Go servers as Debian ships them (stripped, Go 1.19, offsets from the
