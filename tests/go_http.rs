@@ -792,6 +792,119 @@ async fn traceparent_reaches_another_host_in_plaintext_requests() {
     assert_eq!(injections(&rec, "socket", "skipped"), Some(1));
 }
 
+/// Two "containers": Go clients in two network namespaces, each with one connection from the
+/// same local port to the same peer address, sending at once. The connection's ends alone
+/// are the same for both, so their pending traceparents must still be told apart (by the
+/// process sending). Each client checks that its calls arrive under the trace of the request
+/// that made them (the server echoes the traceparent it got); a swap answers 409.
+#[tokio::test(flavor = "multi_thread")]
+async fn same_ends_in_two_namespaces_never_swap_traceparents() {
+    let _g = SERIAL.lock().await;
+    require("curl");
+    let bin = gobuild::build("probe", "1.22", Shape::Plain, false);
+    let (ns1, ns2) = (
+        sightline_e2e::netns::Netns::create("sl-ends1", 81),
+        sightline_e2e::netns::Netns::create("sl-ends2", 82),
+    );
+    // The peer both reach at one address: on this host's loopback, routed over each link.
+    let peer = "10.99.0.1";
+    let _ = run(Command::new("ip").args(["addr", "del", &format!("{peer}/32"), "dev", "lo"]));
+    run(Command::new("ip").args(["addr", "add", &format!("{peer}/32"), "dev", "lo"])).unwrap();
+    struct Unaddr(&'static str);
+    impl Drop for Unaddr {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+                .output();
+        }
+    }
+    let _unaddr = Unaddr(peer);
+    for ns in [&ns1, &ns2] {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.name,
+            "ip",
+            "route",
+            "add",
+            &format!("{peer}/32"),
+            "via",
+            &ns.local_ip,
+        ]))
+        .unwrap();
+    }
+    let (mut agent, rec) = agent_with_receiver().await;
+    let server = GoService::start(&bin, &["-listen", &format!("{peer}:0")]);
+    let local_port = free_port().to_string();
+    let client = |ns: &sightline_e2e::netns::Netns, path: &str| {
+        GoService::start_in(
+            &ns.name,
+            &bin,
+            &[
+                "-listen",
+                &format!("{}:0", ns.remote_ip),
+                "-next",
+                &format!("http://{peer}:{}{path}", server.port),
+                "-onward-local-port",
+                &local_port,
+                "-onward-check-trace",
+            ],
+        )
+    };
+    let (a, b) = (client(&ns1, "/tp/a"), client(&ns2, "/tp/b"));
+    std::thread::sleep(Duration::from_millis(1000));
+    const EACH: usize = 200;
+    let burst = |ns: &sightline_e2e::netns::Netns, svc: &GoService, trace: &'static str| {
+        let url = format!("http://{}:{}/chain/x", ns.remote_ip, svc.port);
+        let urls: Vec<String> = (0..EACH).map(|_| url.clone()).collect();
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-Z",
+            "--parallel-max",
+            "16",
+            "-w",
+            "%{http_code}\n",
+            "-H",
+        ])
+        .arg(format!("traceparent: 00-{trace}-b7ad6b7169203331-01"))
+        .args(urls.iter().flat_map(|u| ["-o", "/dev/null", u.as_str()]));
+        std::thread::spawn(move || run(&mut cmd).unwrap())
+    };
+    let ta = burst(&ns1, &a, "1af7651916cd43dd8448eb211c80319c");
+    let tb = burst(&ns2, &b, "2af7651916cd43dd8448eb211c80319c");
+    for codes in [ta.join().unwrap(), tb.join().unwrap()] {
+        let codes: Vec<&str> = codes.lines().collect();
+        assert_eq!(codes.len(), EACH);
+        assert!(codes.iter().all(|c| *c == "200"), "{codes:?}");
+    }
+    wait_spans(&rec, &agent, |all| {
+        all.iter()
+            .filter(|s| server_port_is(s, server.port))
+            .count()
+            >= 2 * EACH
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success());
+    let all = spans(&rec.traces.lock().unwrap());
+    let at_server: Vec<&FlatSpan> = all
+        .iter()
+        .filter(|s| server_port_is(s, server.port))
+        .collect();
+    assert_eq!(at_server.len(), 2 * EACH);
+    // Both clients' connections had the same local port and peer: the ends a pending
+    // traceparent was keyed by alone.
+    for s in &at_server {
+        assert_eq!(
+            s.attr("network.peer.port"),
+            Some(&Val::I(local_port.parse().unwrap()))
+        );
+    }
+    assert_eq!(injections(&rec, "socket", "written"), Some(2 * EACH as i64));
+}
+
 /// HTTP/2 servers built on golang.org/x/net/http2's own server, not net/http's bundled copy:
 /// h2c with prior knowledge (x/net's ServeConn serves it, never passing through
 /// serverHandler.ServeHTTP) and TLS through http2.ConfigureServer (ServeHTTP runs inside x/net's

@@ -55,6 +55,8 @@ func main() {
 	onwardTP := flag.String("onward-traceparent", "", "a traceparent the program itself sets on onward calls")
 	onwardRawTP := flag.String("onward-raw-traceparent", "", "the same, under the non-canonical key \"traceparent\" (written as is)")
 	onwardHeaders := flag.Int("onward-headers", 0, "onward calls carry this many extra headers (X-Fill-N: a big header map)")
+	onwardLocalPort := flag.Int("onward-local-port", 0, "onward calls go over one connection from this local port")
+	onwardCheckTrace := flag.Bool("onward-check-trace", false, "an onward call must come back with the trace of the request that made it (the /tp/ handler echoes the traceparent it got), else 409")
 	onwardTrailer := flag.Bool("onward-trailer", false, "onward POSTs end with a trailer (X-Check: 1)")
 	execInto := flag.String("exec-into", "", "GET /exec/ replaces this process's image with this program (same pid)")
 	execListen := flag.String("exec-listen", "", "the address the -exec-into program listens on")
@@ -69,6 +71,11 @@ func main() {
 	}}
 	if !*clientH2 {
 		client.Transport.(*http.Transport).TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	if *onwardLocalPort != 0 {
+		t := client.Transport.(*http.Transport)
+		t.DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{Port: *onwardLocalPort}}).DialContext
+		t.MaxConnsPerHost = 1
 	}
 	onward := func(r *http.Request) int {
 		var body io.Reader
@@ -96,8 +103,16 @@ func main() {
 			fmt.Fprintln(os.Stderr, "onward:", err)
 			return 502
 		}
-		io.Copy(io.Discard, res.Body)
+		echo, _ := io.ReadAll(res.Body)
 		res.Body.Close()
+		if *onwardCheckTrace && res.StatusCode == 200 {
+			// "00-<trace>-<span>-<flags>": the trace must be the incoming request's.
+			in, out := r.Header.Get("Traceparent"), string(echo)
+			if len(in) < 35 || len(out) < 35 || in[3:35] != out[3:35] {
+				fmt.Fprintf(os.Stderr, "onward: sent under %q, arrived as %q\n", in, out)
+				return 409
+			}
+		}
 		return res.StatusCode
 	}
 	mux := http.NewServeMux()
