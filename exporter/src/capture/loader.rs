@@ -288,6 +288,10 @@ impl Loader {
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)?;
         let go_procs = BpfHashMap::try_from(take_map(&mut ebpf, names::GO_PROCS)?)?;
         let listeners = BpfHashMap::try_from(take_map(&mut ebpf, names::LISTENERS)?)?;
+        // Loading parsed the kernel's BTF and the programs' object, tens of MiB freed by now
+        // but kept by the allocator: give them back, or they stay in the agent's RSS for good.
+        // SAFETY: malloc_trim only releases free memory; no allocation is touched.
+        unsafe { libc::malloc_trim(0) };
         Ok((
             Loader {
                 links: Vec::new(),
