@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Throughput overhead of sightline on nginx over HTTPS (keep-alive, tiny responses), measured
-# three ways on the same machine in one run: no probes, empty probes on the same OpenSSL points
-# (bpftrace), and sightline. Also sightline's peak and steady RSS under that load.
+# on the same machine in one run: no probes, empty probes on the same OpenSSL points
+# (bpftrace), and sightline. Also sightline's peak and steady RSS under that load. Then the
+# minimal floor, what any agent needs (empty probes at SSL_write's entry and SSL_read's entry
+# and return, and their _ex forms), against sightline exporting its spans over OTLP (to a
+# receiver that accepts and drops them, on the load generator's core).
 #
 #   sudo tests/bench/overhead.sh [seconds-per-run] [runs]
 #
@@ -40,7 +43,36 @@ empty_probes() {
   echo "$p"
 }
 
-none=(); empty=(); with=(); rss_peak=0; rss_steady=0
+minimal_probes() {
+  local p=""
+  for f in SSL_read SSL_read_ex; do
+    p="$p uprobe:$libssl:$f {} uretprobe:$libssl:$f {}"
+  done
+  for f in SSL_write SSL_write_ex; do
+    p="$p uprobe:$libssl:$f {}"
+  done
+  echo "$p"
+}
+
+# An OTLP/HTTP receiver that answers every export with an empty (valid) response.
+sink_port=$((port + 1))
+taskset -c 1 python3 -c '
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+' "$sink_port" &
+sink_pid=$!
+trap 'cleanup; kill "$sink_pid" 2>/dev/null || true' EXIT
+
+none=(); empty=(); with=(); minimal=(); exported=(); rss_peak=0; rss_steady=0
 for i in $(seq "$runs"); do
   none+=("$(measure)")
 
@@ -62,6 +94,18 @@ for i in $(seq "$runs"); do
   kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
   [ "$peak" -gt "$rss_peak" ] && rss_peak=$peak
   [ "$steady" -gt "$rss_steady" ] && rss_steady=$steady
+
+  bpftrace -e "$(minimal_probes)" >/dev/null 2>&1 &
+  probe_pid=$!
+  sleep 3
+  minimal+=("$(measure)")
+  kill -INT "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
+
+  OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" "$bin" --output none >/dev/null 2>&1 &
+  probe_pid=$!
+  sleep 3
+  exported+=("$(measure)")
+  kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
 done
 
 n=$(printf '%s\n' "${none[@]}" | median)
@@ -74,3 +118,8 @@ awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
   printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
 echo "sightline CPU under load: ${cpu_pct}% of one core (last run)"
 echo "sightline RSS: peak $((rss_peak / 1024)) MiB, steady $((rss_steady / 1024)) MiB (under load)"
+m=$(printf '%s\n' "${minimal[@]}" | median)
+x=$(printf '%s\n' "${exported[@]}" | median)
+printf '%-26s %12s\n' "minimal floor (bpftrace)" "$m" "sightline, OTLP export on" "$x"
+awk -v m="$m" -v x="$x" -v n="$n" 'BEGIN {
+  printf "exporting/minimal-floor %.3f\nminimal-floor/none      %.3f\n", x/m, m/n }'
