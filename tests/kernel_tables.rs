@@ -109,7 +109,7 @@ async fn kernel_tables_hold_only_the_living_after_churn() {
     require("python3");
     let net = Netns::create("sl-tables", 78);
     let probe = gobuild::build("probe", "1.22", Shape::Plain, false);
-    let hang = gobuild::build("hang", "1.22", Shape::Plain, false);
+    let load = gobuild::build("load", "1.22", Shape::Plain, false);
     let (addr, rec) = receiver::start_grpc().await.unwrap();
     let prom = free_port();
     let mut agent = Agent::start(
@@ -178,8 +178,17 @@ print(refused)
     let url = format!("http://127.0.0.1:{silent}/hang");
     let mut clients = Vec::new();
     for _ in 0..HANGING_PROCESSES {
-        let mut child = Command::new(&hang)
-            .args(["-url", &url, "-n", &CALLS_EACH.to_string(), "-wait", "2s"])
+        let mut child = Command::new(&load)
+            .args([
+                "-url",
+                &url,
+                "-c",
+                &CALLS_EACH.to_string(),
+                "-d",
+                "1h",
+                "-wait",
+                "2s",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

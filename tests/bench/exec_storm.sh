@@ -18,8 +18,8 @@ for t in nginx wrk openssl curl; do command -v $t >/dev/null || { echo "missing 
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 metrics=$((port + 1))
-. tests/bench/nginx_https.sh
-nginx_https "$dir" "$port"
+. tests/bench/nginx.sh
+nginx_serve "$dir" "$port" https
 cleanup() { nginx_stop "$dir"; kill "${agent_pid:-}" "${wrk_pid:-}" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 

@@ -45,45 +45,57 @@ measure() {
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-none=(); empty=(); with=(); hits_per_req=; agent_us=()
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-for i in $(seq "$runs"); do
-  none+=("$(measure 2>/dev/null)")
+# `runs` rounds of MEASURE (it prints requests/s, and "total N" on stderr) with no probes,
+# with empty probes on TARGET's points, and with sightline selecting TARGET only (another
+# process's side of each request, which the socket syscall probes would report too, is not
+# the Go path measured here). Sets none, empty, with, agent_us and hits_per_req.
+three_ways() {
+  local measure=$1 target=$2 t0 t1 total hits
+  none=(); empty=(); with=(); agent_us=(); hits_per_req=
+  for i in $(seq "$runs"); do
+    none+=("$($measure 2>/dev/null)")
 
-  "$bin" probe-go --empty "$svc" >"$dir/empty.out" 2>&1 &
-  probe_pid=$!
-  sleep 2
-  empty+=("$(measure 2>"$dir/wrk.err")")
-  kill -INT "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
-  total=$(awk '/total/ {print $2}' "$dir/wrk.err")
-  hits=$(awk '/^hits/ {print $2}' "$dir/empty.out")
-  hits_per_req=$(awk -v h="${hits:-0}" -v t="${total:-1}" 'BEGIN {printf "%.2f", h / t}')
+    "$bin" probe-go --empty "$target" >"$dir/empty.out" 2>&1 &
+    probe_pid=$!
+    sleep 2
+    empty+=("$($measure 2>"$dir/total")")
+    kill -INT "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
+    total=$(awk '/total/ {print $2}' "$dir/total")
+    hits=$(awk '/^hits/ {print $2}' "$dir/empty.out")
+    hits_per_req=$(awk -v h="${hits:-0}" -v t="${total:-1}" 'BEGIN {printf "%.2f", h / t}')
 
-  # Only the server is selected: wrk's side of each request, which the socket syscall probes
-  # would report too, is a client's cost, not the Go server path's this script measures.
-  taskset -c "$agent_cpu" "$bin" --output none --exe "$(basename "$svc")" >/dev/null 2>&1 &
-  probe_pid=$!
-  sleep 3
-  t0=$(cpu_ticks "$probe_pid")
-  with+=("$(measure 2>"$dir/wrk.err")")
-  t1=$(cpu_ticks "$probe_pid")
-  total=$(awk '/total/ {print $2}' "$dir/wrk.err")
-  agent_us+=("$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="${total:-1}" \
-    'BEGIN {printf "%.2f", t / hz * 1e6 / n}')")
-  kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
-done
+    taskset -c "$agent_cpu" "$bin" --output none --exe "$(basename "$target")" >/dev/null 2>&1 &
+    probe_pid=$!
+    sleep 3
+    t0=$(cpu_ticks "$probe_pid")
+    with+=("$($measure 2>"$dir/total")")
+    t1=$(cpu_ticks "$probe_pid")
+    total=$(awk '/total/ {print $2}' "$dir/total")
+    agent_us+=("$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="${total:-1}" \
+      'BEGIN {printf "%.2f", t / hz * 1e6 / n}')")
+    kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
+  done
+}
 
-n=$(printf '%s\n' "${none[@]}" | median)
-e=$(printf '%s\n' "${empty[@]}" | median)
-w=$(printf '%s\n' "${with[@]}" | median)
-a=$(printf '%s\n' "${agent_us[@]}" | median)
-echo "runs: $runs x ${secs}s, wrk -t1 -c$conns, Go 1.23 server GOMAXPROCS=1 pinned to CPU 0, wrk on CPU 1, sightline on CPU $agent_cpu"
-printf '%-26s %12s\n' "setup" "requests/s"
-printf '%-26s %12s\n' "no probes" "$n" "empty probes (same points)" "$e" "sightline" "$w"
-awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
-  printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
-echo "probe hits per request: $hits_per_req (empty probes, last run)"
-echo "sightline user-space CPU per request: $a us (median)"
+# The medians of what three_ways measured, under the heading given.
+report() {
+  local n e w a
+  n=$(printf '%s\n' "${none[@]}" | median)
+  e=$(printf '%s\n' "${empty[@]}" | median)
+  w=$(printf '%s\n' "${with[@]}" | median)
+  a=$(printf '%s\n' "${agent_us[@]}" | median)
+  echo "$1"
+  printf '%-26s %12s\n' "setup" "requests/s"
+  printf '%-26s %12s\n' "no probes" "$n" "empty probes (same points)" "$e" "sightline" "$w"
+  awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
+    printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
+  echo "probe hits per request: $hits_per_req (empty probes, last run)"
+  echo "sightline user-space CPU per request: $a us (median)"
+}
+
+three_ways measure "$svc"
+report "runs: $runs x ${secs}s, wrk -t1 -c$conns, Go 1.23 server GOMAXPROCS=1 pinned to CPU 0, wrk on CPU 1, sightline on CPU $agent_cpu"
 
 # The client path: the Go client is the one pinned to a core of its own, the server on the
 # other with the load generator's share of it.
@@ -96,32 +108,6 @@ client() {
     -d "${secs}s" -wait 2s >"$dir/load.out"
   awk '/^requests/ {print "total", $2 > "/dev/stderr"} /^rps/ {print $2}' "$dir/load.out"
 }
-cnone=(); cempty=(); cwith=(); chits=
-for i in $(seq "$runs"); do
-  cnone+=("$(client 2>/dev/null)")
-
-  "$bin" probe-go --empty "$load" >"$dir/empty.out" 2>&1 &
-  probe_pid=$!
-  sleep 2
-  cempty+=("$(client 2>"$dir/load.err")")
-  kill -INT "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
-  total=$(awk '/total/ {print $2}' "$dir/load.err")
-  hits=$(awk '/^hits/ {print $2}' "$dir/empty.out")
-  chits=$(awk -v h="${hits:-0}" -v t="${total:-1}" 'BEGIN {printf "%.2f", h / t}')
-
-  taskset -c "$agent_cpu" "$bin" --output none --exe "$(basename "$load")" >/dev/null 2>&1 &
-  probe_pid=$!
-  sleep 3
-  cwith+=("$(client 2>/dev/null)")
-  kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
-done
-n=$(printf '%s\n' "${cnone[@]}" | median)
-e=$(printf '%s\n' "${cempty[@]}" | median)
-w=$(printf '%s\n' "${cwith[@]}" | median)
+three_ways client "$load"
 echo
-echo "client path: Go 1.23 client (tests/go/load, -c$conns) GOMAXPROCS=1 on CPU 0, unprobed Go server on CPU 1"
-printf '%-26s %12s\n' "setup" "requests/s"
-printf '%-26s %12s\n' "no probes" "$n" "empty probes (same points)" "$e" "sightline" "$w"
-awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
-  printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
-echo "probe hits per request: $chits (empty probes, last run)"
+report "client path: Go 1.23 client (tests/go/load, -c$conns) GOMAXPROCS=1 on CPU 0, unprobed Go server on CPU 1"

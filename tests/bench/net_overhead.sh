@@ -24,25 +24,11 @@ for t in nginx wrk bpftrace iperf3 bpftool python3; do command -v $t >/dev/null 
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 iport=$((port + 1))
-cat >"$dir/nginx.conf" <<CONF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_timeout 0;
-  client_body_temp_path $dir/body;
-  server {
-    listen 127.0.0.1:$port reuseport;
-    location / { return 200 "ok\n"; }
-  }
-}
-CONF
-nginx -c "$dir/nginx.conf"
+. tests/bench/nginx.sh
+nginx_serve "$dir" "$port" close
 iperf3 -s -B 127.0.0.1 -p "$iport" -D --pidfile "$dir/iperf3.pid"
 cleanup() {
-  nginx -c "$dir/nginx.conf" -s quit 2>/dev/null || true
+  nginx_stop "$dir"
   [ -f "$dir/iperf3.pid" ] && kill "$(cat "$dir/iperf3.pid")" 2>/dev/null || true
   kill ${probe_pid:-} ${holder_pid:-} 2>/dev/null || true
   rm -rf "$dir"
@@ -51,10 +37,6 @@ trap cleanup EXIT
 sleep 0.5
 # Short connections leave TIME_WAIT sockets; reuse them, or the storm runs out of ports.
 sysctl -qw net.ipv4.tcp_tw_reuse=1
-
-master=$(cat "$dir/nginx.pid")
-worker=$(pgrep -P "$master" | head -1)
-taskset -pc 0 "$worker" >/dev/null
 
 bulk_gbps() {
   taskset -c 1 iperf3 -c 127.0.0.1 -p "$iport" -t "$secs" -J 2>/dev/null |

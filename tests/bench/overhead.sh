@@ -23,8 +23,8 @@ for t in nginx wrk bpftrace openssl; do command -v $t >/dev/null || { echo "miss
 libssl=$(ldconfig -p | awk '/libssl.so.3 .*x86-64/ {print $NF; exit}')
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
-. tests/bench/nginx_https.sh
-nginx_https "$dir" "$port"
+. tests/bench/nginx.sh
+nginx_serve "$dir" "$port" https
 cleanup() { nginx_stop "$dir"; kill "${probe_pid:-}" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 

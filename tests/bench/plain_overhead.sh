@@ -21,25 +21,11 @@ for t in nginx wrk bpftrace iperf3 dd; do command -v $t >/dev/null || { echo "mi
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 iport=$((port + 1))
-cat >"$dir/nginx.conf" <<CONF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $dir/body;
-  server {
-    listen 127.0.0.1:$port;
-    location / { return 200 "ok\n"; }
-  }
-}
-CONF
-nginx -c "$dir/nginx.conf"
+. tests/bench/nginx.sh
+nginx_serve "$dir" "$port" http
 iperf3 -s -B 127.0.0.1 -p "$iport" -D --pidfile "$dir/iperf3.pid"
 cleanup() {
-  nginx -c "$dir/nginx.conf" -s quit 2>/dev/null || true
+  nginx_stop "$dir"
   [ -f "$dir/iperf3.pid" ] && kill "$(cat "$dir/iperf3.pid")" 2>/dev/null || true
   kill "${probe_pid:-}" 2>/dev/null || true
   rm -rf "$dir"
@@ -47,11 +33,7 @@ cleanup() {
 trap cleanup EXIT
 sleep 0.5
 
-# nginx on CPU 0, the load on CPU 1, so each figure is per served core.
-master=$(cat "$dir/nginx.pid")
-worker=$(pgrep -P "$master" | head -1)
-taskset -pc 0 "$worker" >/dev/null
-
+# nginx on CPU 0 (nginx.sh pins it), the load on CPU 1, so each figure is per served core.
 nginx_rps() {
   taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$port/" 2>/dev/null |
     awk '/Requests\/sec/ {print $2}'

@@ -194,7 +194,6 @@ impl Stats {
             .get(Counter::KernelFlowsAdded)
             .saturating_sub(self.get(Counter::KernelFlowsRemoved));
         self.set(Counter::KernelFlowsFill, fill);
-        self.tables[table::FLOWS as usize].fill.store(fill, Relaxed);
         for (i, t) in self.tables.iter().enumerate() {
             if let Some(v) = k.get((kernel::INSERT_FAILED + i as u32) as usize) {
                 t.insert_failed.store(*v, Relaxed);

@@ -3,7 +3,7 @@
 //! Each process has its own resource, so each gets an `SdkMeterProvider`. They share no
 //! threads: each has a manual reader, and one export task collects them all in turn.
 
-use super::counters::{self, CounterDef, Stats, COUNTERS};
+use super::counters::{self, CounterDef, Stats, TableStats, COUNTERS};
 use crate::capture::sockets::Role as NetRole;
 use crate::metadata::{common_resource_attributes, process_resource, ProcessInfo};
 use crate::protocols::call::Call;
@@ -20,7 +20,7 @@ use opentelemetry_sdk::metrics::{
 use opentelemetry_sdk::Resource;
 use sightline_common::table;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -436,27 +436,15 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
                 .build();
         }
     }
-    let tables = stats.clone();
     let _ = meter
         .u64_observable_gauge("sightline.table.capacity")
         .with_description(counters::CAPACITY)
-        .with_callback(move |o| {
-            for (i, t) in table::ALL.iter().enumerate() {
-                let v = tables.table(i).capacity.load(Relaxed);
-                o.observe(v, &[KeyValue::new("table", t.label)]);
-            }
-        })
+        .with_callback(per_kernel_table(&stats, |t| &t.capacity))
         .build();
-    let tables = stats.clone();
     let _ = meter
         .u64_observable_counter("sightline.table.insert.failures")
         .with_description(counters::INSERT_FAILED)
-        .with_callback(move |o| {
-            for (i, t) in table::ALL.iter().enumerate() {
-                let v = tables.table(i).insert_failed.load(Relaxed);
-                o.observe(v, &[KeyValue::new("table", t.label)]);
-            }
-        })
+        .with_callback(per_kernel_table(&stats, |t| &t.insert_failed))
         .build();
     let _ = meter
         .u64_observable_counter("sightline.parse.dropped")
@@ -470,6 +458,20 @@ fn register_own(provider: &SdkMeterProvider, stats: Arc<Stats>) {
             }
         })
         .build();
+}
+
+/// An observer of one figure of every kernel table, one series per table.
+fn per_kernel_table(
+    stats: &Arc<Stats>,
+    figure: fn(&TableStats) -> &AtomicU64,
+) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<u64>) + Send + Sync + 'static {
+    let stats = stats.clone();
+    move |o| {
+        for (i, t) in table::ALL.iter().enumerate() {
+            let v = figure(stats.table(i)).load(Relaxed);
+            o.observe(v, &[KeyValue::new("table", t.label)]);
+        }
+    }
 }
 
 #[cfg(test)]

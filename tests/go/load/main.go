@@ -1,7 +1,9 @@
 // load is a Go HTTP client under load: -c goroutines send GET requests to -url over
-// keep-alive connections for -d, after waiting -wait (for a tracer to attach), then it
-// prints how many completed and the rate. tests/bench/go_overhead.sh measures the client
-// path's cost with it.
+// keep-alive connections for -d, after waiting -wait (for a tracer to attach); it prints
+// "started" once they all run, then how many completed and the rate.
+// tests/bench/go_overhead.sh measures the client path's cost with it; against a server that
+// never answers, it is a Go client with -c calls in flight for as long as a test needs
+// (tests/kernel_tables.rs kills it mid-request).
 package main
 
 import (
@@ -41,6 +43,7 @@ func main() {
 			}
 		}()
 	}
+	fmt.Println("started")
 	wg.Wait()
 	fmt.Printf("requests %d\nfailed %d\nrps %.0f\n", n, failed, float64(n)/dur.Seconds())
 }

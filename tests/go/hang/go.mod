@@ -1,3 +1,0 @@
-module sightline.test/hang
-
-go 1.19
