@@ -359,3 +359,478 @@ fn a_keep_alive_connection_older_than_sightline() {
         .iter()
         .all(|sp| sp.attr("url.path") != Some(&Val::S("/before.txt".into()))));
 }
+
+/// The spans of `all` that answer or send `path` (`url.path` on a server, `url.full` ending in
+/// it on a client), of `service`.
+fn by_path<'a>(all: &'a [FlatSpan], kind: i32, service: &str, path: &str) -> &'a FlatSpan {
+    let found: Vec<_> = all
+        .iter()
+        .filter(|sp| {
+            sp.kind == kind
+                && sp.service() == service
+                && match kind {
+                    SERVER => s(sp.attr("url.path")) == path,
+                    _ => s(sp.attr("url.full")).ends_with(path),
+                }
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind} span of {service} for {path}: {all:#?}"
+    );
+    found[0]
+}
+
+/// `child` is `parent`'s child, in its trace.
+#[track_caller]
+fn child_of(child: &FlatSpan, parent: &FlatSpan) {
+    assert_eq!(
+        (child.trace_id.as_str(), child.parent_span_id.as_str()),
+        (parent.trace_id.as_str(), parent.span_id.as_str()),
+        "{child:#?}\nis not the child of\n{parent:#?}"
+    );
+}
+
+/// Waits until `n` spans satisfy `pred`, then stops the agent and returns every span.
+fn collect(
+    rt: &tokio::runtime::Runtime,
+    rec: &receiver::Received,
+    mut agent: Agent,
+    n: usize,
+    pred: impl Fn(&FlatSpan) -> bool,
+) -> Vec<FlatSpan> {
+    rt.block_on(receiver::wait_for(Duration::from_secs(20), || {
+        spans(&rec.traces.lock().unwrap())
+            .iter()
+            .filter(|s| pred(s))
+            .count()
+            >= n
+    }))
+    .unwrap_or_else(|_| {
+        panic!(
+            "expected {n} spans: {:#?}\nagent stderr:\n{}",
+            spans(&rec.traces.lock().unwrap()),
+            agent.stderr.lock().unwrap().join("\n")
+        )
+    });
+    // One more metrics interval, so the counters' last points include every call.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_, status) = agent.stop().unwrap();
+    assert!(status.success(), "sightline exited with {status}");
+    spans(&rec.traces.lock().unwrap())
+}
+
+/// The last value of a counter series with attribute `key`=`value`.
+fn counter(rec: &receiver::Received, metric: &str, key: &str, value: &str) -> i64 {
+    points(&rec.metrics.lock().unwrap())
+        .iter()
+        .filter(|p| p.metric == metric && p.attrs.get(key) == Some(&Val::S(value.into())))
+        .map(|p| p.value)
+        .max()
+        .unwrap_or(0)
+}
+
+/// A process that prints `listening on ADDR` once it listens, and its port.
+fn listening(cmd: &mut Command) -> (Killed, u16) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{cmd:?} said {line:?}"));
+    (Killed(child), port)
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// curl in plaintext → nginx, proxying over HTTPS → a Go service → a Python service in
+/// plaintext: one trace through three capture points (the socket syscalls, OpenSSL, Go), with
+/// nginx's proxied call the child of the request its worker was handling. nginx's `sendfile`
+/// and `writev` answers are captured too.
+#[test]
+fn a_chain_through_nginx_go_and_python_is_one_trace() {
+    use sightline_e2e::gobuild::{self, Shape};
+    use sightline_e2e::gosvc::GoService;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("curl");
+    require("python3");
+    let dir = tempdir("chain");
+    std::fs::create_dir_all(dir.join("static")).unwrap();
+    std::fs::write(dir.join("leaf.txt"), "leaf\n").unwrap();
+    let file = "0123456789abcdef".repeat(1024);
+    std::fs::write(dir.join("static/file.txt"), &file).unwrap();
+    let leaf_port = free_port();
+    let _leaf = Killed(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(leaf_port.to_string())
+            .current_dir(&dir)
+            .env("OTEL_SERVICE_NAME", "py-leaf")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(leaf_port);
+    let go_bin = gobuild::build("probe", "1.23", Shape::Plain, false);
+    let leaf_url = format!("http://127.0.0.1:{leaf_port}/leaf.txt");
+    let go = GoService::start(&go_bin, &["-tls", "-h1", "-next", &leaf_url]);
+    let nginx = sightline_e2e::procs::Nginx::plain(&format!(
+        "location /chain/ {{ proxy_pass https://127.0.0.1:{}; proxy_http_version 1.1; }}
+    location /static/ {{ root {}; sendfile on; }}
+    location /hello {{ return 200 \"hello\\n\"; }}",
+        go.port,
+        dir.display()
+    ))
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+
+    let (rt, rec, agent) = agent_with_receiver();
+    let get = |path: &str| {
+        run(Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+            ])
+            .arg(format!("{base}{path}")))
+        .unwrap()
+    };
+    assert_eq!(get("/chain/one"), "200 0");
+    assert_eq!(get("/static/file.txt"), format!("200 {}", file.len()));
+    assert_eq!(get("/hello"), "200 6");
+    let on_nginx = |sp: &FlatSpan| {
+        sp.service() == "nginx" && sp.kind == SERVER || s(sp.attr("url.full")).starts_with(&base)
+    };
+    let all = collect(&rt, &rec, agent, 6, |sp| {
+        on_nginx(sp) || sp.service() == "py-leaf"
+    });
+
+    let curl = by_path(&all, CLIENT, "curl", "/chain/one");
+    let n_server = by_path(&all, SERVER, "nginx", "/chain/one");
+    let n_client = by_path(&all, CLIENT, "nginx", "/chain/one");
+    let go_server = all
+        .iter()
+        .find(|sp| {
+            sp.kind == SERVER
+                && s(sp.attr("url.path")) == "/chain/one"
+                && sp.service().starts_with("probe")
+        })
+        .unwrap_or_else(|| panic!("the Go server span: {all:#?}"));
+    let go_client = all
+        .iter()
+        .find(|sp| sp.kind == CLIENT && s(sp.attr("url.full")) == leaf_url)
+        .unwrap_or_else(|| panic!("the Go client span: {all:#?}"));
+    let leaf = by_path(&all, SERVER, "py-leaf", "/leaf.txt");
+    child_of(n_server, curl);
+    child_of(n_client, n_server);
+    child_of(go_server, n_client);
+    child_of(go_client, go_server);
+    child_of(leaf, go_client);
+    assert_eq!(curl.parent_span_id, "", "curl's call is the root");
+    // Each hop as its own capture point saw it.
+    assert_eq!(s(n_server.attr("url.scheme")), "http");
+    assert_eq!(
+        s(n_client.attr("url.full")),
+        format!("https://127.0.0.1:{}/chain/one", go.port)
+    );
+    assert_eq!(s(n_client.attr("network.peer.port")), go.port.to_string());
+    assert_eq!(s(go_server.attr("url.scheme")), "https");
+    for sp in [curl, n_server, n_client, go_server, go_client, leaf] {
+        assert_eq!(s(sp.attr("http.response.status_code")), "200", "{sp:#?}");
+    }
+    // Each child ran within its parent (a Go client span ends when the response's head is
+    // read, so its server may still be sending the body).
+    for (c, p) in [(n_client, n_server), (go_server, n_client)] {
+        assert!(
+            c.start_ns >= p.start_ns && c.end_ns <= p.end_ns,
+            "{c:#?}\n{p:#?}"
+        );
+    }
+    assert!(leaf.start_ns >= go_client.start_ns);
+    // nginx's sendfile (head by writev, body by sendfile) and its writev answers.
+    for path in ["/static/file.txt", "/hello"] {
+        let sv = by_path(&all, SERVER, "nginx", path);
+        let cl = by_path(&all, CLIENT, "curl", path);
+        assert_eq!(s(sv.attr("http.response.status_code")), "200");
+        child_of(sv, cl);
+        assert_eq!(
+            all.iter().filter(|sp| sp.trace_id == sv.trace_id).count(),
+            2,
+            "nothing else in {path}'s trace"
+        );
+    }
+    assert!(counter(&rec, "sightline.parents.by_thread", "outcome", "found") >= 1);
+}
+
+/// Thread-per-request servers in Python (`ThreadingHTTPServer`, calling on with urllib) and
+/// Java (the JDK's `HttpServer` on a pool, calling on with `HttpURLConnection`), called by the
+/// JDK's `HttpClient`: every outgoing call is the child of the request its thread handles. A
+/// node server (one event loop) with two requests open at once names no parent for the calls
+/// it makes then.
+#[test]
+fn thread_per_request_servers_make_their_calls_children() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("python3");
+    require("java");
+    require("node");
+    require("curl");
+    let dir = tempdir("threads");
+    std::fs::write(dir.join("leaf.txt"), "leaf\n").unwrap();
+    let leaf_port = free_port();
+    let _leaf = Killed(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(leaf_port.to_string())
+            .current_dir(&dir)
+            .env("OTEL_SERVICE_NAME", "py-leaf")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(leaf_port);
+    let java = repo("tests/java/Plain.java");
+    let (_jfront, jfront_port) = listening(
+        Command::new("java")
+            .arg(&java)
+            .args([
+                "server",
+                "0",
+                &format!("http://127.0.0.1:{leaf_port}/leaf.txt"),
+            ])
+            .env("OTEL_SERVICE_NAME", "java-front"),
+    );
+    let (_pfront, pfront_port) = listening(
+        Command::new("python3")
+            .arg(repo("tests/python/front.py"))
+            .args(["0", &format!("http://127.0.0.1:{jfront_port}/front/")])
+            .env("OTEL_SERVICE_NAME", "py-front"),
+    );
+    let node_js = "const http = require('http');
+const leaf = process.argv[1];
+http.createServer((req, res) => {
+  setTimeout(() => http.get(leaf + req.url, r => { r.resume(); r.on('end', () => res.end('ok')); }), 1000);
+}).listen(0, '127.0.0.1', function () { console.log('listening on 127.0.0.1:' + this.address().port); });";
+    let (_node, node_port) = listening(
+        Command::new("node")
+            .args(["-e", node_js, &format!("http://127.0.0.1:{leaf_port}")])
+            .env("OTEL_SERVICE_NAME", "node-loop"),
+    );
+
+    let (rt, rec, agent) = agent_with_receiver();
+    let pfront = format!("http://127.0.0.1:{pfront_port}");
+    let out = run(Command::new("java")
+        .arg(&java)
+        .args(["client", &format!("{pfront}/from-java")])
+        .env("OTEL_SERVICE_NAME", "java-client"))
+    .unwrap();
+    assert_eq!(out.trim(), "200");
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let out = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-H", &format!("traceparent: 00-{trace_id}-{parent_id}-01")])
+        .arg(format!("{pfront}/from-curl")))
+    .unwrap();
+    assert_eq!(out, "200");
+    // node: one request alone, then two open at once.
+    let node = format!("http://127.0.0.1:{node_port}");
+    let out = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{node}/alone")))
+    .unwrap();
+    assert_eq!(out, "200");
+    let both: Vec<_> = ["/both-a", "/both-b"]
+        .iter()
+        .map(|p| {
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null"])
+                .arg(format!("{node}{p}"))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in both {
+        assert!(c.wait().unwrap().success());
+    }
+    let all = collect(&rt, &rec, agent, 5, |sp| sp.service() == "py-leaf");
+
+    for (from, root) in [("java-client", "/from-java"), ("curl", "/from-curl")] {
+        let client = by_path(&all, CLIENT, from, root);
+        let p_server = by_path(&all, SERVER, "py-front", root);
+        let p_client = all
+            .iter()
+            .find(|sp| {
+                sp.kind == CLIENT && sp.service() == "py-front" && sp.trace_id == p_server.trace_id
+            })
+            .unwrap_or_else(|| panic!("py-front's call for {root}: {all:#?}"));
+        let j_server = all
+            .iter()
+            .find(|sp| {
+                sp.kind == SERVER
+                    && sp.service() == "java-front"
+                    && sp.parent_span_id == p_client.span_id
+            })
+            .unwrap_or_else(|| panic!("java-front's request for {root}: {all:#?}"));
+        let j_client = all
+            .iter()
+            .find(|sp| {
+                sp.kind == CLIENT
+                    && sp.service() == "java-front"
+                    && sp.parent_span_id == j_server.span_id
+            })
+            .unwrap_or_else(|| panic!("java-front's call for {root}: {all:#?}"));
+        let leaf = all
+            .iter()
+            .find(|sp| {
+                sp.kind == SERVER
+                    && sp.service() == "py-leaf"
+                    && sp.parent_span_id == j_client.span_id
+            })
+            .unwrap_or_else(|| panic!("py-leaf's request for {root}: {all:#?}"));
+        if from == "curl" {
+            // The caller's traceparent holds through every in-process hop.
+            assert_eq!(
+                (p_server.trace_id.as_str(), p_server.parent_span_id.as_str()),
+                (trace_id, parent_id)
+            );
+        } else {
+            child_of(p_server, client);
+        }
+        child_of(p_client, p_server);
+        child_of(j_server, p_client);
+        child_of(j_client, j_server);
+        child_of(leaf, j_client);
+        assert_eq!(
+            s(p_client.attr("url.full")),
+            format!("http://127.0.0.1:{jfront_port}/front/")
+        );
+        assert_eq!(
+            s(j_client.attr("url.full")),
+            format!("http://127.0.0.1:{leaf_port}/leaf.txt")
+        );
+        assert_eq!(s(j_server.attr("url.path")), "/front/");
+        assert_eq!(s(leaf.attr("http.response.status_code")), "200");
+    }
+
+    // node alone: its call is its request's child.
+    let alone = by_path(&all, SERVER, "node-loop", "/alone");
+    child_of(by_path(&all, CLIENT, "node-loop", "/alone"), alone);
+    // node with two requests open: each call has no parent or its own request, never the other.
+    for p in ["/both-a", "/both-b"] {
+        let c = by_path(&all, CLIENT, "node-loop", p);
+        let sv = by_path(&all, SERVER, "node-loop", p);
+        assert!(
+            c.parent_span_id.is_empty() || c.parent_span_id == sv.span_id,
+            "{c:#?}\n{sv:#?}"
+        );
+    }
+    assert!(counter(&rec, "sightline.parents.by_thread", "outcome", "found") >= 5);
+    assert!(counter(&rec, "sightline.parents.by_thread", "outcome", "ambiguous") >= 1);
+}
+
+/// A node server started after sightline is covered from its first request, made within 1 s
+/// of its start: keep-alive and pipelined requests, a chunked request body and a body split
+/// across writes, a head split across writes, and a chunked response written 50 ms apart.
+/// Each request is one SERVER and one CLIENT span, with its status, its own connection's
+/// ends, and a duration within what the client measured.
+#[test]
+fn keep_alive_pipelining_chunked_and_split_bodies() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("node");
+    require("python3");
+    let (rt, rec, agent) = agent_with_receiver();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let (_node, port) = listening(
+        Command::new("node")
+            .arg(repo("tests/node/shapes.js"))
+            .env("OTEL_SERVICE_NAME", "node-shapes"),
+    );
+    let out = run(Command::new("python3")
+        .arg(repo("tests/python/shapes_client.py"))
+        .arg(port.to_string())
+        .env("OTEL_SERVICE_NAME", "py-shapes"))
+    .unwrap();
+    // name → (statuses, ms) as the client saw them.
+    let said: std::collections::HashMap<&str, (Vec<&str>, f64)> = out
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0],
+                (f[1..f.len() - 1].to_vec(), f[f.len() - 1].parse().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(said["pipelined"].0, ["200", "200"], "{out}");
+    assert_eq!(said["chunked"].0, ["201"], "{out}");
+    let all = collect(&rt, &rec, agent, 8, |sp| sp.service() == "node-shapes");
+    let server = |path: &str| by_path(&all, SERVER, "node-shapes", path);
+    let client = |path: &str| by_path(&all, CLIENT, "py-shapes", path);
+    let cases = [
+        ("/ka/1", "keep-alive-1", "GET", 200),
+        ("/ka/2", "keep-alive-2", "GET", 200),
+        ("/pipe/1", "pipelined", "GET", 200),
+        ("/pipe/2", "pipelined", "GET", 200),
+        ("/chunked", "chunked", "POST", 201),
+        ("/split", "split", "POST", 201),
+        ("/split-head", "split-head", "GET", 200),
+        ("/stream", "stream", "GET", 200),
+    ];
+    let conn_port = s(server("/ka/1").attr("network.peer.port"));
+    for (path, name, method, status) in cases {
+        let (sv, cl) = (server(path), client(path));
+        assert_eq!(sv.name, method, "{sv:#?}");
+        assert_eq!(s(sv.attr("http.response.status_code")), status.to_string());
+        assert_eq!(s(cl.attr("http.response.status_code")), status.to_string());
+        assert_eq!(s(cl.attr("url.full")), format!("http://shapes{path}"));
+        // One connection throughout, joined end to end.
+        assert_eq!(s(sv.attr("network.peer.port")), conn_port, "{sv:#?}");
+        assert_eq!(s(cl.attr("network.local.port")), conn_port, "{cl:#?}");
+        child_of(sv, cl);
+        // Durations within what the client measured around the exchange.
+        let ms = |sp: &FlatSpan| (sp.end_ns - sp.start_ns) as f64 / 1e6;
+        assert!(
+            ms(cl) <= said[name].1 + 1.0,
+            "{name}: {} > {}",
+            ms(cl),
+            said[name].1
+        );
+        assert!(
+            ms(sv) <= ms(cl),
+            "{name}: server {} > client {}",
+            ms(sv),
+            ms(cl)
+        );
+    }
+    // Bodies sent in pieces 50 ms apart take their time; the server's span starts with the
+    // request's first bytes.
+    for (path, pieces) in [("/chunked", 3.0), ("/split", 1.0), ("/stream", 0.0)] {
+        let ms = (client(path).end_ns - client(path).start_ns) as f64 / 1e6;
+        assert!(ms >= pieces * 50.0, "{path}: {ms} ms");
+    }
+    let stream = server("/stream");
+    assert!(
+        (stream.end_ns - stream.start_ns) as f64 / 1e6 >= 100.0,
+        "{stream:#?}"
+    );
+    // Its first request came within a second of its start.
+    let first = server("/ka/1").start_ns.saturating_sub(started);
+    assert!(first < 1_000_000_000, "{first} ns after the start");
+}

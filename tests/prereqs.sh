@@ -105,7 +105,7 @@ apt_install \
   openssl libssl-dev \
   nginx-light curl python3 wrk iperf3 bpftrace bpftool procps iproute2 binutils nftables \
   prometheus podman runc conmon fuse-overlayfs systemd debootstrap python3-venv \
-  golang-1.19-go golang-golang-x-net-dev \
+  golang-1.19-go golang-golang-x-net-dev openjdk-17-jdk-headless \
   qemu-system-x86 busybox-static cpio
 # (the last line: a second kernel without lockdown, under software emulation, tests/support/vm.rs)
 

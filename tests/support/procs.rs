@@ -46,10 +46,8 @@ pub struct Nginx {
 impl Nginx {
     /// nginx with TLS on a free port and a few fixed answers.
     pub fn start() -> anyhow::Result<Nginx> {
-        require("nginx");
         require("openssl");
         let dir = tempdir("nginx");
-        let port = free_port();
         let st = Command::new("openssl")
             .args([
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
@@ -65,6 +63,28 @@ impl Nginx {
             bail!("openssl could not make a test certificate");
         }
         let d = dir.display();
+        let server = format!(
+            r#"ssl_certificate {d}/cert.pem;
+    ssl_certificate_key {d}/key.pem;
+    location / {{ return 200 "hello\n"; }}
+    location /missing {{ return 404; }}
+    location /down {{ return 503; }}
+    location /big {{ return 200 "{big}"; }}"#,
+            big = "x".repeat(3000)
+        );
+        Self::launch(dir, "ssl", &server)
+    }
+
+    /// nginx serving plaintext HTTP on a free port, with `server` (its locations) in its
+    /// server block.
+    pub fn plain(server: &str) -> anyhow::Result<Nginx> {
+        Self::launch(tempdir("nginx"), "", server)
+    }
+
+    fn launch(dir: PathBuf, listen_opts: &str, server: &str) -> anyhow::Result<Nginx> {
+        require("nginx");
+        let port = free_port();
+        let d = dir.display();
         let conf = format!(
             r#"worker_processes 1;
 pid {d}/nginx.pid;
@@ -79,17 +99,11 @@ http {{
   scgi_temp_path {d}/scgi;
   keepalive_requests 1000;
   server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {d}/cert.pem;
-    ssl_certificate_key {d}/key.pem;
-    location / {{ return 200 "hello\n"; }}
-    location /missing {{ return 404; }}
-    location /down {{ return 503; }}
-    location /big {{ return 200 "{big}"; }}
+    listen 127.0.0.1:{port} {listen_opts};
+    {server}
   }}
 }}
-"#,
-            big = "x".repeat(3000)
+"#
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
         let child = Command::new("nginx")
@@ -192,7 +206,10 @@ impl Agent {
         let mut cmd = Command::new(sightline_bin());
         cmd.args(args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", "sightline=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SIGHTLINE_TEST_LOG").unwrap_or("sightline=info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {

@@ -14,9 +14,15 @@ pub fn socket_inode(link: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
-/// A namespace's tables are read again for a socket they lack at most this often: on a
-/// host with 100 000 connections each read is megabytes of text.
-const REREAD: Duration = Duration::from_millis(250);
+/// A namespace's tables are read again for a socket they lack after this many times what the
+/// last read took, so rereads take at most a twentieth of the time: a few tens of
+/// microseconds on a quiet host (a server that accepts without asking for the peer's address,
+/// as node does, gets its new connection's ends at once), milliseconds on a host with
+/// 100 000 connections (megabytes of text per read).
+const REREAD_FACTOR: u32 = 20;
+/// Bounds of the wait between rereads, whatever a read took.
+const REREAD_MIN: Duration = Duration::from_millis(1);
+const REREAD_MAX: Duration = Duration::from_millis(250);
 /// A namespace's tables not asked about for this long are dropped.
 const KEEP: Duration = Duration::from_secs(30);
 /// Namespaces whose tables are kept at once; past it the one asked about longest ago goes.
@@ -31,6 +37,8 @@ pub struct TcpTables {
 
 struct Table {
     read_at: Instant,
+    /// How long to wait after `read_at` before reading again.
+    reread_after: Duration,
     used_at: Instant,
     /// Local and peer address by socket inode.
     sockets: FxHashMap<u64, (SocketAddr, SocketAddr)>,
@@ -48,11 +56,12 @@ impl TcpTables {
             if let Some(found) = t.sockets.get(&inode) {
                 return Some(*found);
             }
-            if now.duration_since(t.read_at) < REREAD {
+            if now.duration_since(t.read_at) < t.reread_after {
                 return None;
             }
         }
         let sockets = read_tables(pid);
+        let reread_after = (now.elapsed() * REREAD_FACTOR).clamp(REREAD_MIN, REREAD_MAX);
         let found = sockets.get(&inode).copied();
         self.by_netns
             .retain(|_, t| now.duration_since(t.used_at) < KEEP);
@@ -70,6 +79,7 @@ impl TcpTables {
             ns,
             Table {
                 read_at: now,
+                reread_after,
                 used_at: now,
                 sockets,
             },
@@ -229,10 +239,13 @@ mod tests {
         // Known: answered from the parsed tables.
         assert!(tables.addrs(me, a.as_raw_fd()).is_some());
         assert_eq!(tables.by_netns.values().next().unwrap().read_at, read_at);
-        // A socket made since: not before REREAD has passed, then found.
+        // A socket made since: not before the wait has passed, then found.
+        let t = tables.by_netns.values_mut().next().unwrap();
+        assert!(t.reread_after >= REREAD_MIN);
+        t.reread_after = REREAD_MAX;
         let b = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         assert_eq!(tables.addrs(me, b.as_raw_fd()), None);
-        std::thread::sleep(REREAD);
+        std::thread::sleep(REREAD_MAX);
         assert_eq!(
             tables.addrs(me, b.as_raw_fd()).map(|(l, _)| l),
             Some(b.local_addr().unwrap())

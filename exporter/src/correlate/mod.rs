@@ -4,16 +4,21 @@
 //!   matched by the connection's ends and the request's position on it;
 //! - [`goroutines`]: Go's in-process parents (a handler's client calls are its children) and
 //!   Go's same-host joins, matched by the connection's ends and time;
+//! - [`threads`]: outside Go, a thread's outgoing calls while it handles one request are that
+//!   request's children;
 //! - [`twins`]: one request seen by two capture points is reported once;
-//! - [`network`]: each call gets what its TCP connection did while it ran.
+//! - [`network`]: each call gets what its TCP connection did while it ran;
+//! - [`moved`]: a same-host chain that met a Go request's trace continues in it.
 //!
 //! Calls come in from the sources and leave, with their final ids, through [`Correlator::ready`].
 //! [`hold`] is the one policy for how long any of them waits.
 
 pub mod goroutines;
 pub mod hold;
+pub mod moved;
 pub mod network;
 pub mod same_host;
+pub mod threads;
 pub mod twins;
 
 use crate::protocols::call::Call;
@@ -23,9 +28,11 @@ use crate::sources::tcp::NetEvent;
 use crate::sources::{CapturePoint, ConnView, Made};
 use crate::telemetry::counters::{Counter, Stats};
 use goroutines::GoCalls;
+use moved::Moves;
 use rustc_hash::FxHashMap as HashMap;
 use same_host::{ConnJoin, Joins, Key, Origin};
 use std::sync::Arc;
+use threads::{Found, Threads};
 use twins::Twins;
 
 /// Most byte-stream connections whose request positions are tracked; the sources close (and
@@ -40,6 +47,8 @@ pub struct Correlator {
     /// they wait, who saw them, and whether they waited a batch already.
     waiting: Vec<(Call, Key, CapturePoint, bool)>,
     go: GoCalls,
+    threads: Threads,
+    moves: Moves,
     twins: Twins,
     ready: Vec<Call>,
     /// Network events, in order; nothing holds them.
@@ -57,6 +66,8 @@ impl Correlator {
             conn_joins: HashMap::default(),
             waiting: Vec::new(),
             go: GoCalls::default(),
+            threads: Threads::default(),
+            moves: Moves::default(),
             twins: Twins::default(),
             ready: Vec::new(),
             ready_net: Vec::new(),
@@ -104,12 +115,55 @@ impl Correlator {
             return;
         }
         let cj = self.conn_joins.entry(key).or_default();
+        let new = cj.threaded..conn.requests_seen.max(cj.threaded);
+        cj.threaded = new.end;
+        // Threads are followed outside Go, whose goroutines move between them.
+        let thread =
+            (conn.tid != 0 && !self.twins.is_go(conn.id.0)).then_some((conn.id.0, conn.tid));
+        let sent_new = conn.egress && !new.is_empty();
+        let parent = match (thread, conn.role) {
+            (Some(thread), Some(Role::Client)) if sent_new => match self.threads.parent(thread) {
+                Found::Parent(p) => {
+                    self.stats
+                        .add(Counter::ThreadParentFound, new.end - new.start);
+                    Some(p)
+                }
+                Found::Ambiguous => {
+                    self.stats
+                        .add(Counter::ThreadParentAmbiguous, new.end - new.start);
+                    None
+                }
+                Found::None => None,
+            },
+            _ => None,
+        };
         self.joins
-            .on_requests(cj, conn.requests_seen, conn.role, conn.ends);
+            .on_requests(cj, conn.requests_seen, conn.role, conn.ends, parent);
+        match (thread, conn.role, conn.egress) {
+            (Some(thread), Some(Role::Server), false) if !new.is_empty() => {
+                let caller = cj.caller(new.end - 1);
+                self.threads
+                    .read_requests(thread, key, new, conn.incoming, caller);
+            }
+            (Some(_), Some(Role::Server), true) => self.threads.answered(key, conn.responses_seen),
+            _ => {}
+        }
         for mut call in calls {
-            let (origin, wait) = self.joins.next_origin(cj, call.role, conn.ends);
-            // What an incoming traceparent said wins over any join.
-            if !call.continues_incoming() {
+            // A server call whose child fixed its ids while it ran keeps them.
+            let fixed = match call.role {
+                Role::Server => self.threads.take_fixed(key, cj.next_position()),
+                Role::Client => None,
+            };
+            let (origin, mut wait) = self.joins.next_origin(cj, call.role, conn.ends);
+            let local_trace = matches!(origin, Origin::Client(s) if s.local_trace);
+            if let Some(f) = fixed {
+                call.trace_id = f.trace_id;
+                call.span_id = f.span_id;
+                call.parent_span_id = f.parent;
+                call.trace_flags = f.flags;
+                wait = None;
+            } else if !call.continues_incoming() {
+                // What an incoming traceparent said wins over any join.
                 apply(&mut call, origin);
             }
             call.fresh_ids();
@@ -117,7 +171,12 @@ impl Correlator {
             // A Go program's own view of its call is the one that joins (its OpenSSL view is
             // a twin, dropped below).
             if call.role == Role::Client && !self.twins.is_go(call.process.pid) {
-                local_caller(&mut self.go, self.mono_to_unix_ns, &mut call);
+                let before = call.trace_id;
+                local_caller(&mut self.go, self.mono_to_unix_ns, &mut call, local_trace);
+                if call.parent_span_id.is_some() {
+                    // Its parent and their callers, still to leave, follow it.
+                    self.moves.record(before, call.trace_id);
+                }
             }
             match wait {
                 Some(k) if call.parent_span_id.is_none() => {
@@ -127,6 +186,7 @@ impl Correlator {
             }
         }
         if conn.closed {
+            self.threads.closed(key);
             if let Some(cj) = self.conn_joins.remove(&key) {
                 self.joins.forget(&cj, conn.ends);
             }
@@ -169,6 +229,10 @@ impl Correlator {
         self.release_go();
         self.settle_waiting(false);
         self.joins.end_batch();
+        self.threads.end_batch();
+        self.moves.end_batch();
+        self.stats
+            .set(Counter::ThreadsOpen, self.threads.fill() as u64);
         self.twins.end_batch(false, &mut self.ready);
         self.network.end_batch();
     }
@@ -191,6 +255,7 @@ impl Correlator {
         self.stats
             .set(Counter::CallsDeduplicated, self.twins.merged());
         for call in &mut self.ready {
+            self.moves.apply(&mut call.trace_id);
             self.network.annotate(call);
         }
         self.ready.drain(..)
@@ -201,9 +266,10 @@ impl Correlator {
 fn apply(call: &mut Call, origin: Origin) {
     match origin {
         Origin::Fresh => {}
-        Origin::Client { trace_id, span_id } => {
-            call.trace_id = trace_id;
-            call.span_id = span_id;
+        Origin::Client(sent) => {
+            call.trace_id = sent.trace_id;
+            call.span_id = sent.span_id;
+            call.parent_span_id = sent.parent;
         }
         Origin::ChildOf { trace_id, parent } => {
             call.trace_id = trace_id;
@@ -214,9 +280,10 @@ fn apply(call: &mut Call, origin: Origin) {
 }
 
 /// A byte-stream client call to a server on this host: a Go server request it carried becomes
-/// its child (byte-stream servers join it by position). A client with no parent adopts the
-/// request's trace, which the request's own calls may already have carried elsewhere.
-fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &mut Call) {
+/// its child (byte-stream servers join it by position). A client with no parent, or whose
+/// trace began on this host (`local_trace`), adopts the request's trace, which the request's
+/// own calls may already have carried elsewhere.
+fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &mut Call, local_trace: bool) {
     let (Some(local), Some(peer)) = (call.local, call.peer) else {
         return;
     };
@@ -229,7 +296,7 @@ fn local_caller(go: &mut GoCalls, mono_to_unix_ns: i128, call: &mut Call) {
         peer,
         call.span_id,
         (call.trace_id, call.trace_flags),
-        call.parent_span_id.is_none(),
+        call.parent_span_id.is_none() || local_trace,
         (start, start.saturating_add(call.duration_ns)),
     );
     if let Some((trace_id, flags)) = adopted {

@@ -176,4 +176,18 @@ impl Protocol {
             Protocol::Http1(h) => h.requests_seen(),
         }
     }
+
+    /// Responses started so far on the connection.
+    pub fn responses_seen(&self) -> u64 {
+        match self {
+            Protocol::Http1(h) => h.responses_seen(),
+        }
+    }
+
+    /// The newest request's `traceparent`, while it waits for its response.
+    pub fn newest_traceparent(&self) -> Option<&str> {
+        match self {
+            Protocol::Http1(h) => h.newest_traceparent(),
+        }
+    }
 }

@@ -17,6 +17,7 @@ use crate::correlate::same_host::Ends;
 use crate::discovery::analyzer::{Analyzer, Waiter};
 use crate::metadata::Processes;
 use crate::protocols::call::Call;
+use crate::protocols::trace_context::TraceParent;
 use crate::protocols::Conventions;
 use crate::telemetry::counters::Stats;
 use otel_config::Selection;
@@ -51,6 +52,14 @@ pub struct ConnView {
     pub role: Option<Role>,
     /// Requests seen on it so far, answered or not.
     pub requests_seen: u64,
+    /// Responses started on it so far.
+    pub responses_seen: u64,
+    /// The thread whose call moved the record's bytes (0 for the connection's end), and
+    /// whether the process sent them.
+    pub tid: u32,
+    pub egress: bool,
+    /// On a server connection after a read: the newest request's incoming `traceparent`.
+    pub incoming: Option<TraceParent>,
     /// The connection is over.
     pub closed: bool,
 }

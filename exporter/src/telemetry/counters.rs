@@ -50,6 +50,9 @@ pub enum Counter {
     AnalysesPending,
     TableSwept,
     TableSweepsDropped,
+    ThreadParentFound,
+    ThreadParentAmbiguous,
+    ThreadsOpen,
 }
 
 /// How a counter is exported: its metric, the attributes of its series, what it means, and
@@ -68,9 +71,10 @@ const UNTRACKED: &str = "Library calls not tracked (no in-flight slot, unreadabl
 const CLASSIFIED: &str = "Sockets classified by their first bytes at the socket syscalls (class: http, whose bytes are copied; tls, h2 and other, which cost one map lookup per syscall from then on; library, in a process whose requests a library capture point reports).";
 const UNTRACKED_FLOWS: &str = "TCP connections not followed for network signals because a flow table was full (table: kernel or user).";
 const KERNEL_FLOWS: &str = "TCP connections the kernel started (op: added) and stopped (op: removed) following for network signals.";
-pub const FILL: &str = "Entries in sightline's bounded tables: the kernel's (table: kernel_*, one per eBPF hash table, e.g. kernel_go_client, kernel_sock_class, kernel_tcp_flows) and its own (tcp_flows, analyses_pending).";
+pub const FILL: &str = "Entries in sightline's bounded tables: the kernel's (table: kernel_*, one per eBPF hash table, e.g. kernel_go_client, kernel_sock_class, kernel_tcp_flows) and its own (tcp_flows, analyses_pending, threads_open: threads handling a request, for in-process parents).";
 pub const CAPACITY: &str = "Entries each of sightline's bounded kernel tables can hold (table: as for sightline.table.fill). An LRU table at capacity recycles its oldest entries.";
 pub const INSERT_FAILED: &str = "Inserts into a kernel table that failed (table: as for sightline.table.fill): the entry was not kept, and what needed it is missing.";
+const BY_THREAD: &str = "Outgoing requests (outside Go) sent by a thread while it handled requests: outcome found, the thread had exactly one request open (read, its response not started), whose child the call became; ambiguous, it had several open (an event loop, pipelining), so the call names no parent.";
 const REFUSED: &str = "Binaries not traced because analysing them ran over a budget (reason: memory, more than 128 MiB read or decompressed; time, more than 10 s) or because the file is not a regular file (reason: not_regular). `sightline symbols FILE` says why for one file.";
 const INJECTIONS: &str = "Outgoing Go requests sightline was to write a traceparent into, by where (via: socket for plaintext HTTP/1.x, memory for HTTPS and HTTP/2) and outcome: written; skipped (sent untouched: at the socket, the first bytes were not a request line it could extend, or the head already carried a traceparent or did not end within 1 KiB; in memory, the request's buffer had no room or held an unexpected frame, or its header map could not be read whole, so it might already carry one); no_socket (the connection could not take the socket program).";
 
@@ -101,7 +105,7 @@ macro_rules! gauge {
 }
 
 /// Every counter, in [`Counter`]'s order.
-pub const COUNTERS: [CounterDef; 39] = [
+pub const COUNTERS: [CounterDef; 42] = [
     def!(EventsLost, "sightline.events.lost", &[], "Capture records lost because the ring buffer was full.", Some(kernel::RINGBUF_FULL)),
     def!(KernelActiveFull, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::ACTIVE_FULL)),
     def!(KernelReadFailed, "sightline.kernel.calls.untracked", &[], UNTRACKED, Some(kernel::READ_FAILED)),
@@ -141,6 +145,9 @@ pub const COUNTERS: [CounterDef; 39] = [
     gauge!(AnalysesPending, "sightline.table.fill", &[("table", "analyses_pending")], FILL),
     def!(TableSwept, "sightline.table.swept", &[], "Entries of exited processes removed from the kernel's tables (a process's connections, calls in flight and goroutines), so that a later process under the same pid does not match them.", None),
     def!(TableSweepsDropped, "sightline.table.sweeps.dropped", &[], "Process exits whose table entries were left to age out of their LRU tables rather than swept, because more than 65 536 exits waited for a sweep.", None),
+    def!(ThreadParentFound, "sightline.parents.by_thread", &[("outcome", "found")], BY_THREAD, None),
+    def!(ThreadParentAmbiguous, "sightline.parents.by_thread", &[("outcome", "ambiguous")], BY_THREAD, None),
+    gauge!(ThreadsOpen, "sightline.table.fill", &[("table", "threads_open")], FILL),
 ];
 
 /// The counters' values, shared by every stage and read by the metrics and the summary.

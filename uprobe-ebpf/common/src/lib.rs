@@ -545,11 +545,13 @@ pub struct DataHeader {
 pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataHeader>();
 
 /// The per-CPU scratch area a record is assembled in before it is copied to the ring buffer:
-/// the BPF stack is only 512 bytes.
+/// the BPF stack is only 512 bytes. At most [`MAX_CAPTURE`] bytes of `data` are used; it is
+/// twice that so that the verifier can bound a copy into it at an offset (offset and size
+/// each below `MAX_CAPTURE`) when a call's bytes are gathered from several buffers.
 #[repr(C)]
 pub struct DataRecord {
     pub header: DataHeader,
-    pub data: [u8; MAX_CAPTURE],
+    pub data: [u8; MAX_CAPTURE * 2],
 }
 
 /// The end of a library connection object (`SSL_free`).

@@ -24,7 +24,15 @@ pub(crate) struct Payload {
     /// At most this many of them are copied (below `len` when only part of the call's bytes
     /// are in `buf`, e.g. the first of several iovecs; 0 for none).
     pub(crate) avail: u64,
+    /// The call's iovec array when its bytes are spread over several buffers (`buf` is the
+    /// first's), else 0: the bytes go on from the next ones, up to the capture size.
+    pub(crate) iov: u64,
 }
+
+/// Iovecs after the first whose bytes are gathered into a record. A head and its body, or a
+/// chunk's size line, data and CRLF (node writes each as its own iovec) fit in four; what is
+/// past them counts as length only.
+const MORE_IOVECS: u64 = 3;
 
 #[inline(always)]
 pub(crate) fn payload(p: &Payload) {
@@ -51,6 +59,8 @@ pub(crate) fn payload(p: &Payload) {
         if r != 0 {
             bump(counter::READ_FAILED);
             captured = 0;
+        } else if p.iov != 0 && n == p.avail {
+            captured = gather(rec, p, n, cap) as u32;
         }
     }
     rec.header = DataHeader {
@@ -89,4 +99,50 @@ pub(crate) fn payload(p: &Payload) {
     if r != 0 {
         bump(counter::RINGBUF_FULL);
     }
+}
+
+/// Copies the bytes of the iovecs after the first into `rec`, after the `first` bytes already
+/// there, up to `cap` and the call's length; returns how many bytes `rec` holds.
+#[inline(always)]
+fn gather(rec: &mut DataRecord, p: &Payload, first: u64, cap: u64) -> u64 {
+    let mut off = first;
+    for i in 1..=MORE_IOVECS {
+        if off >= cap || off >= p.len {
+            break;
+        }
+        // SAFETY: helper-checked read of the process's iovec `i`; the call moved more bytes
+        // than the iovecs before it hold, so the array has it.
+        let Ok(v) = (unsafe {
+            aya_ebpf::helpers::bpf_probe_read_user((p.iov + 16 * i) as *const [u64; 2])
+        }) else {
+            break;
+        };
+        let mut m = v[1];
+        if m > cap - off {
+            m = cap - off;
+        }
+        if m > p.len - off {
+            m = p.len - off;
+        }
+        // Both below MAX_CAPTURE (`off` is at least 1, `cap` at most MAX_CAPTURE): the masks
+        // change nothing but let the verifier bound the copy within `data`.
+        let at = off & (MAX_CAPTURE as u64 - 1);
+        let m = m & (MAX_CAPTURE as u64 - 1);
+        if m == 0 {
+            continue;
+        }
+        // SAFETY: `at + m < 2 * MAX_CAPTURE`, the size of `data`; the helper checks the source.
+        let r = unsafe {
+            bpf_probe_read_user(
+                rec.data.as_mut_ptr().add(at as usize).cast(),
+                m as u32,
+                v[0] as *const core::ffi::c_void,
+            )
+        };
+        if r != 0 {
+            break;
+        }
+        off += m;
+    }
+    off
 }

@@ -141,5 +141,6 @@ fn emit(call: &ActiveCall, id: u64, len: u64) {
         buf: call.buf,
         len,
         avail: len,
+        iov: 0,
     });
 }

@@ -204,23 +204,19 @@ pub fn sys_data_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let len = ret as u64;
-    // Where the first bytes are, and how many of the call's are there.
+    // The iovec array, if any; where the first bytes are, and how many of the call's are
+    // there.
+    let iov = match call.shape {
+        shape::IOV => call.arg,
+        // SAFETY: helper-checked read of the msghdr's iovec pointer.
+        shape::MSG => {
+            unsafe { bpf_probe_read_user((call.arg + MSGHDR_IOV) as *const u64) }.unwrap_or(0)
+        }
+        _ => 0,
+    };
     let (buf, avail) = match call.shape {
         shape::BUF => (call.arg, len),
-        shape::IOV => match first_iovec(call.arg) {
-            Some(v) => v,
-            None => (0, 0),
-        },
-        shape::MSG => {
-            // SAFETY: helper-checked read of the msghdr's iovec pointer.
-            match unsafe { bpf_probe_read_user((call.arg + MSGHDR_IOV) as *const u64) }
-                .ok()
-                .and_then(first_iovec)
-            {
-                Some(v) => v,
-                None => (0, 0),
-            }
-        }
+        shape::IOV | shape::MSG if iov != 0 => first_iovec(iov).unwrap_or((0, 0)),
         _ => (0, 0),
     };
     let avail = if avail < len { avail } else { len };
@@ -273,6 +269,7 @@ pub fn sys_data_exit(ctx: TracePointContext) -> u32 {
         buf,
         len,
         avail,
+        iov,
     });
     0
 }

@@ -56,6 +56,7 @@ pub struct Http1Conn {
     pending: VecDeque<Pending>,
     events: Vec<StreamEvent>,
     requests: u64,
+    responses: u64,
 }
 
 /// Answers the response stream's question "is this a response to HEAD?" for each response
@@ -81,6 +82,16 @@ impl Http1Conn {
     /// Request heads accepted so far on this connection.
     pub fn requests_seen(&self) -> u64 {
         self.requests
+    }
+
+    /// Final response heads seen so far (interim 1xx ones are not counted).
+    pub fn responses_seen(&self) -> u64 {
+        self.responses
+    }
+
+    /// The newest request's `traceparent`, while it waits for its response.
+    pub fn newest_traceparent(&self) -> Option<&str> {
+        self.pending.back()?.request.traceparent.as_deref()
     }
 
     /// A role known from the socket (connect or accept) avoids guessing from content.
@@ -191,6 +202,7 @@ impl Http1Conn {
             if matches!(head.status, Some(100..=199)) && head.status != Some(101) {
                 return;
             }
+            self.responses += 1;
             match self.pending.iter_mut().find(|p| p.response.is_none()) {
                 Some(p) => {
                     p.response = Some(Response {

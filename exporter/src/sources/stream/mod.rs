@@ -10,6 +10,7 @@ use crate::correlate::same_host::Ends;
 use crate::metadata::ProcessInfo;
 use crate::protocols::call::{Call, ConnFacts};
 use crate::protocols::http1::Output;
+use crate::protocols::trace_context::parse_traceparent;
 use crate::protocols::{Conventions, DropReason, Protocol, Role};
 use crate::telemetry::counters::{Counter, Stats};
 use otel_config::Selection;
@@ -62,15 +63,33 @@ impl Conn {
     }
 }
 
-/// A connection seen as a byte stream, as it stands.
-fn view(point: CapturePoint, c: &Conn, id: ConnId, closed: bool) -> ConnView {
+/// What moved a record's bytes: the thread, and whether the process sent them.
+#[derive(Clone, Copy)]
+struct Moved {
+    tid: u32,
+    egress: bool,
+}
+
+/// A connection seen as a byte stream, as it stands after a record (`moved`) or at its end.
+fn view(point: CapturePoint, c: &Conn, id: ConnId, moved: Option<Moved>) -> ConnView {
+    let role = c.proto.as_ref().and_then(Protocol::role).or(c.role);
+    let read = moved.is_some_and(|m| !m.egress);
+    // Parsed only where a thread may have just read a request its children continue.
+    let incoming = match (&c.proto, role, read) {
+        (Some(p), Some(Role::Server), true) => p.newest_traceparent().and_then(parse_traceparent),
+        _ => None,
+    };
     ConnView {
         point,
         id,
         ends: c.ends(),
-        role: c.proto.as_ref().and_then(Protocol::role).or(c.role),
+        role,
         requests_seen: c.proto.as_ref().map_or(0, Protocol::requests_seen),
-        closed,
+        responses_seen: c.proto.as_ref().map_or(0, Protocol::responses_seen),
+        tid: moved.map_or(0, |m| m.tid),
+        egress: moved.is_some_and(|m| m.egress),
+        incoming,
+        closed: moved.is_none(),
     }
 }
 
@@ -250,7 +269,8 @@ impl Streams {
             &mut self.out,
         );
         let facts = conn.facts(self.tls);
-        let view = view(self.point, conn, key, false);
+        let moved = Moved { tid: h.tid, egress };
+        let view = view(self.point, conn, key, Some(moved));
         made.push(finish(
             &mut self.out,
             &self.stats,
@@ -270,7 +290,7 @@ impl Streams {
         }
         match c.process.as_ref() {
             Some(process) => {
-                let view = view(self.point, &c, key, true);
+                let view = view(self.point, &c, key, None);
                 let facts = c.facts(self.tls);
                 made.push(finish(
                     &mut self.out,
