@@ -35,6 +35,8 @@ const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
 /// How often the processes a capture point holds state for are checked for having ended
 /// unseen (an exit record lost to a full ring buffer).
 const REAP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the kernel's counters are read when no record came since the last second.
+const QUIET_COUNTERS: Duration = Duration::from_secs(10);
 
 /// What the terminal shows.
 #[derive(Debug, Clone)]
@@ -286,12 +288,13 @@ async fn capture(
     stats: &Stats,
 ) -> anyhow::Result<()> {
     let mut rescans = Rescans::default();
-    let mut rescan_tick = tokio::time::interval(RESCAN_TICK);
-    rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_rescan = Instant::now();
     let mut due = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut drain = Drain::default();
+    // Records drained at the last tick, and when the kernel's counters are next read anyway.
+    let mut counted = 0;
+    let mut counters_at = Instant::now();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut notices = Vec::new();
@@ -308,13 +311,20 @@ async fn capture(
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain_ring(guard.get_inner_mut(), pipeline, &mut notices);
+                let n = drain_ring(guard.get_inner_mut(), pipeline, &mut notices);
+                drain.drained(n);
                 guard.clear_ready();
             }
             // Records are mostly written without a wakeup; collect them here.
-            _ = drain.tick() => drain_ring(ring.get_mut(), pipeline, &mut notices),
-            _ = rescan_tick.tick() => {
-                rescans.due(Instant::now(), &mut due);
+            _ = tokio::time::sleep_until(drain.next.into()) => {
+                let n = drain_ring(ring.get_mut(), pipeline, &mut notices);
+                drain.drained(n);
+            }
+            // Looks again at new processes only while some are due: no timer runs idle. Due
+            // looks are taken together, at most every RESCAN_TICK.
+            _ = until(rescans.next().map(|at| at.max(last_rescan + RESCAN_TICK))) => {
+                last_rescan = Instant::now();
+                rescans.due(last_rescan, &mut due);
                 for pid in due.drain(..) {
                     look_at(pid, discovery, loader, pipeline);
                 }
@@ -326,15 +336,23 @@ async fn capture(
                 }
                 pipeline.tick(kernel::monotonic_ns());
                 pipeline.flush();
-                stats.copy_kernel(&loader.counters());
                 let now = Instant::now();
+                let active = drain.total != counted;
+                counted = drain.total;
+                // A lookup per counter: every second while records come, else every
+                // QUIET_COUNTERS (the programs that count without writing a record, such as
+                // the classification of a socket that is not HTTP, are rare on a quiet host).
+                if active || now >= counters_at {
+                    counters_at = now + QUIET_COUNTERS;
+                    stats.copy_kernel(&loader.counters());
+                }
                 if reap_at <= now {
                     reap_at = now + REAP_INTERVAL;
                     for pid in discovery.reap(loader) {
                         loader.tables.exited(pid, now);
                     }
                 }
-                if let Some(scan) = loader.tables.tick(now) {
+                if let Some(scan) = loader.tables.tick(now, active) {
                     stats.set_table_fills(&scan.fill);
                     stats.add(Counter::TableSwept, scan.removed);
                     stats.set(Counter::TableSweepsDropped, loader.tables.exits_dropped);
@@ -391,13 +409,65 @@ fn report_losses(stats: &Stats) {
     }
 }
 
-fn drain_ring(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, notices: &mut Vec<Notice>) {
+/// Drains the ring buffer; returns how many records it held.
+fn drain_ring(
+    rb: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline,
+    notices: &mut Vec<Notice>,
+) -> usize {
+    let mut n = 0;
     while let Some(item) = rb.next() {
-        if let Some(n) = pipeline.handle(&item) {
-            notices.push(n);
+        n += 1;
+        if let Some(notice) = pipeline.handle(&item) {
+            notices.push(notice);
         }
     }
     pipeline.flush();
+    n
+}
+
+/// When the ring buffer is next drained without a wakeup. Every `DRAIN_INTERVAL_MS` while
+/// records come; on a quiet host the wait doubles with each empty drain, up to
+/// [`MAX_IDLE_DRAIN`], so an idle sightline wakes about twice a second (this and the second's
+/// tick), not fifty times. A burst
+/// after a quiet spell still wakes it at once: the programs force a wakeup once
+/// `WAKEUP_BYTES` are pending.
+struct Drain {
+    next: Instant,
+    empty: u32,
+    /// Records drained so far.
+    total: u64,
+}
+
+/// The longest wait between drains on a quiet host.
+const MAX_IDLE_DRAIN: Duration = Duration::from_millis(1000);
+
+impl Default for Drain {
+    fn default() -> Drain {
+        Drain {
+            next: Instant::now() + Duration::from_millis(DRAIN_INTERVAL_MS),
+            empty: 0,
+            total: 0,
+        }
+    }
+}
+
+impl Drain {
+    fn drained(&mut self, records: usize) {
+        self.total += records as u64;
+        self.empty = if records == 0 { self.empty + 1 } else { 0 };
+        let wait =
+            Duration::from_millis(DRAIN_INTERVAL_MS << self.empty.min(8)).min(MAX_IDLE_DRAIN);
+        self.next = Instant::now() + wait;
+    }
+}
+
+/// Completes at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Says once how trace context reaches other services, and why not further. Plaintext

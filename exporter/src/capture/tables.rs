@@ -29,6 +29,8 @@ const SWEEP_DELAY: Duration = Duration::from_secs(2);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Every table's fill is counted this often.
 const FILL_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the tables are counted when no record came since the last count.
+const QUIET_FILL_INTERVAL: Duration = Duration::from_secs(60);
 /// Exits waiting for their sweep; past it the oldest is dropped (its entries then age out
 /// of their LRUs instead) and counted.
 const MAX_PENDING_EXITS: usize = 65_536;
@@ -39,6 +41,8 @@ pub struct Watch {
     exits: VecDeque<(u32, Instant)>,
     last_sweep: Instant,
     last_fill: Option<Instant>,
+    /// Records came since the last count.
+    active: bool,
     /// Exits dropped because too many waited.
     pub exits_dropped: u64,
 }
@@ -50,6 +54,7 @@ impl Watch {
             exits: VecDeque::new(),
             last_sweep: Instant::now(),
             last_fill: None,
+            active: false,
             exits_dropped: 0,
         }
     }
@@ -68,12 +73,21 @@ impl Watch {
     }
 
     /// Sweeps the exits that are due and counts the tables, when it is time to; returns what
-    /// was found then. FLOWS is not walked: the kernel counts its entries itself, and it may
-    /// hold hundreds of thousands.
-    pub fn tick(&mut self, now: Instant) -> Option<Scan> {
+    /// was found then. `active`: records came since the last tick. FLOWS is not walked: the
+    /// kernel counts its entries itself, and it may hold hundreds of thousands.
+    pub fn tick(&mut self, now: Instant, active: bool) -> Option<Scan> {
+        self.active |= active;
+        // Walking every bucket of every table is most of what an idle sightline does, and on
+        // a quiet host the tables hardly change: counted every FILL_INTERVAL while records
+        // come, every QUIET_FILL_INTERVAL otherwise.
+        let interval = if self.active {
+            FILL_INTERVAL
+        } else {
+            QUIET_FILL_INTERVAL
+        };
         let fill_due = self
             .last_fill
-            .is_none_or(|t| now.duration_since(t) >= FILL_INTERVAL);
+            .is_none_or(|t| now.duration_since(t) >= interval);
         let sweep_due = now.duration_since(self.last_sweep) >= SWEEP_INTERVAL
             && self
                 .exits
@@ -98,6 +112,7 @@ impl Watch {
         }
         let scan = if fill_due {
             self.last_fill = Some(now);
+            self.active = false;
             self.tables.scan(|t| t.map != "FLOWS", &exited)
         } else if exited.is_empty() {
             return None;
@@ -246,8 +261,13 @@ impl Handle {
         values: &mut Vec<u8>,
         walk: &mut Walk<'_>,
     ) -> std::io::Result<()> {
-        keys.resize(self.key_size * BATCH, 0);
-        values.resize(self.value_size * BATCH, 0);
+        // Grown, never shrunk: the buffers serve every table in turn, and zeroing megabytes
+        // of values at each table was most of an idle sightline's work.
+        for (buf, size) in [(&mut *keys, self.key_size), (&mut *values, self.value_size)] {
+            if buf.len() < size * BATCH {
+                buf.resize(size * BATCH, 0);
+            }
+        }
         let mut token = [0u8; 8];
         let mut first = true;
         // A table never holds more than its capacity; the bound keeps a table that changes

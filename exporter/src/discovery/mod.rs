@@ -49,6 +49,15 @@ impl Rescans {
         }
     }
 
+    /// When the next look is due, if any is waiting.
+    pub fn next(&self) -> Option<Instant> {
+        self.queues
+            .iter()
+            .filter_map(|q| q.front())
+            .map(|(at, _)| *at)
+            .min()
+    }
+
     /// The pids whose next look is due by `now`, into `out`.
     pub fn due(&mut self, now: Instant, out: &mut Vec<u32>) {
         for q in &mut self.queues {
