@@ -5,7 +5,7 @@
 use sightline_e2e::flat::{spans, FlatSpan, Val, CLIENT, SERVER};
 use sightline_e2e::gobuild::{self, Shape, SHAPES, TOOLCHAINS};
 use sightline_e2e::gosvc::GoService;
-use sightline_e2e::procs::{free_port, leftover_programs, require, run, Agent};
+use sightline_e2e::procs::{free_port, leftover_programs, require, run, which, Agent};
 use sightline_e2e::receiver::{self, Received};
 use std::process::Command;
 use std::time::Duration;
@@ -1240,11 +1240,6 @@ fn traceparent_reaches_another_host_over_https_and_http2() {
         "{}",
         out.console
     );
-}
-
-fn which(tool: &str) -> std::path::PathBuf {
-    let out = run(Command::new("sh").args(["-c", &format!("command -v {tool}")])).unwrap();
-    std::path::PathBuf::from(out.trim())
 }
 
 #[tokio::test(flavor = "multi_thread")]

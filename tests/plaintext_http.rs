@@ -4,7 +4,9 @@
 //! not become a span).
 
 use sightline_e2e::flat::{points, spans, FlatSpan, Val, CLIENT, SERVER};
-use sightline_e2e::procs::{free_port, leftover_programs, require, run, tempdir, Agent, Killed};
+use sightline_e2e::procs::{
+    free_port, leftover_programs, require, run, tempdir, which, Agent, Killed,
+};
 use sightline_e2e::receiver;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -833,4 +835,118 @@ fn keep_alive_pipelining_chunked_and_split_bodies() {
     // Its first request came within a second of its start.
     let first = server("/ka/1").start_ns.saturating_sub(started);
     assert!(first < 1_000_000_000, "{first} ns after the start");
+}
+
+/// A plaintext HTTP server that answers `/missing` with 404 and anything else with 200, on
+/// its own thread: the test process itself, reading and writing with `recv` and `send`.
+fn tiny_server() -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let missing = head.starts_with(b"GET /missing ");
+            let answer: &[u8] = if missing {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+            };
+            let _ = c.write_all(answer);
+        }
+    });
+    port
+}
+
+/// Plaintext capture at the socket syscalls in Debian 12's own 6.1 kernel (booted under
+/// qemu, tests/support/vm.rs), which has kprobes and no lockdown: sightline says once how it
+/// captures plaintext there, and a server and curl are reported with their statuses, paths and
+/// same-host join, as on this host's kernel.
+#[test]
+fn plaintext_capture_in_a_guest_kernel() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require("curl");
+    let me = std::env::current_exe().unwrap();
+    let out = sightline_e2e::vm::Guest::new()
+        .stripped_file(&me)
+        .stripped_file(sightline_e2e::procs::sightline_bin())
+        .file(which("curl"))
+        .env("SIGHTLINE_IN_GUEST", "1")
+        .run(
+            &[
+                me.to_str().unwrap(),
+                "--exact",
+                "in_guest_plaintext",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ],
+            Duration::from_secs(300),
+        );
+    eprintln!("{}", out.console);
+    assert_eq!(
+        out.status,
+        Some(0),
+        "the test in the guest failed:\n{}",
+        out.console
+    );
+    assert!(
+        out.console.contains("test result: ok. 1 passed"),
+        "{}",
+        out.console
+    );
+}
+
+#[test]
+#[ignore = "runs in the guest kernel that plaintext_capture_in_a_guest_kernel boots"]
+fn in_guest_plaintext() {
+    assert_eq!(
+        std::env::var("SIGHTLINE_IN_GUEST").as_deref(),
+        Ok("1"),
+        "this test runs in the guest kernel; run plaintext_capture_in_a_guest_kernel"
+    );
+    let (rt, rec, agent) = agent_with_receiver();
+    let port = tiny_server();
+    let said = agent.stderr.lock().unwrap().join("\n");
+    assert!(
+        said.contains("plaintext HTTP is read at the socket syscalls' tracepoints")
+            && said.contains("kprobes=\"available\""),
+        "{said}"
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    for (path, code) in [("/hello?k=v", "200"), ("/missing", "404")] {
+        let out = run(Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{base}{path}")))
+        .unwrap();
+        assert_eq!(out, code);
+    }
+    let on_port = move |sp: &FlatSpan| {
+        sp.attr("server.port") == Some(&Val::I(port as i64))
+            || sp.attr("network.peer.port") == Some(&Val::I(port as i64))
+    };
+    let all = collect(&rt, &rec, agent, 4, on_port);
+    let me = std::env::current_exe().unwrap();
+    let me = me.file_name().unwrap().to_str().unwrap();
+    for (path, query, status) in [("/hello", Some("k=REDACTED"), 200), ("/missing", None, 404)] {
+        let sv = by_path(&all, SERVER, me, path);
+        let full = format!(
+            "{path}{}",
+            query.map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        let cl = by_path(&all, CLIENT, "curl", &full);
+        assert_eq!(s(sv.attr("http.response.status_code")), status.to_string());
+        assert_eq!(s(cl.attr("http.response.status_code")), status.to_string());
+        assert_eq!(sv.attr("url.query").map(Val::s), query, "{sv:#?}");
+        assert_eq!(s(sv.attr("network.local.port")), port.to_string());
+        assert_eq!(s(cl.attr("network.peer.port")), port.to_string());
+        child_of(sv, cl);
+    }
 }

@@ -37,6 +37,16 @@ pub fn require(tool: &str) {
     );
 }
 
+/// Where `tool` is on PATH (it must be: see [`require`]).
+pub fn which(tool: &str) -> PathBuf {
+    require(tool);
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .expect("sh runs");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 pub struct Nginx {
     child: Child,
     pub port: u16,

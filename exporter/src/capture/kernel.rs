@@ -111,6 +111,20 @@ fn mount_fs(fstype: &std::ffi::CStr, target: &'static std::ffi::CStr) -> std::io
     Ok(())
 }
 
+/// Whether this kernel lets sightline use kprobes: `available`, `absent` (built without kprobe
+/// events), or `refused under lockdown` (confidentiality mode forbids them; integrity does not).
+pub fn kprobes() -> &'static str {
+    let events = Path::new("/sys/kernel/tracing/kprobe_events").exists()
+        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists();
+    if !events {
+        "absent"
+    } else if lockdown_mode().as_deref() == Some("confidentiality") {
+        "refused under lockdown"
+    } else {
+        "available"
+    }
+}
+
 /// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`), from securityfs,
 /// mounted if the host left it unmounted. `None` when the kernel has no lockdown support.
 pub fn lockdown_mode() -> Option<String> {

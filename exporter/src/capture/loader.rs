@@ -251,6 +251,11 @@ impl Loader {
             }
         }
 
+        tracing::info!(
+            kprobes = super::kernel::kprobes(),
+            "plaintext HTTP is read at the socket syscalls' tracepoints, on every kernel: a file, a pipe or a socket that is not HTTP costs one lookup per syscall, so no kprobe path is needed"
+        );
+
         // Local addresses of client sockets; optional, as the tracepoint's fields may differ.
         if ss.newstate != 0 {
             let p: &mut TracePoint = program(&mut ebpf, programs::SOCK_STATE)?.try_into()?;

@@ -86,6 +86,10 @@ fn http_client(s: &SignalExport) -> anyhow::Result<reqwest::Client> {
         let certs = reqwest::Certificate::from_pem_bundle(&read_pem(ca, "certificate")?)
             .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
         b = b.tls_certs_only(certs);
+    } else if !s.endpoint.starts_with("https://") {
+        // Plaintext export needs no roots: a host (or a minimal image) without
+        // ca-certificates must still export to a collector over http://.
+        b = b.tls_certs_only(Vec::<reqwest::Certificate>::new());
     }
     if let (Some(cert), Some(key)) = (&s.client_certificate, &s.client_key) {
         let mut pem = read_pem(cert, "client certificate")?;
@@ -96,7 +100,14 @@ fn http_client(s: &SignalExport) -> anyhow::Result<reqwest::Client> {
                 .context("the OTLP client certificate and key do not form a PEM identity")?,
         );
     }
-    b.build().context("building the OTLP HTTP client")
+    b.build().with_context(|| {
+        if s.endpoint.starts_with("https://") && s.certificate.is_none() {
+            "building the OTLP HTTPS client (if this host has no CA certificates, install \
+             ca-certificates or name the collector's CA in OTEL_EXPORTER_OTLP_CERTIFICATE)"
+        } else {
+            "building the OTLP HTTP client"
+        }
+    })
 }
 
 /// The gRPC settings both signals share; the builders differ only in type.
