@@ -465,11 +465,8 @@ fn attach_and_detach_in_guest(
 ) -> Vec<(&'static str, bool)> {
     let bin = gobuild::build("probe", "1.22", Shape::StrippedPie, false);
     let me = std::env::current_exe().unwrap();
-    let mut guest = sightline_e2e::vm::Guest::new()
-        .stripped_file(&me)
-        .stripped_file(sightline_e2e::procs::sightline_bin())
+    let mut guest = sightline_e2e::vm::Guest::for_this_test()
         .file(&bin)
-        .env("SIGHTLINE_IN_GUEST", "1")
         .cpus(cpus);
     if let Some(k) = kernel {
         guest = guest.kernel_root(k);
@@ -1203,42 +1200,16 @@ fn traceparent_reaches_another_host_over_https_and_http2() {
         gobuild::build("probe", "1.19", Shape::Cgo, false),
         gobuild::build("probe", "1.22", Shape::Stripped, false),
     ];
-    let me = std::env::current_exe().unwrap();
-    let mut guest = sightline_e2e::vm::Guest::new()
-        .stripped_file(&me)
-        .stripped_file(sightline_e2e::procs::sightline_bin())
-        .module("veth")
-        .env("SIGHTLINE_IN_GUEST", "1");
+    let mut guest = sightline_e2e::vm::Guest::for_this_test().module("veth");
     for tool in ["ip", "curl", "bpftool", "mount"] {
         guest = guest.file(which(tool));
     }
     for b in &bins {
         guest = guest.file(b);
     }
-    let me = me.to_str().unwrap();
-    let out = guest.run(
-        &[
-            me,
-            "--exact",
-            "in_guest_traceparent_over_https_and_http2",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ],
+    guest.pass(
+        "in_guest_traceparent_over_https_and_http2",
         Duration::from_secs(300),
-    );
-    // Shown with --nocapture, and with the failure otherwise.
-    eprintln!("{}", out.console);
-    assert_eq!(
-        out.status,
-        Some(0),
-        "the test in the guest failed; its console:\n{}",
-        out.console
-    );
-    assert!(
-        out.console.contains("test result: ok. 1 passed"),
-        "{}",
-        out.console
     );
 }
 

@@ -394,6 +394,24 @@ fn child_of(child: &FlatSpan, parent: &FlatSpan) {
     );
 }
 
+/// The one span of `kind` and `service` that is `parent`'s child.
+#[track_caller]
+fn child<'a>(all: &'a [FlatSpan], kind: i32, service: &str, parent: &FlatSpan) -> &'a FlatSpan {
+    let found: Vec<_> = all
+        .iter()
+        .filter(|sp| {
+            sp.kind == kind && sp.service() == service && sp.parent_span_id == parent.span_id
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind} span of {service} under {parent:#?}: {all:#?}"
+    );
+    child_of(found[0], parent);
+    found[0]
+}
+
 /// Waits until `n` spans satisfy `pred`, then stops the agent and returns every span.
 fn collect(
     rt: &tokio::runtime::Runtime,
@@ -673,36 +691,10 @@ http.createServer((req, res) => {
     for (from, root) in [("java-client", "/from-java"), ("curl", "/from-curl")] {
         let client = by_path(&all, CLIENT, from, root);
         let p_server = by_path(&all, SERVER, "py-front", root);
-        let p_client = all
-            .iter()
-            .find(|sp| {
-                sp.kind == CLIENT && sp.service() == "py-front" && sp.trace_id == p_server.trace_id
-            })
-            .unwrap_or_else(|| panic!("py-front's call for {root}: {all:#?}"));
-        let j_server = all
-            .iter()
-            .find(|sp| {
-                sp.kind == SERVER
-                    && sp.service() == "java-front"
-                    && sp.parent_span_id == p_client.span_id
-            })
-            .unwrap_or_else(|| panic!("java-front's request for {root}: {all:#?}"));
-        let j_client = all
-            .iter()
-            .find(|sp| {
-                sp.kind == CLIENT
-                    && sp.service() == "java-front"
-                    && sp.parent_span_id == j_server.span_id
-            })
-            .unwrap_or_else(|| panic!("java-front's call for {root}: {all:#?}"));
-        let leaf = all
-            .iter()
-            .find(|sp| {
-                sp.kind == SERVER
-                    && sp.service() == "py-leaf"
-                    && sp.parent_span_id == j_client.span_id
-            })
-            .unwrap_or_else(|| panic!("py-leaf's request for {root}: {all:#?}"));
+        let p_client = child(&all, CLIENT, "py-front", p_server);
+        let j_server = child(&all, SERVER, "java-front", p_client);
+        let j_client = child(&all, CLIENT, "java-front", j_server);
+        let leaf = child(&all, SERVER, "py-leaf", j_client);
         if from == "curl" {
             // The caller's traceparent holds through every in-process hop.
             assert_eq!(
@@ -712,10 +704,6 @@ http.createServer((req, res) => {
         } else {
             child_of(p_server, client);
         }
-        child_of(p_client, p_server);
-        child_of(j_server, p_client);
-        child_of(j_client, j_server);
-        child_of(leaf, j_client);
         assert_eq!(
             s(p_client.attr("url.full")),
             format!("http://127.0.0.1:{jfront_port}/front/")
@@ -873,35 +861,9 @@ fn tiny_server() -> u16 {
 fn plaintext_capture_in_a_guest_kernel() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require("curl");
-    let me = std::env::current_exe().unwrap();
-    let out = sightline_e2e::vm::Guest::new()
-        .stripped_file(&me)
-        .stripped_file(sightline_e2e::procs::sightline_bin())
+    sightline_e2e::vm::Guest::for_this_test()
         .file(which("curl"))
-        .env("SIGHTLINE_IN_GUEST", "1")
-        .run(
-            &[
-                me.to_str().unwrap(),
-                "--exact",
-                "in_guest_plaintext",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ],
-            Duration::from_secs(300),
-        );
-    eprintln!("{}", out.console);
-    assert_eq!(
-        out.status,
-        Some(0),
-        "the test in the guest failed:\n{}",
-        out.console
-    );
-    assert!(
-        out.console.contains("test result: ok. 1 passed"),
-        "{}",
-        out.console
-    );
+        .pass("in_guest_plaintext", Duration::from_secs(300));
 }
 
 #[test]

@@ -100,6 +100,44 @@ impl Guest {
         out
     }
 
+    /// A guest holding this test binary and sightline, told it is one (`SIGHTLINE_IN_GUEST`).
+    pub fn for_this_test() -> Guest {
+        Guest::new()
+            .stripped_file(std::env::current_exe().expect("the test binary"))
+            .stripped_file(crate::procs::sightline_bin())
+            .env("SIGHTLINE_IN_GUEST", "1")
+    }
+
+    /// Runs this test binary's ignored test `name` in the guest and fails unless it passed.
+    /// Its console is printed either way (shown with --nocapture, or with the failure).
+    pub fn pass(&self, name: &str, timeout: Duration) {
+        let me = std::env::current_exe().expect("the test binary");
+        let me = me.to_str().expect("a UTF-8 path");
+        let out = self.run(
+            &[
+                me,
+                "--exact",
+                name,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ],
+            timeout,
+        );
+        eprintln!("{}", out.console);
+        assert_eq!(
+            out.status,
+            Some(0),
+            "{name} failed in the guest; its console:\n{}",
+            out.console
+        );
+        assert!(
+            out.console.contains("test result: ok. 1 passed"),
+            "{}",
+            out.console
+        );
+    }
+
     /// The same, telling a hang rather than failing on it.
     pub fn outcome(&self, command: &[&str], timeout: Duration) -> Outcome {
         require("qemu-system-x86_64");

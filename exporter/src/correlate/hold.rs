@@ -2,8 +2,8 @@
 //!
 //! A call is held only while another record may still change it, and never longer than the
 //! record it waits for can take to arrive. Records reach user space in batches (the ring buffer
-//! is drained every `DRAIN_INTERVAL_MS`, 20 ms, or sooner when it fills), and the two ends of a
-//! request on this host finish in a known order:
+//! is drained every `DRAIN_INTERVAL_MS`, 20 ms, while records come, or sooner when it fills),
+//! and the two ends of a request on this host finish in a known order:
 //!
 //! 1. **A server call waits for its caller on this host** ([`JOIN_GRACE`]): the caller's call
 //!    ends after the server's (it still has to read the response), so its record comes in the
