@@ -88,6 +88,16 @@ impl TcpTables {
     }
 }
 
+#[cfg(test)]
+impl TcpTables {
+    /// Every namespace's tables read so far wait `d` before the next reread.
+    pub fn hold_rereads(&mut self, d: Duration) {
+        for t in self.by_netns.values_mut() {
+            t.reread_after = d;
+        }
+    }
+}
+
 /// The inode of `pid`'s network namespace (`net:[N]`).
 fn netns_inode(pid: u32) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;

@@ -159,8 +159,8 @@ pub struct Sockets {
     lookup: Box<dyn SockLookup>,
     /// Whether /proc may be read; off in benchmarks, where pids are synthetic.
     use_proc: bool,
-    /// Local addresses of listening sockets, by (pid, fd).
-    listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+    /// Local addresses of listening sockets, by (pid, fd), once /proc told them.
+    listeners: HashMap<(u32, i32), SocketAddr>,
     tables: TcpTables,
 }
 
@@ -201,11 +201,19 @@ impl Sockets {
         let tables = self.use_proc.then_some(&mut self.tables);
         let (mut r, listen_fd) = resolve(&*self.lookup, tgid, fd, stamp, tables);
         if let (None, Some(lfd), true) = (r.local, listen_fd, self.use_proc) {
-            let tables = &mut self.tables;
-            r.local = *self
-                .listeners
-                .entry((tgid, lfd))
-                .or_insert_with(|| tables.addrs(tgid, lfd).map(|(local, _)| local));
+            // Only an answer is kept: /proc may not have had the listener's table to hand
+            // (its rereads are spaced), and a miss kept would leave every connection the
+            // listener accepts without its local address.
+            r.local = match self.listeners.get(&(tgid, lfd)) {
+                Some(local) => Some(*local),
+                None => {
+                    let local = self.tables.addrs(tgid, lfd).map(|(local, _)| local);
+                    if let Some(l) = local {
+                        self.listeners.insert((tgid, lfd), l);
+                    }
+                    local
+                }
+            };
         }
         r
     }
@@ -287,6 +295,7 @@ fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     struct Fixed(fn(u64) -> Sock);
 
@@ -308,6 +317,39 @@ mod tests {
             listen_fd: -1,
             ..SockInfo::default()
         }
+    }
+
+    /// Every socket is one accepted on listening fd `.0`, from 127.0.0.1:40000.
+    struct Accepted(i32);
+
+    impl SockLookup for Accepted {
+        fn lookup(&self, _: u32, _: i32, stamp: u64) -> Sock {
+            Sock::Now(SockInfo {
+                role: sock_role::ACCEPTED,
+                listen_fd: self.0,
+                ..connected(stamp, 40000)
+            })
+        }
+    }
+
+    #[test]
+    fn a_listener_proc_did_not_have_yet_is_looked_up_again() {
+        use std::os::fd::AsRawFd;
+        let me = std::process::id();
+        let mut socks = Sockets::new(Box::new(Accepted(-1)), true);
+        // This namespace's tables are read, and not again for a while...
+        let l0 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(socks.tables.addrs(me, l0.as_raw_fd()).is_some());
+        socks.tables.hold_rereads(Duration::from_millis(200));
+        // ...when a listener opens and its first connection is resolved.
+        let l1 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socks.lookup = Box::new(Accepted(l1.as_raw_fd()));
+        assert_eq!(socks.resolve(me, 99, 1).local, None);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            socks.resolve(me, 98, 2).local,
+            Some(l1.local_addr().unwrap())
+        );
     }
 
     #[test]
