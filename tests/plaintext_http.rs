@@ -32,6 +32,26 @@ fn wait_listening(port: u16) {
     }
 }
 
+/// `python3 -m http.server` (with `extra` options) serving `dir` on a free loopback port as
+/// `service`, listening when this returns.
+fn py_file_server(dir: &std::path::Path, service: &str, extra: &[&str]) -> (Killed, u16) {
+    let port = free_port();
+    let server = Killed(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .args(extra)
+            .arg(port.to_string())
+            .current_dir(dir)
+            .env("OTEL_SERVICE_NAME", service)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    (server, port)
+}
+
 /// sightline exporting to a real OTLP receiver in this process, exporting often, and the
 /// runtime the receiver runs on.
 fn agent_with_receiver() -> (tokio::runtime::Runtime, receiver::Received, Agent) {
@@ -71,24 +91,7 @@ fn plaintext_http_from_python_curl_and_node() {
     std::fs::write(dir.join("hello.txt"), "hello\n").unwrap();
     // Started before sightline: its listening socket is older than the probes, the
     // connections it accepts are not.
-    let port = free_port();
-    let _server = Killed(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(&dir)
-            .env("OTEL_SERVICE_NAME", "py-plain")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port);
+    let (_server, port) = py_file_server(&dir, "py-plain", &[]);
     // A server that speaks no HTTP: its socket is classified and then left alone.
     let other_port = free_port();
     let echo = format!(
@@ -281,19 +284,7 @@ fn a_keep_alive_connection_older_than_sightline() {
     for f in ["before.txt", "a.txt", "b.txt"] {
         std::fs::write(dir.join(f), f).unwrap();
     }
-    let port = free_port();
-    let _server = Killed(
-        Command::new("python3")
-            .args(["-m", "http.server", "-p", "HTTP/1.1", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .current_dir(&dir)
-            .env("OTEL_SERVICE_NAME", "py-old-server")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port);
+    let (_server, port) = py_file_server(&dir, "py-old-server", &["-p", "HTTP/1.1"]);
     let script = format!(
         "import http.client, sys\nc = http.client.HTTPConnection('127.0.0.1', {port})\ndef get(p):\n    c.request('GET', p)\n    r = c.getresponse()\n    r.read()\n    print(r.status, flush=True)\nget('/before.txt')\nsys.stdin.readline()\nget('/a.txt')\nget('/b.txt')\n"
     );
@@ -489,19 +480,7 @@ fn a_chain_through_nginx_go_and_python_is_one_trace() {
     std::fs::write(dir.join("leaf.txt"), "leaf\n").unwrap();
     let file = "0123456789abcdef".repeat(1024);
     std::fs::write(dir.join("static/file.txt"), &file).unwrap();
-    let leaf_port = free_port();
-    let _leaf = Killed(
-        Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(leaf_port.to_string())
-            .current_dir(&dir)
-            .env("OTEL_SERVICE_NAME", "py-leaf")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(leaf_port);
+    let (_leaf, leaf_port) = py_file_server(&dir, "py-leaf", &[]);
     let go_bin = gobuild::build("probe", "1.23", Shape::Plain, false);
     let leaf_url = format!("http://127.0.0.1:{leaf_port}/leaf.txt");
     let go = GoService::start(&go_bin, &["-tls", "-h1", "-next", &leaf_url]);
@@ -609,19 +588,7 @@ fn thread_per_request_servers_make_their_calls_children() {
     require("curl");
     let dir = tempdir("threads");
     std::fs::write(dir.join("leaf.txt"), "leaf\n").unwrap();
-    let leaf_port = free_port();
-    let _leaf = Killed(
-        Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(leaf_port.to_string())
-            .current_dir(&dir)
-            .env("OTEL_SERVICE_NAME", "py-leaf")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(leaf_port);
+    let (_leaf, leaf_port) = py_file_server(&dir, "py-leaf", &[]);
     let java = repo("tests/java/Plain.java");
     let (_jfront, jfront_port) = listening(
         Command::new("java")

@@ -43,7 +43,7 @@ measure() {
   taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$port/items/1" 2>/dev/null |
     awk '/Requests\/sec/ {print $2} /requests in/ {print "total", $1 > "/dev/stderr"}'
 }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. tests/bench/stats.sh
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # `runs` rounds of MEASURE (it prints requests/s, and "total N" on stderr) with no probes,
@@ -80,16 +80,10 @@ three_ways() {
 
 # The medians of what three_ways measured, under the heading given.
 report() {
-  local n e w a
-  n=$(printf '%s\n' "${none[@]}" | median)
-  e=$(printf '%s\n' "${empty[@]}" | median)
-  w=$(printf '%s\n' "${with[@]}" | median)
+  local a
   a=$(printf '%s\n' "${agent_us[@]}" | median)
   echo "$1"
-  printf '%-26s %12s\n' "setup" "requests/s"
-  printf '%-26s %12s\n' "no probes" "$n" "empty probes (same points)" "$e" "sightline" "$w"
-  awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
-    printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
+  three_way_table "empty probes (same points)"
   echo "probe hits per request: $hits_per_req (empty probes, last run)"
   echo "sightline user-space CPU per request: $a us (median)"
 }

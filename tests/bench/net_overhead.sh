@@ -57,7 +57,7 @@ empty_probes() {
         tracepoint:tcp:tcp_destroy_sock {} tracepoint:tcp:tcp_probe {}"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. tests/bench/stats.sh
 
 declare -A res
 run_all() {

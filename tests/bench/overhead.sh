@@ -33,7 +33,7 @@ measure() {
     awk '/Requests\/sec/ {print $2}'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. tests/bench/stats.sh
 
 empty_probes() {
   local p=""
@@ -108,16 +108,11 @@ for i in $(seq "$runs"); do
   kill -TERM "$probe_pid"; wait "$probe_pid" 2>/dev/null || true; probe_pid=
 done
 
-n=$(printf '%s\n' "${none[@]}" | median)
-e=$(printf '%s\n' "${empty[@]}" | median)
-w=$(printf '%s\n' "${with[@]}" | median)
 echo "runs: $runs x ${secs}s, wrk -t1 -c$conns, nginx 1 worker pinned to CPU 0, wrk on CPU 1"
-printf '%-26s %12s\n' "setup" "requests/s"
-printf '%-26s %12s\n' "no probes" "$n" "empty probes (bpftrace)" "$e" "sightline" "$w"
-awk -v n="$n" -v e="$e" -v w="$w" 'BEGIN {
-  printf "with/empty-probe  %.3f\nwith/none         %.3f\nempty/none        %.3f\n", w/e, w/n, e/n }'
+three_way_table "empty probes (bpftrace)"
 echo "sightline CPU under load: ${cpu_pct}% of one core (last run)"
 echo "sightline RSS: peak $((rss_peak / 1024)) MiB, steady $((rss_steady / 1024)) MiB (under load)"
+n=$(printf '%s\n' "${none[@]}" | median)
 m=$(printf '%s\n' "${minimal[@]}" | median)
 x=$(printf '%s\n' "${exported[@]}" | median)
 printf '%-26s %12s\n' "minimal floor (bpftrace)" "$m" "sightline, OTLP export on" "$x"

@@ -65,7 +65,7 @@ empty_probes() {
   echo "$p tracepoint:sock:inet_sock_set_state {}"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. tests/bench/stats.sh
 
 declare -A res
 run_all() {
